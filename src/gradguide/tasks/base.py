@@ -1,4 +1,4 @@
-"""The shape every task produces: instances made of (prompt, completion) candidates and a gold index.
+"""The shape every task produces: instances of (prompt, completion) candidates and a gold index.
 
 DESIGN.md, "Tasks produce candidates": prediction is the best-scoring candidate, training is cross
 entropy over the candidates' scores. Classification uses verbalizer words, COPA its two choices,
@@ -31,7 +31,7 @@ class Instance:
 
     @property
     def demonstration(self) -> str:
-        """The instance as an in-context demonstration: its prompt followed by the gold completion."""
+        """The instance as an in-context demonstration: its prompt plus the gold completion."""
         return self.prompt + self.candidates[self.gold]
 
 

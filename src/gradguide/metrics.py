@@ -1,0 +1,68 @@
+"""Task metrics (accuracy, macro-F1, MultiRC F1a and exact match), defined once for every method."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+from gradguide.errors import GradguideError
+from gradguide.tasks.base import Instance
+
+
+def accuracy(instances: Sequence[Instance], predictions: Sequence[int]) -> float:
+    """Fraction of instances whose best-scoring candidate is the gold one."""
+    return sum(p == x.gold for x, p in zip(instances, predictions, strict=True)) / len(instances)
+
+
+def _f1(tp: int, fp: int, fn: int) -> float:
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def macro_f1(instances: Sequence[Instance], predictions: Sequence[int]) -> float:
+    """Unweighted mean over the gold classes present or predicted of the per-class F1 (CB's metric)."""
+    classes = sorted({x.gold for x in instances} | set(predictions))
+    scores = []
+    for c in classes:
+        tp = sum(p == c and x.gold == c for x, p in zip(instances, predictions, strict=True))
+        fp = sum(p == c and x.gold != c for x, p in zip(instances, predictions, strict=True))
+        fn = sum(p != c and x.gold == c for x, p in zip(instances, predictions, strict=True))
+        scores.append(_f1(tp, fp, fn))
+    return sum(scores) / len(scores)
+
+
+def f1a(instances: Sequence[Instance], predictions: Sequence[int]) -> float:
+    """MultiRC's F1a: binary F1 over all answer options, candidate 1 ("yes") being the positive class."""
+    pairs = list(zip(instances, predictions, strict=True))
+    tp = sum(p == 1 and x.gold == 1 for x, p in pairs)
+    fp = sum(p == 1 and x.gold != 1 for x, p in pairs)
+    fn = sum(p != 1 and x.gold == 1 for x, p in pairs)
+    return _f1(tp, fp, fn)
+
+
+def exact_match(instances: Sequence[Instance], predictions: Sequence[int]) -> float:
+    """MultiRC's EM: fraction of questions (groups) whose answer options are all right."""
+    groups: dict[str, bool] = defaultdict(lambda: True)
+    for x, p in zip(instances, predictions, strict=True):
+        key = x.group if x.group is not None else x.id
+        groups[key] = groups[key] and p == x.gold
+    return sum(groups.values()) / len(groups)
+
+
+METRICS: dict[str, Callable[[Sequence[Instance], Sequence[int]], float]] = {
+    "accuracy": accuracy,
+    "macro_f1": macro_f1,
+    "f1a": f1a,
+    "em": exact_match,
+}
+
+
+def compute_metrics(
+    names: Sequence[str], instances: Sequence[Instance], predictions: Sequence[int]
+) -> dict[str, float]:
+    """Every named metric of a task on one set of predictions."""
+    if not instances:
+        raise GradguideError("cannot compute metrics on an empty evaluation set")
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise GradguideError(f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")
+    return {n: METRICS[n](instances, predictions) for n in names}

@@ -1,0 +1,47 @@
+"""Metric values on hand-computed cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from gradguide.errors import GradguideError
+from gradguide.metrics import accuracy, compute_metrics, exact_match, f1a, macro_f1
+from gradguide.tasks.base import Instance
+
+
+def inst(gold: int, group: str | None = None, n: int = 2) -> Instance:
+    cands = tuple(f" c{i}" for i in range(n))
+    return Instance(id=f"x{gold}{group}", prompt="p", candidates=cands, gold=gold, label=str(gold), group=group)
+
+
+def test_accuracy():
+    xs = [inst(0), inst(1), inst(1), inst(0)]
+    assert accuracy(xs, [0, 1, 0, 1]) == 0.5
+
+
+def test_macro_f1_three_classes():
+    # gold: 0 0 1 1 2 ; pred: 0 1 1 1 0
+    xs = [inst(0, n=3), inst(0, n=3), inst(1, n=3), inst(1, n=3), inst(2, n=3)]
+    preds = [0, 1, 1, 1, 0]
+    # class 0: tp1 fp1 fn1 -> 0.5 ; class 1: tp2 fp1 fn0 -> 0.8 ; class 2: tp0 -> 0
+    assert macro_f1(xs, preds) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_f1a_and_em_multirc():
+    xs = [inst(1, "q1"), inst(0, "q1"), inst(1, "q2"), inst(1, "q2"), inst(0, "q3")]
+    preds = [1, 0, 1, 0, 1]
+    # positives: tp=2 (x0,x2), fp=1 (x4), fn=1 (x3) -> F1 = 4/6
+    assert f1a(xs, preds) == pytest.approx(4 / 6)
+    # q1 all right, q2 wrong, q3 wrong
+    assert exact_match(xs, preds) == pytest.approx(1 / 3)
+
+
+def test_compute_metrics_errors():
+    with pytest.raises(GradguideError):
+        compute_metrics(["accuracy"], [], [])
+    with pytest.raises(GradguideError, match="unknown metric"):
+        compute_metrics(["bleu"], [inst(0)], [0])
+    assert compute_metrics(["accuracy", "macro_f1"], [inst(0), inst(1)], [0, 1]) == {
+        "accuracy": 1.0,
+        "macro_f1": 1.0,
+    }
