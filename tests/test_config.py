@@ -24,7 +24,11 @@ def test_string_overrides_are_coerced():
 
 @pytest.mark.parametrize(
     ("text", "field"),
-    [("shots: many\n", "shots"), ("bogus: 1\n", "bogus"), ("scoring:\n  nope: 1\n", "scoring.nope")],
+    [
+        ("shots: many\n", "shots"),
+        ("bogus: 1\n", "bogus"),
+        ("scoring:\n  nope: 1\n", "scoring.nope"),
+    ],
 )
 def test_bad_settings_name_file_and_field(tmp_path, text, field):
     f = tmp_path / "bad.yaml"

@@ -11,7 +11,9 @@ from gradguide.tasks.base import Instance
 
 def inst(gold: int, group: str | None = None, n: int = 2) -> Instance:
     cands = tuple(f" c{i}" for i in range(n))
-    return Instance(id=f"x{gold}{group}", prompt="p", candidates=cands, gold=gold, label=str(gold), group=group)
+    return Instance(
+        id=f"x{gold}{group}", prompt="p", candidates=cands, gold=gold, label=str(gold), group=group
+    )
 
 
 def test_accuracy():

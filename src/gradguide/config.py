@@ -33,7 +33,7 @@ class UserTaskOptions:
 
 @dataclasses.dataclass
 class EvalConfig:
-    """An evaluation run: zero-shot (``shots=0``) or in-context learning with ``shots`` demonstrations."""
+    """An evaluation run: zero-shot (``shots=0``) or in-context with ``shots`` demonstrations."""
 
     model: str = "smollm2-135m"
     task: str = "sst2"
@@ -73,7 +73,10 @@ def _check(value: Any, tp: Any, where: str, source: str | None) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise GradguideError(f"expected a mapping, got {value!r}", file=source, field=where)
-        return {str(k): _check(v, typing.get_args(tp)[1], f"{where}.{k}", source) for k, v in value.items()}
+        return {
+            str(k): _check(v, typing.get_args(tp)[1], f"{where}.{k}", source)
+            for k, v in value.items()
+        }
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -107,14 +110,18 @@ def _check(value: Any, tp: Any, where: str, source: str | None) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str | None = None, prefix: str = "") -> T:
+def from_dict(
+    cls: type[T], data: Mapping[str, Any], *, source: str | None = None, prefix: str = ""
+) -> T:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise GradguideError(
-            f"unknown setting; known: {', '.join(sorted(fields))}", file=source, field=prefix + str(unknown[0])
+            f"unknown setting; known: {', '.join(sorted(fields))}",
+            file=source,
+            field=prefix + str(unknown[0]),
         )
     kwargs = {k: _check(v, hints[k], prefix + k, source) for k, v in data.items()}
     return cls(**kwargs)
@@ -157,7 +164,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        raise GradguideError(f"invalid YAML: {getattr(e, 'problem', e)}", file=p, line=line) from None
+        raise GradguideError(
+            f"invalid YAML: {getattr(e, 'problem', e)}", file=p, line=line
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -168,7 +177,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> T:
-    """Defaults, then the YAML file (if any), then ``overrides`` (dotted keys allowed: ``scoring.batch_size``)."""
+    """Defaults, then the YAML file (if any), then ``overrides`` (dotted keys: ``scoring.x``)."""
     data = read_yaml(path) if path is not None else {}
     if overrides:
         data = _merge(data, _nest({k: v for k, v in overrides.items() if v is not None}))

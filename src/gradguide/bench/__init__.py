@@ -1,0 +1,1 @@
+"""Experiment grids, the results store and the statistics every comparison is reported with."""
