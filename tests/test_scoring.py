@@ -161,3 +161,27 @@ def test_encoder_scores_are_scaled_cosines(enc_lm):
     expected = ENCODER_SCALE * torch.dot(embed(xs[1].prompt), embed("negative"))
     assert float(s[1, 1]) == pytest.approx(float(expected), abs=1e-4)
     assert s.abs().max() <= ENCODER_SCALE + 1e-4
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_prefix_cache_equals_full_scoring(lm, fast_path):
+    words = single_token_words(lm.tokenizer, 2) if fast_path else [" positive review", " no"]
+    xs = make_instances(words)
+    prefix = (
+        "Review: good.\nSentiment:"
+        + words[0]
+        + "\n\nReview: bad, dull.\nSentiment:"
+        + words[1]
+        + "\n\n"
+    )
+    cached = score_dataset(lm, xs, prefix, ScoringOptions(batch_size=3, fast_path=fast_path))
+    full = score_dataset(
+        lm, xs, prefix, ScoringOptions(batch_size=3, fast_path=fast_path, prefix_cache=False)
+    )
+    assert cached.predictions == full.predictions
+    for a, b in zip(cached.scores, full.scores, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+    # and both equal scoring each instance with its prefix written into the prompt
+    for x, row in zip(xs, full.scores, strict=True):
+        for c, value in zip(x.candidates, row, strict=True):
+            assert value == pytest.approx(manual_logprob(lm, prefix + x.prompt, c), abs=1e-4)

@@ -13,6 +13,8 @@ the prompt (for in-context learning the oldest demonstrations go first); complet
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +40,7 @@ class ScoringOptions:
     max_length: int = 1024
     length_normalize: bool = False
     fast_path: bool = True
+    prefix_cache: bool = True
     demo_separator: str = "\n\n"
 
 
@@ -64,20 +67,33 @@ def _token_ids(tokenizer: Any, text: str, *, special: bool) -> list[int]:
 
 
 def encode_causal(
-    tokenizer: Any, instances: Sequence[Instance], prefix: str, options: ScoringOptions
+    tokenizer: Any,
+    instances: Sequence[Instance],
+    prefix: str | list[int],
+    options: ScoringOptions,
+    *,
+    prefix_cached: bool = False,
 ) -> Encoded:
-    """Tokenise prompts and completions separately and decide between fast and slow path."""
+    """Tokenise prefix, prompts and completions separately; choose the fast or the slow path.
+
+    The prefix (in-context demonstrations) is tokenised on its own, so a row is always
+    ``prefix ids + prompt ids + completion ids``; with ``prefix_cached`` the rows leave the prefix
+    out (its keys and values come from a cache) and must fit ``max_length - len(prefix)``.
+    """
     cand_ids = [[_token_ids(tokenizer, c, special=False) for c in x.candidates] for x in instances]
     for x, ids in zip(instances, cand_ids, strict=True):
         if any(len(c) == 0 for c in ids):
             raise GradguideError(f"instance {x.id}: a candidate completion tokenises to nothing")
     fast = options.fast_path and all(len(c) == 1 for ids in cand_ids for c in ids)
     enc = Encoded(rows=[], completion_lens=[], owner=[], n_candidates=[], fast=fast)
+    prefix_ids = prefix if isinstance(prefix, list) else prefix_token_ids(tokenizer, prefix)
+    budget = options.max_length - (len(prefix_ids) if prefix_cached else 0)
     for i, (x, ids) in enumerate(zip(instances, cand_ids, strict=True)):
-        prompt = _token_ids(tokenizer, prefix + x.prompt, special=True)
+        own = _token_ids(tokenizer, x.prompt, special=not prefix_ids)
+        prompt = own if prefix_cached else prefix_ids + own
         enc.n_candidates.append(len(ids))
         if fast:
-            room = options.max_length - 1
+            room = budget - 1
             if len(prompt) > room:
                 prompt, enc.truncated = prompt[-room:], enc.truncated + 1
             enc.rows.append(prompt)
@@ -86,7 +102,7 @@ def encode_causal(
             enc.fast_targets.append([c[0] for c in ids])
             continue
         for j, c in enumerate(ids):
-            room = options.max_length - len(c)
+            room = budget - len(c)
             if room < 1:
                 raise GradguideError(
                     f"instance {x.id}: completion {j} has {len(c)} tokens, over max_length "
@@ -101,6 +117,11 @@ def encode_causal(
     return enc
 
 
+def prefix_token_ids(tokenizer: Any, prefix: str) -> list[int]:
+    """Token ids of an in-context prefix (with the tokenizer's special start tokens, if any)."""
+    return _token_ids(tokenizer, prefix, special=True) if prefix else []
+
+
 def _pad_left(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -111,36 +132,70 @@ def _pad_left(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+def prefix_cache(model: torch.nn.Module, prefix_ids: list[int]) -> Any:
+    """Keys and values of a shared prefix, computed once and reused by every batch (no grad)."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([prefix_ids], device=device)
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """Name of the forward argument taking a KV cache (transformers renamed it in 5.x)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def causal_row_logprobs(
-    model: torch.nn.Module, rows: Sequence[list[int]], completion_lens: Sequence[int], pad_id: int
+    model: torch.nn.Module,
+    rows: Sequence[list[int]],
+    completion_lens: Sequence[int],
+    pad_id: int,
+    cache: Any = None,
+    cache_len: int = 0,
 ) -> torch.Tensor:
     """Log-probabilities of the last tokens of each row: [rows, max(len)+1] for the window kept.
 
     Returns the log-softmax over the vocabulary at the last ``K = max(completion_lens) + 1``
-    positions, shape [rows, K, vocab] (differentiable).
+    positions, shape [rows, K, vocab] (differentiable). With ``cache`` (a prefix's keys and
+    values, ``cache_len`` tokens) the rows continue that prefix: it is attended to by every row
+    and positions start after it, so the result equals scoring ``prefix + row`` in full.
     """
     ids, mask = _pad_left(rows, pad_id)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0) + cache_len
     keep = max(completion_lens) + 1
     device = next(model.parameters()).device
+    extra: dict[str, Any] = {"use_cache": False}
+    if cache is not None:
+        past = copy.deepcopy(cache)
+        past.batch_repeat_interleave(len(rows))
+        mask = torch.cat([torch.ones(len(rows), cache_len, dtype=mask.dtype), mask], dim=1)
+        extra = {"use_cache": True, _cache_kwarg(model): past}
     out = model(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         position_ids=position_ids.to(device),
         logits_to_keep=keep,
-        use_cache=False,
+        **extra,
     )
     logits = out.logits[:, -keep:, :].float()
     return F.log_softmax(logits, dim=-1)
 
 
 def causal_scores(
-    model: torch.nn.Module, enc: Encoded, pad_id: int, normalize: bool
+    model: torch.nn.Module,
+    enc: Encoded,
+    pad_id: int,
+    normalize: bool,
+    cache: Any = None,
+    cache_len: int = 0,
 ) -> torch.Tensor:
     """Scores [instances, max candidates] (−inf where an instance has fewer candidates)."""
     n = len(enc.n_candidates)
     width = max(enc.n_candidates)
-    logp = causal_row_logprobs(model, enc.rows, enc.completion_lens, pad_id)
+    logp = causal_row_logprobs(model, enc.rows, enc.completion_lens, pad_id, cache, cache_len)
     keep = logp.shape[1]
     device = logp.device
     if enc.fast:
@@ -235,19 +290,29 @@ def score_dataset(
     order = sorted(range(len(instances)), key=lambda i: len(instances[i].prompt))
     scores: list[list[float]] = [[] for _ in instances]
     fast, truncated, sequences = True, 0, 0
+    causal = lm.kind != "encoder"
+    prefix_ids = prefix_token_ids(lm.tokenizer, prefix) if causal else []
+    cache = None
+    if prefix_ids and options.prefix_cache and len(prefix_ids) < options.max_length // 2:
+        cache = prefix_cache(lm.model, prefix_ids)
+    pad = lm.tokenizer.pad_token_id
     with torch.inference_mode():
         for start in range(0, len(order), options.batch_size):
             chunk = order[start : start + options.batch_size]
             batch = [instances[i] for i in chunk]
-            if lm.kind == "encoder":
+            if not causal:
                 s = encoder_scores(lm.model, lm.tokenizer, batch, prefix, options)
                 sequences += len(batch) + sum(len(x.candidates) for x in batch)
                 fast = False
             else:
-                enc = encode_causal(lm.tokenizer, batch, prefix, options)
-                s = causal_scores(
-                    lm.model, enc, lm.tokenizer.pad_token_id, options.length_normalize
-                )
+                enc = encode_causal(lm.tokenizer, batch, prefix_ids, options, prefix_cached=True)
+                if cache is not None and not enc.truncated:
+                    s = causal_scores(
+                        lm.model, enc, pad, options.length_normalize, cache, len(prefix_ids)
+                    )
+                else:  # no prefix, or rows that need the prefix cut: score in full
+                    enc = encode_causal(lm.tokenizer, batch, prefix_ids, options)
+                    s = causal_scores(lm.model, enc, pad, options.length_normalize)
                 fast, truncated = fast and enc.fast, truncated + enc.truncated
                 sequences += len(enc.rows)
             for i, row, x in zip(chunk, s.tolist(), batch, strict=True):
