@@ -6,11 +6,15 @@ User mistakes (GradguideError) print one line and exit with code 2, without a tr
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from gradguide.errors import GradguideError
+
+USER_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 
 
 def _pairs(text: str, flag: str) -> dict[str, str]:
@@ -26,10 +30,54 @@ def _pairs(text: str, flag: str) -> dict[str, str]:
     return out
 
 
-def _add_eval_args(p: argparse.ArgumentParser) -> None:
+def _add_common_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by eval, train and compare: what to run on and where to write."""
     p.add_argument("--config", help="YAML file with the run's settings (flags override it)")
     p.add_argument("--model", help="registered model name, local model directory or hub id")
     p.add_argument("--task", help="task name (see `gradguide tasks`) or a JSONL/CSV/TSV file")
+    p.add_argument("--data-dir", help="data root (else $GRADGUIDE_DATA, else ../shared/data)")
+    p.add_argument("--cache-dir", help="model cache (else $GRADGUIDE_CACHE, ~/.cache/gradguide)")
+    p.add_argument("--out", help="directory for run records (default runs/)")
+    p.add_argument("--template", help="prompt template with {field} placeholders")
+    p.add_argument("--label-words", help="verbalizer as label=word pairs, e.g. '0= bad,1= good'")
+    p.add_argument("--text-fields", help="user file: comma-separated text fields (default text)")
+    p.add_argument("--label-field", help="user file: label field (default label)")
+    p.add_argument("--eval-file", help="user file: separate evaluation file")
+    p.add_argument("--max-length", type=int, help="tokens per sequence (prompt cut from the start)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, dotted"
+    )
+
+
+def _common_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    o: dict[str, Any] = {
+        "model": a.model,
+        "task": a.task,
+        "data_dir": a.data_dir,
+        "cache_dir": a.cache_dir,
+        "out": a.out,
+        "template": a.template,
+        "scoring.max_length": a.max_length,
+        "user_task.text_fields": a.text_fields,
+        "user_task.label_field": a.label_field,
+        "user_task.eval_file": a.eval_file,
+    }
+    if a.label_words:
+        words = _pairs(a.label_words, "--label-words")
+        user_file = bool(a.task) and a.task.endswith(USER_FILE_SUFFIXES)
+        o["user_task.label_words" if user_file else "verbalizer"] = words
+    return o
+
+
+def _apply_set(o: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
+    for item in a.set:
+        o.update(_pairs(item, "--set"))
+    return o
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", help="a finished training run directory to re-evaluate")
+    _add_common_args(p)
     p.add_argument("--split", help="split to evaluate (default: the task's evaluation split)")
     p.add_argument(
         "--limit", type=int, help="evaluate only the first N examples (MultiRC: questions)"
@@ -37,29 +85,9 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=int, help="number of in-context demonstrations (with --icl)")
     p.add_argument("--icl", action="store_true", help="prepend --shots demonstrations (default 4)")
     p.add_argument("--seed", type=int, help="seed of the demonstration sample")
-    p.add_argument("--data-dir", help="data root (else $GRADGUIDE_DATA, else ../shared/data)")
-    p.add_argument(
-        "--cache-dir", help="model cache (else $GRADGUIDE_CACHE, else ~/.cache/gradguide)"
-    )
-    p.add_argument("--out", help="directory for run records (default runs/)")
-    p.add_argument("--template", help="prompt template with {field} placeholders")
-    p.add_argument("--label-words", help="verbalizer as label=word pairs, e.g. '0= bad,1= good'")
-    p.add_argument("--text-fields", help="user file: comma-separated text fields (default text)")
-    p.add_argument("--label-field", help="user file: label field (default label)")
-    p.add_argument("--eval-file", help="user file: separate evaluation file")
     p.add_argument("--batch-size", type=int, help="instances per forward pass")
-    p.add_argument(
-        "--max-length", type=int, help="token budget per sequence (prompt cut from the start)"
-    )
-    p.add_argument(
-        "--length-normalize", action="store_true", default=None, help="mean token log-prob"
-    )
-    p.add_argument(
-        "--no-fast-path", action="store_true", help="score single-token candidates the slow way"
-    )
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, dotted"
-    )
+    p.add_argument("--length-normalize", action="store_true", default=None, help="mean log-prob")
+    p.add_argument("--no-fast-path", action="store_true", help="single-token candidates, slow way")
 
 
 def _eval_overrides(a: argparse.Namespace) -> dict[str, Any]:
@@ -72,35 +100,69 @@ def _eval_overrides(a: argparse.Namespace) -> dict[str, Any]:
             "(training on them is `gradguide train`)",
             field="--shots",
         )
-    label_words = _pairs(a.label_words, "--label-words") if a.label_words else None
-    o: dict[str, Any] = {
-        "model": a.model,
-        "task": a.task,
-        "split": a.split,
-        "limit": a.limit,
-        "shots": shots,
-        "seed": a.seed,
-        "data_dir": a.data_dir,
-        "cache_dir": a.cache_dir,
-        "out": a.out,
-        "template": a.template,
-        "scoring.batch_size": a.batch_size,
-        "scoring.max_length": a.max_length,
-        "scoring.length_normalize": a.length_normalize,
-        "scoring.fast_path": False if a.no_fast_path else None,
-        "user_task.text_fields": a.text_fields,
-        "user_task.label_field": a.label_field,
-        "user_task.eval_file": a.eval_file,
-    }
-    if label_words:
-        key = (
-            "user_task.label_words"
-            if a.task and a.task.endswith((".jsonl", ".json", ".csv", ".tsv"))
-            else "verbalizer"
-        )
-        o[key] = label_words
-    for item in a.set:
-        o.update(_pairs(item, "--set"))
+    o = _common_overrides(a)
+    o.update(
+        {
+            "split": a.split,
+            "limit": a.limit,
+            "shots": shots,
+            "seed": a.seed,
+            "scoring.batch_size": a.batch_size,
+            "scoring.length_normalize": a.length_normalize,
+            "scoring.fast_path": False if a.no_fast_path else None,
+        }
+    )
+    return _apply_set(o, a)
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    _add_common_args(p)
+    p.add_argument("--shots", type=int, help="size of the k-shot training sample (default 32)")
+    p.add_argument("--seed", type=int, help="seed of the sample, the data order and the init")
+    p.add_argument("--lr", type=float, help="learning rate (default: the method's)")
+    p.add_argument("--steps", type=int, help="optimisation steps (default: epochs × batches)")
+    p.add_argument("--epochs", type=int, help="passes over the k-shot sample (default 10)")
+    p.add_argument("--batch-size", type=int, help="training examples per step (default 8)")
+    p.add_argument("--warmup-ratio", type=float, help="fraction of steps of linear warm-up")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    p.add_argument("--grad-clip", type=float, help="clip the gradient norm (0 = off)")
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast on CPU")
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (0 = at end)")
+    p.add_argument("--eval-limit", type=int, help="evaluate on the first N examples only")
+    p.add_argument("--icl-shots", type=int, help="demonstrations for the icl method (default 4)")
+    p.add_argument("--lora-r", type=int, help="LoRA rank")
+    p.add_argument("--lora-alpha", type=int, help="LoRA alpha")
+    p.add_argument("--lora-targets", help="LoRA target modules, comma-separated")
+    p.add_argument("--prompt-tokens", type=int, help="soft prompt length")
+    p.add_argument("--adapter-size", type=int, help="bottleneck adapter width")
+    p.add_argument("--tensorboard", action="store_true", default=None, help="also log to TB")
+
+
+def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    o = _common_overrides(a)
+    o.update(
+        {
+            "shots": a.shots,
+            "seed": a.seed,
+            "optim.lr": a.lr,
+            "optim.steps": a.steps,
+            "optim.epochs": a.epochs,
+            "optim.batch_size": a.batch_size,
+            "optim.warmup_ratio": a.warmup_ratio,
+            "optim.weight_decay": a.weight_decay,
+            "optim.grad_clip": a.grad_clip,
+            "bf16": a.bf16,
+            "checkpoint_every": a.checkpoint_every,
+            "eval_limit": a.eval_limit,
+            "icl_shots": a.icl_shots,
+            "tensorboard": a.tensorboard,
+            "method_options.lora_r": a.lora_r,
+            "method_options.lora_alpha": a.lora_alpha,
+            "method_options.lora_targets": a.lora_targets,
+            "method_options.prompt_tokens": a.prompt_tokens,
+            "method_options.adapter_size": a.adapter_size,
+        }
+    )
     return o
 
 
@@ -112,30 +174,117 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _metric_rows(metrics: dict[str, float]) -> str:
+    return _table([[k, f"{v:.4f}"] for k, v in metrics.items()], ["metric", "value"])
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
+    if a.run:
+        return _eval_run(a)
     from gradguide.config import EvalConfig, load_config
     from gradguide.evaluate import evaluate
 
     config = load_config(EvalConfig, a.config, _eval_overrides(a))
     result = evaluate(config)
     r = result.record
-    rows = [[k, f"{v:.4f}"] for k, v in result.metrics.items()]
+    demos = len(r["data"]["demonstration_ids"])
+    detail = f", {demos} demonstrations, seed {config.seed}" if demos else ""
     print(
         f"\n{r['model']['name']} on {r['task']['name']} ({r['data']['eval_split']}, "
-        f"n={r['data']['eval_size']}, {r['method']}"
-        + (
-            f", {len(r['data']['demonstration_ids'])} demonstrations, seed {config.seed}"
-            if config.shots
-            else ""
-        )
-        + ")"
+        f"n={r['data']['eval_size']}, {r['method']}{detail})"
     )
-    print(_table(rows, ["metric", "value"]))
+    print(_metric_rows(result.metrics))
     print(
         f"throughput: {r['scoring']['examples_per_s']:.1f} examples/s "
         f"(fast path: {r['scoring']['fast_path']})"
     )
     print(f"run record: {result.run_dir}/record.json")
+    return 0
+
+
+def _eval_run(a: argparse.Namespace) -> int:
+    from gradguide.train import reevaluate
+
+    metrics = reevaluate(Path(a.run))
+    recorded = json.loads((Path(a.run) / "record.json").read_text())["metrics"]
+    print(_metric_rows(metrics))
+    same = all(abs(metrics[k] - recorded[k]) < 1e-9 for k in metrics)
+    print("matches the run record" if same else f"differs from the run record: {recorded}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from gradguide.config import load_config
+    from gradguide.train import TrainConfig, load_run_config, train
+
+    if a.resume:
+        config = load_run_config(Path(a.resume))
+        result = train(config, resume=Path(a.resume))
+    else:
+        o = _train_overrides(a)
+        o["method"] = a.method
+        config = load_config(TrainConfig, a.config, _apply_set(o, a))
+        result = train(config)
+    r = result.record
+    print(
+        f"\n{config.method} on {r['task']['name']}: {config.shots} shots, seed {config.seed}, "
+        f"{r['trainable_parameters']:,} trained parameters, {r['steps']} steps "
+        f"({len(r['skipped_steps'])} skipped), {r['timings']['total_s']:.0f} s"
+    )
+    print(_metric_rows(result.metrics))
+    print(f"run record: {result.run_dir}/record.json")
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from gradguide.bench.compare import compare
+    from gradguide.config import load_config
+    from gradguide.train import TrainConfig
+
+    seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    if not seeds or not methods:
+        raise GradguideError("need at least one method and one seed", field="--methods/--seeds")
+    config = load_config(TrainConfig, a.config, _apply_set(_train_overrides(a), a))
+
+    def on_run(method: str, seed: int, r: Any) -> None:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items())
+        print(f"  {method:<10} seed {seed}: {shown} ({r.record['timings']['total_s']:.0f} s)")
+
+    summaries = compare(config, methods, seeds, on_run=on_run)
+    names = list(summaries[0].metrics)
+    rows = [
+        [
+            s.method,
+            *(str(s.metrics[n]) for n in names),
+            f"{s.trainable_parameters:,}",
+            str(s.wall_s),
+        ]
+        for s in summaries
+    ]
+    print(
+        f"\n{config.model} on {config.task}, {config.shots} shots, seeds {seeds} "
+        "(mean ± 95% interval over seeds)"
+    )
+    print(_table(rows, ["method", *names, "trained params", "wall s per run"]))
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from gradguide.predict import predict
+
+    rows = predict(Path(a.run), Path(a.input))
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if a.output:
+        from gradguide.atomic import write_text_atomic
+
+        out = Path(a.output)
+        if out.exists() and not a.overwrite:
+            raise GradguideError("output file exists; pass --overwrite to replace it", file=out)
+        write_text_atomic(out, text)
+        print(f"{len(rows)} predictions written to {out}")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -158,16 +307,9 @@ def cmd_tasks(a: argparse.Namespace) -> int:
     for t in list_tasks():
         files = t.files(root)
         present = all(p.exists() for p in files.values()) if files else False
-        rows.append(
-            [
-                t.name,
-                t.suite,
-                f"{t.train_split}->{t.eval_split}",
-                ",".join(t.metrics),
-                "yes" if present else "no",
-                t.description,
-            ]
-        )
+        splits = f"{t.train_split}->{t.eval_split}"
+        data = "yes" if present else "no"
+        rows.append([t.name, t.suite, splits, ",".join(t.metrics), data, t.description])
     print(f"data root: {root if root else 'not found (pass --data-dir or set GRADGUIDE_DATA)'}")
     print(_table(rows, ["task", "suite", "splits", "metrics", "data", "description"]))
     return 0
@@ -176,15 +318,29 @@ def cmd_tasks(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
-        prog="gradguide", description=__doc__.splitlines()[0] if __doc__ else None
+        prog="gradguide", description="Few-shot adaptation of language models."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("eval", help="evaluate a model zero-shot or with in-context demonstrations")
+    p = sub.add_parser("eval", help="evaluate zero-shot, with demonstrations, or a trained run")
     _add_eval_args(p)
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser(
-        "models", help="list the models gradguide knows and whether they are installed"
-    )
+    p = sub.add_parser("train", help="train one method on a k-shot sample and evaluate it")
+    _add_train_args(p)
+    p.add_argument("--method", help="what is trained (see gradguide.methods; default lora)")
+    p.add_argument("--resume", help="continue a killed run from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("compare", help="several methods on the same k-shot samples and seeds")
+    _add_train_args(p)
+    p.add_argument("--methods", required=True, help="comma-separated, e.g. zero-shot,icl,lora")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("predict", help="label new examples with a trained run")
+    p.add_argument("run", help="a finished training run directory")
+    p.add_argument("--input", required=True, help="JSONL/CSV/TSV with the template's fields")
+    p.add_argument("--output", help="write JSONL here instead of standard output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("models", help="list the models gradguide knows and whether they load")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("tasks", help="list the tasks and whether their data is found")
     p.add_argument("--data-dir")

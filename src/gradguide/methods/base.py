@@ -1,0 +1,307 @@
+"""What every method shares: its options, the adapted model it returns, and verified saving.
+
+A *method* decides which parameters are trained (DESIGN.md, "methods/: what is trained"). It
+adapts a loaded model in place (no copy: real models are large), freezes everything else, and
+returns an :class:`Adapted` whose ``trainable`` dict is exactly the set of parameters with
+``requires_grad=True``: the guidance terms and the optimiser see nothing else.
+
+Saved adapters are directories holding the method's weight files plus ``adapter_meta.json``
+(method, base model, options, tensor names and shapes, sha256 of every file). The meta file is
+written last and atomically, and the weight files are moved into place one by one with an atomic
+rename, so a directory whose meta file is present and whose hashes match was saved completely;
+anything else is reported as a :class:`GradguideError` rather than loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from gradguide.atomic import fsync_dir, sha256_file, write_json_atomic
+from gradguide.errors import GradguideError
+from gradguide.models import LoadedModel
+
+META_NAME = "adapter_meta.json"
+TENSORS_NAME = "trainable.safetensors"
+META_FORMAT = 1
+
+
+@dataclass
+class MethodOptions:
+    """How a method builds its trainable parameters; every field goes into the run record."""
+
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: str = "q_proj,v_proj"
+    prompt_tokens: int = 20
+    prompt_init: str = "text"
+    prompt_init_text: str = "Classify the text and answer with the right word."
+    adapter_size: int = 16
+    adapter_init_scale: float = 1e-2
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as a plain dict (for run records and adapter_meta.json)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MethodOptions:
+        """Options from a saved dict, ignoring keys this version does not know."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Adapted:
+    """A model prepared for training by one method, and exactly the parameters it trains."""
+
+    model: torch.nn.Module
+    method: str
+    trainable: dict[str, torch.nn.Parameter]
+    options: MethodOptions = field(default_factory=MethodOptions)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def n_trainable(self) -> int:
+        """Number of trained scalars (what the run record reports as the method's size)."""
+        return sum(p.numel() for p in self.trainable.values())
+
+    def as_lm(self, lm: LoadedModel) -> LoadedModel:
+        """``lm`` with its model replaced by the adapted one, ready for ``candidate_scores``."""
+        return dataclasses.replace(lm, model=self.model)
+
+
+class Method(Protocol):
+    """One way to choose what is trained; a module plus a registry entry (methods/__init__.py)."""
+
+    name: str
+    trains: bool
+    default_lr: float
+    description: str
+
+    def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:
+        """Adapt ``lm.model`` in place, freeze everything not trained, return the result."""
+        ...
+
+    def save(self, adapted: Adapted, out_dir: Path, base_model: str) -> None:
+        """Write the trained parameters and adapter_meta.json into ``out_dir``."""
+        ...
+
+    def load(self, lm: LoadedModel, out_dir: Path, options: MethodOptions) -> Adapted:
+        """Rebuild the adaptation on a fresh ``lm`` and load the saved parameters into it."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# Trainable parameters
+
+
+def freeze_all(model: torch.nn.Module) -> None:
+    """Turn off gradients for every parameter of ``model``."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+
+
+def collect_trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Every parameter with requires_grad=True, by name, in ``named_parameters`` order."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def adapted_from(
+    model: torch.nn.Module,
+    method: str,
+    options: MethodOptions,
+    info: dict[str, Any] | None = None,
+) -> Adapted:
+    """An :class:`Adapted` for ``model``, refusing one that trains nothing."""
+    trainable = collect_trainable(model)
+    if not trainable:
+        raise GradguideError(f"method {method} found no parameter to train in this model")
+    return Adapted(
+        model=model, method=method, trainable=trainable, options=options, info=info or {}
+    )
+
+
+def model_dtype_device(model: torch.nn.Module) -> tuple[torch.dtype, torch.device]:
+    """dtype and device of the first floating-point parameter (new modules are created to match)."""
+    for param in model.parameters():
+        if param.is_floating_point():
+            return param.dtype, param.device
+    return torch.float32, torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# Saving and loading
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush one file to disk before it is renamed into place."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def publish_files(out_dir: Path, build: Callable[[Path], None]) -> dict[str, str]:
+    """Build files with ``build(tmp)`` and move each into ``out_dir`` atomically; return sha256s.
+
+    Any adapter_meta.json already in ``out_dir`` is removed first, so a save interrupted half-way
+    leaves a directory without meta (reported on load) rather than old meta over new weights.
+    Other files in ``out_dir`` are left alone.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / META_NAME).unlink(missing_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter-save-", dir=out_dir))
+    try:
+        build(tmp)
+        digests: dict[str, str] = {}
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        for path in files:
+            rel = path.relative_to(tmp).as_posix()
+            if rel == META_NAME:
+                continue
+            _fsync_file(path)
+            digests[rel] = sha256_file(path)
+        for rel in digests:
+            dest = out_dir / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, dest)
+        fsync_dir(out_dir)
+        return digests
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_meta(
+    out_dir: Path,
+    adapted: Adapted,
+    base_model: str,
+    files: dict[str, str],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write adapter_meta.json (last, atomically): what was trained, on what, and file hashes."""
+    meta = {
+        "format": META_FORMAT,
+        "method": adapted.method,
+        "base_model": base_model,
+        "options": adapted.options.to_dict(),
+        "n_trainable": adapted.n_trainable(),
+        "tensors": {name: list(p.shape) for name, p in adapted.trainable.items()},
+        "files": files,
+        "versions": _versions(),
+        **(extra or {}),
+    }
+    write_json_atomic(out_dir / META_NAME, meta)
+
+
+def _versions() -> dict[str, str]:
+    """Library versions that shape a saved adapter (torch, transformers, peft, safetensors)."""
+    import peft
+    import safetensors
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "safetensors": safetensors.__version__,
+    }
+
+
+def read_meta(out_dir: Path, method: str, lm: LoadedModel) -> dict[str, Any]:
+    """Read and verify adapter_meta.json: right method, right base model, every file intact."""
+    path = out_dir / META_NAME
+    if not path.is_file():
+        raise GradguideError(
+            f"no {META_NAME} here: not a saved gradguide adapter, or its save was interrupted",
+            file=out_dir,
+        )
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise GradguideError(f"cannot read adapter metadata: {err}", file=path) from err
+    if not isinstance(meta, dict):
+        raise GradguideError("adapter metadata is not a JSON object", file=path)
+    if meta.get("method") != method:
+        raise GradguideError(
+            f"this adapter was saved by method {meta.get('method')!r}, not {method!r}", file=path
+        )
+    if meta.get("base_model") != lm.name:
+        raise GradguideError(
+            f"this adapter was trained on base model {meta.get('base_model')!r}, not {lm.name!r}",
+            file=path,
+        )
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        raise GradguideError("adapter metadata lists no files", file=path)
+    for rel, digest in files.items():
+        target = out_dir / rel
+        if not target.is_file():
+            raise GradguideError(f"adapter file {rel} is missing", file=out_dir)
+        if sha256_file(target) != digest:
+            raise GradguideError(
+                f"adapter file {rel} does not match its sha256 in {META_NAME} (corrupted)",
+                file=out_dir,
+            )
+    return meta
+
+
+def saved_options(meta: dict[str, Any], options: MethodOptions) -> MethodOptions:
+    """The options an adapter was saved with (they fix its shapes); ``options`` where absent."""
+    saved = meta.get("options")
+    if not isinstance(saved, dict):
+        return options
+    return MethodOptions.from_dict({**options.to_dict(), **saved})
+
+
+def save_tensors(adapted: Adapted, out_dir: Path, base_model: str) -> None:
+    """Save the trainable tensors as trainable.safetensors plus adapter_meta.json."""
+    from safetensors.torch import save_file
+
+    tensors = {n: p.detach().to("cpu").contiguous().clone() for n, p in adapted.trainable.items()}
+
+    def build(tmp: Path) -> None:
+        save_file(tensors, str(tmp / TENSORS_NAME), metadata={"method": adapted.method})
+
+    files = publish_files(out_dir, build)
+    write_meta(out_dir, adapted, base_model, files)
+
+
+def load_tensors(adapted: Adapted, out_dir: Path) -> None:
+    """Copy trainable.safetensors into ``adapted.trainable`` (names and shapes must match)."""
+    from safetensors.torch import load_file
+
+    path = out_dir / TENSORS_NAME
+    try:
+        tensors = load_file(str(path))
+    except (OSError, ValueError, RuntimeError) as err:
+        raise GradguideError(f"cannot read saved tensors: {err}", file=path) from err
+    _check_names(tensors.keys(), adapted.trainable.keys(), path)
+    with torch.no_grad():
+        for name, param in adapted.trainable.items():
+            value = tensors[name]
+            if tuple(value.shape) != tuple(param.shape):
+                raise GradguideError(
+                    f"saved tensor {name} has shape {tuple(value.shape)}, the model expects "
+                    f"{tuple(param.shape)}",
+                    file=path,
+                )
+            param.copy_(value.to(dtype=param.dtype, device=param.device))
+
+
+def _check_names(saved: Iterable[str], expected: Iterable[str], path: Path) -> None:
+    """Raise when the saved tensor names differ from the ones the rebuilt model trains."""
+    saved_set, expected_set = set(saved), set(expected)
+    if saved_set != expected_set:
+        missing = sorted(expected_set - saved_set)[:3]
+        extra = sorted(saved_set - expected_set)[:3]
+        raise GradguideError(
+            f"saved tensors do not match the model (missing {missing}, unexpected {extra})",
+            file=path,
+        )

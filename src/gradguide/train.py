@@ -1,0 +1,577 @@
+"""The training loop: one method, a k-shot sample, rank-classification loss, checkpoints, a record.
+
+Flow (DESIGN.md): task → k-shot instances → candidate scores → cross entropy over candidates →
+gradient → optimiser. The loop is deliberately small; methods decide *what* is trained
+(gradguide.methods) and the loop never looks inside them.
+
+Reproducibility: the data order is a pure function of the seed (a fresh permutation per epoch),
+the method's initialisation draws from ``torch.manual_seed(seed)``, and a checkpoint holds the
+trainable tensors, optimiser, scheduler, RNG states and the curves so far, so a resumed run ends
+with exactly the numbers of an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import resource
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from gradguide.atomic import publish_dir, verify_manifest, write_json_atomic, write_manifest
+from gradguide.config import EvalConfig, UserTaskOptions, from_dict, to_dict
+from gradguide.errors import GradguideError
+from gradguide.evaluate import evaluate_instances, limit_instances, resolve_task
+from gradguide.methods import Adapted, MethodOptions, get_method
+from gradguide.models import LoadedModel, load_model
+from gradguide.record import environment, new_run_dir, write_record
+from gradguide.scoring import ScoringOptions, candidate_scores
+from gradguide.tasks import resolve_data_root, sample_demonstrations, sample_k_shot
+from gradguide.tasks.base import Instance, Task
+
+CONFIG_NAME = "config.json"
+Curves = dict[str, list[float | None]]
+CHECKPOINT_NAME = "checkpoint"
+LOG_NAME = "log.jsonl"
+ADAPTER_NAME = "adapter"
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """Optimiser and schedule; ``lr=None`` takes the method's few-shot default."""
+
+    lr: float | None = None
+    steps: int | None = None
+    epochs: int = 10
+    batch_size: int = 8
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    scheduler: str = "linear"
+    max_skipped_steps: int = 10
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """A training run: model × task × k-shot sample × method × seed (plus how to train)."""
+
+    model: str = "smollm2-135m"
+    task: str = "sst2"
+    shots: int = 32
+    method: str = "lora"
+    seed: int = 1
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    out: str = "runs"
+    template: str | None = None
+    verbalizer: dict[str, str] | None = None
+    user_task: UserTaskOptions = dataclasses.field(default_factory=UserTaskOptions)
+    eval_split: str | None = None
+    eval_limit: int | None = None
+    icl_shots: int = 4
+    bf16: bool = False
+    checkpoint_every: int = 0
+    tensorboard: bool = False
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    method_options: MethodOptions = dataclasses.field(default_factory=MethodOptions)
+    scoring: ScoringOptions = dataclasses.field(default_factory=ScoringOptions)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished run produced; the same facts are in ``run_dir/record.json``."""
+
+    metrics: dict[str, float]
+    record: dict[str, Any]
+    run_dir: Path
+    adapted: Adapted | None = None
+
+
+def validate(config: TrainConfig) -> None:
+    """Reject impossible settings before anything is loaded (field named in the error)."""
+    method = get_method(config.method)
+    o = config.optim
+    checks = [
+        (config.shots > 0, "shots", f"must be positive, got {config.shots}"),
+        (
+            o.lr is None or (o.lr > 0 and math.isfinite(o.lr)),
+            "optim.lr",
+            f"must be > 0, got {o.lr}",
+        ),
+        (o.steps is None or o.steps > 0, "optim.steps", f"must be positive, got {o.steps}"),
+        (o.epochs > 0, "optim.epochs", f"must be positive, got {o.epochs}"),
+        (o.batch_size > 0, "optim.batch_size", f"must be positive, got {o.batch_size}"),
+        (0 <= o.warmup_ratio < 1, "optim.warmup_ratio", f"must be in [0, 1), got {o.warmup_ratio}"),
+        (o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}"),
+        (o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 = off), got {o.grad_clip}"),
+        (o.scheduler in ("linear", "constant"), "optim.scheduler", "must be linear or constant"),
+        (o.max_skipped_steps >= 0, "optim.max_skipped_steps", "must be >= 0"),
+        (config.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0 = at the end only)"),
+        (config.icl_shots > 0 or method.name != "icl", "icl_shots", "must be positive for icl"),
+    ]
+    for ok, name, message in checks:
+        if not ok:
+            raise GradguideError(message, field=name)
+
+
+def data_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Indices of each step's batch: a fresh seeded permutation per epoch, cut into batches."""
+    rng = random.Random(f"gradguide-order-{seed}")
+    batches: list[list[int]] = []
+    while len(batches) < steps:
+        perm = list(range(n))
+        rng.shuffle(perm)
+        batches.extend(perm[i : i + batch_size] for i in range(0, n, batch_size))
+    return batches[:steps]
+
+
+def total_steps(config: TrainConfig, n_train: int) -> int:
+    """``optim.steps`` if set, else epochs × batches per epoch."""
+    o = config.optim
+    return o.steps or o.epochs * math.ceil(n_train / o.batch_size)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: OptimConfig, steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then linear decay to zero (or constant after warm-up)."""
+    warmup = int(config.warmup_ratio * steps)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if config.scheduler == "constant":
+            return 1.0
+        return max(0.0, (steps - step) / max(1, steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def rank_loss(lm: LoadedModel, batch: Sequence[Instance], options: ScoringOptions) -> torch.Tensor:
+    """Cross entropy of the gold candidate over the candidates' scores (rank classification)."""
+    scores = candidate_scores(lm, batch, "", options)
+    gold = torch.tensor([x.gold for x in batch], device=scores.device)
+    return F.cross_entropy(scores, gold)
+
+
+def grad_norm(params: Sequence[torch.nn.Parameter]) -> float:
+    """Euclidean norm of all gradients together (NaN/inf propagate so that they are caught)."""
+    squares = [p.grad.detach().float().pow(2).sum() for p in params if p.grad is not None]
+    return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuplify(state["python"]))
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def save_checkpoint(
+    run_dir: Path,
+    adapted: Adapted,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+) -> None:
+    """Write the resumable state atomically (a directory swapped in whole, with checksums)."""
+
+    def build(tmp: Path) -> None:
+        tensors = {k: p.detach().contiguous() for k, p in adapted.trainable.items()}
+        save_file(tensors, str(tmp / "trainable.safetensors"))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(),
+            },
+            tmp / "optimizer.pt",
+        )
+        write_json_atomic(tmp / "state.json", state)
+        write_manifest(tmp)
+
+    publish_dir(run_dir / CHECKPOINT_NAME, build, replace=True)
+
+
+def load_checkpoint(
+    run_dir: Path, adapted: Adapted, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> dict[str, Any]:
+    """Restore a checkpoint written by ``save_checkpoint`` after verifying every checksum."""
+    path = run_dir / CHECKPOINT_NAME
+    if not path.is_dir():
+        raise GradguideError("no checkpoint to resume from (the run saved none yet)", file=path)
+    problem = verify_manifest(path)
+    if problem:
+        raise GradguideError(f"checkpoint is damaged: {problem}; it was not loaded", file=path)
+    tensors = load_file(str(path / "trainable.safetensors"))
+    if set(tensors) != set(adapted.trainable):
+        raise GradguideError("checkpoint tensors do not match this run's method", file=path)
+    with torch.no_grad():
+        for name, p in adapted.trainable.items():
+            p.copy_(tensors[name])
+    extra = torch.load(path / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    _set_rng_state(extra["rng"])
+    state: dict[str, Any] = json.loads((path / "state.json").read_text())
+    return state
+
+
+class _Logger:
+    """JSONL step log (plus TensorBoard when asked); on resume, lines past the checkpoint go."""
+
+    def __init__(self, run_dir: Path, resume_step: int, tensorboard: bool) -> None:
+        self.path = run_dir / LOG_NAME
+        kept = []
+        if resume_step and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] < resume_step:
+                        kept.append(line)
+                except (ValueError, KeyError):
+                    break
+        self.path.write_text("".join(k + "\n" for k in kept))
+        self.handle = self.path.open("a")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise GradguideError(
+                    "tensorboard logging needs the tensorboard package: pip install tensorboard"
+                ) from None
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+
+    def log(self, entry: dict[str, Any]) -> None:
+        self.handle.write(json.dumps(entry) + "\n")
+        self.handle.flush()
+        if self.tb is not None:
+            for k, v in entry.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, entry["step"])
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+@dataclasses.dataclass
+class _Setup:
+    task: Task
+    data_root: Path | None
+    train: list[Instance]
+    eval: list[Instance]
+
+
+def _prepare_data(config: TrainConfig) -> _Setup:
+    data_root = resolve_data_root(config.data_dir)
+    task = resolve_task(_as_eval_config(config))
+    pool = task.load(task.train_split, data_root)
+    train = sample_k_shot(pool, config.shots, config.seed)
+    split = config.eval_split or task.eval_split
+    eval_set = limit_instances(task.load(split, data_root), config.eval_limit)
+    return _Setup(task, data_root, train, eval_set)
+
+
+def _as_eval_config(config: TrainConfig) -> EvalConfig:
+    return EvalConfig(
+        model=config.model,
+        task=config.task,
+        template=config.template,
+        verbalizer=config.verbalizer,
+        user_task=config.user_task,
+    )
+
+
+def train(
+    config: TrainConfig, *, resume: Path | None = None, show_progress: bool = True
+) -> TrainResult:
+    """Train ``config.method`` on a k-shot sample, evaluate, save, and write the run record.
+
+    With ``resume`` (a run directory) the run continues from its last checkpoint, with the
+    configuration stored in that directory.
+    """
+    started = time.perf_counter()
+    validate(config)
+    method = get_method(config.method)
+    setup = _prepare_data(config)
+    if resume is None:
+        run_dir = new_run_dir(
+            config.out,
+            f"train-{config.model}-{setup.task.name}-{config.method}-k{config.shots}-s{config.seed}",
+        )
+        write_json_atomic(run_dir / CONFIG_NAME, to_dict(config))
+    else:
+        run_dir = resume
+    lm = load_model(config.model, cache_dir=config.cache_dir, seed=config.seed)
+    load_s = time.perf_counter() - started
+    torch.manual_seed(config.seed)
+    adapted = method.apply(lm, config.method_options) if method.trains else None
+    model_lm = adapted.as_lm(lm) if adapted is not None else lm
+
+    curves: dict[str, list[float | None]] = {
+        "loss": [],
+        "grad_norm": [],
+        "lr": [],
+        "step_seconds": [],
+    }
+    skipped: list[int] = []
+    steps = total_steps(config, len(setup.train)) if adapted is not None else 0
+    train_s = 0.0
+    if adapted is not None:
+        curves, skipped, train_s = _fit(
+            config, run_dir, model_lm, adapted, setup.train, steps, resume, show_progress
+        )
+        method.save(adapted, run_dir / ADAPTER_NAME, config.model)
+
+    demos: list[Instance] = []
+    if method.name == "icl":
+        demos = sample_demonstrations(
+            setup.train, min(config.icl_shots, len(setup.train)), config.seed
+        )
+    model_lm.model.eval()
+    metrics, _scored, facts = evaluate_instances(
+        model_lm,
+        setup.task,
+        setup.eval,
+        demonstrations=demos,
+        options=config.scoring,
+        show_progress=show_progress,
+    )
+    record = {
+        "kind": "train",
+        "method": config.method,
+        "config": to_dict(config),
+        "seed": config.seed,
+        "environment": environment(),
+        "model": {"name": lm.name, "kind": lm.kind, **lm.info},
+        "task": {
+            "name": setup.task.name,
+            "suite": setup.task.suite,
+            "template": setup.task.template,
+            "verbalizer": dict(setup.task.verbalizer),
+            "metrics": list(setup.task.metrics),
+            "data_root": str(setup.data_root) if setup.data_root else None,
+        },
+        "data": {
+            "train_split": setup.task.train_split,
+            "train_ids": [x.id for x in setup.train],
+            "eval_split": config.eval_split or setup.task.eval_split,
+            "eval_size": len(setup.eval),
+            "eval_ids": [x.id for x in setup.eval],
+            "demonstration_ids": [x.id for x in demos],
+        },
+        "trainable_parameters": adapted.n_trainable() if adapted is not None else 0,
+        "steps": steps,
+        "skipped_steps": skipped,
+        "curves": curves,
+        "scoring": {
+            **to_dict(config.scoring),
+            **{k: v for k, v in facts.items() if k != "seconds"},
+        },
+        "metrics": metrics,
+        "timings": {
+            "model_load_s": load_s,
+            "train_s": train_s,
+            "step_s_median": _median(curves["step_seconds"]),
+            "eval_s": facts["seconds"],
+            "total_s": time.perf_counter() - started,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        },
+    }
+    write_record(run_dir, record)
+    return TrainResult(metrics, record, run_dir, adapted)
+
+
+def _fit(
+    config: TrainConfig,
+    run_dir: Path,
+    lm: LoadedModel,
+    adapted: Adapted,
+    train_set: Sequence[Instance],
+    steps: int,
+    resume: Path | None,
+    show_progress: bool,
+) -> tuple[Curves, list[int], float]:
+    """The optimisation itself; returns the curves, the skipped steps and the seconds spent."""
+    o = config.optim
+    params = list(adapted.trainable.values())
+    lr = o.lr if o.lr is not None else get_method(config.method).default_lr
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay)
+    scheduler = make_scheduler(optimizer, o, steps)
+    order = data_order(len(train_set), o.batch_size, steps, config.seed)
+    curves: dict[str, list[float | None]] = {
+        "loss": [],
+        "grad_norm": [],
+        "lr": [],
+        "step_seconds": [],
+    }
+    skipped: list[int] = []
+    start_step, train_s = 0, 0.0
+    if resume is not None:
+        state = load_checkpoint(run_dir, adapted, optimizer, scheduler)
+        if state["order_digest"] != _digest(order):
+            raise GradguideError("checkpoint was written with another data order", file=run_dir)
+        start_step, curves, skipped, train_s = (
+            state["step"],
+            state["curves"],
+            state["skipped"],
+            state["train_s"],
+        )
+    logger = _Logger(run_dir, start_step, config.tensorboard)
+    lm.model.train()
+    bar = tqdm(
+        total=steps, initial=start_step, desc=f"train {config.method}", disable=not show_progress
+    )
+    try:
+        for step in range(start_step, steps):
+            t0 = time.perf_counter()
+            batch = [train_set[i] for i in order[step]]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                loss = rank_loss(lm, batch, config.scoring)
+            loss.backward()
+            norm = grad_norm(params)
+            current_lr = optimizer.param_groups[0]["lr"]
+            loss_value = loss.item()
+            if not (math.isfinite(loss_value) and math.isfinite(norm)):
+                skipped.append(step)
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                if len(skipped) > o.max_skipped_steps:
+                    raise GradguideError(
+                        f"{len(skipped)} steps had non-finite loss or gradients (limit "
+                        f"optim.max_skipped_steps={o.max_skipped_steps}); stopped, the last "
+                        "checkpoint is intact: lower the learning rate or turn off bf16",
+                        file=run_dir,
+                    )
+            else:
+                if o.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            train_s += dt
+            for key, value in (
+                ("loss", _finite_or_none(loss_value)),
+                ("grad_norm", _finite_or_none(norm)),
+                ("lr", current_lr),
+                ("step_seconds", dt),
+            ):
+                curves[key].append(value)
+            logger.log(
+                {
+                    "step": step,
+                    "loss": _finite_or_none(loss_value),
+                    "grad_norm": _finite_or_none(norm),
+                    "lr": current_lr,
+                    "seconds": dt,
+                }
+            )
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            done = step + 1
+            if done == steps or (config.checkpoint_every and done % config.checkpoint_every == 0):
+                state = {
+                    "step": done,
+                    "curves": curves,
+                    "skipped": skipped,
+                    "train_s": train_s,
+                    "order_digest": _digest(order),
+                }
+                save_checkpoint(run_dir, adapted, optimizer, scheduler, state)
+    finally:
+        bar.close()
+        logger.close()
+    return curves, skipped, train_s
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _finite_or_none(x: float) -> float | None:
+    """Curves are JSON: a skipped step's non-finite value is recorded as null."""
+    return x if math.isfinite(x) else None
+
+
+def _digest(order: list[list[int]]) -> str:
+    return hashlib.sha256(json.dumps(order).encode()).hexdigest()[:16]
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """The configuration a run directory was started with (for resume, eval and predict)."""
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise GradguideError(
+            "not a gradguide training run directory (no config.json)", file=run_dir
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise GradguideError(f"cannot read the run's config: {e}", file=path) from None
+    return from_dict(TrainConfig, data, source=str(path))
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    """A finished run loaded back: its config, task and the adapted model ready for scoring."""
+
+    config: TrainConfig
+    task: Task
+    lm: LoadedModel
+    demonstrations: list[Instance]
+    record: dict[str, Any]
+
+
+def load_trained(run_dir: str | Path) -> TrainedRun:
+    """Rebuild a finished run's model (base model + saved adapter) for evaluation or prediction."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    record_path = run_dir / "record.json"
+    if not record_path.is_file():
+        raise GradguideError("run has not finished (no record.json); resume it first", file=run_dir)
+    record = json.loads(record_path.read_text())
+    method = get_method(config.method)
+    lm = load_model(config.model, cache_dir=config.cache_dir, seed=config.seed)
+    if method.trains:
+        lm = method.load(lm, run_dir / ADAPTER_NAME, config.method_options).as_lm(lm)
+    lm.model.eval()
+    setup = _prepare_data(config)
+    by_id = {x.id: x for x in setup.train}
+    demos = [by_id[i] for i in record["data"]["demonstration_ids"]]
+    return TrainedRun(config, setup.task, lm, demos, record)
+
+
+def reevaluate(run_dir: str | Path, *, show_progress: bool = True) -> dict[str, float]:
+    """Evaluate a finished run again on its evaluation set (must match its record)."""
+    run = load_trained(run_dir)
+    setup = _prepare_data(run.config)
+    metrics, _, _ = evaluate_instances(
+        run.lm,
+        run.task,
+        setup.eval,
+        demonstrations=run.demonstrations,
+        options=run.config.scoring,
+        show_progress=show_progress,
+    )
+    return metrics

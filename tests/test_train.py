@@ -1,0 +1,244 @@
+"""The training loop: end to end on a tiny model, determinism, kill-and-resume, bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradguide import train as train_mod
+from gradguide.cli import main
+from gradguide.errors import GradguideError
+from gradguide.predict import predict
+from gradguide.train import OptimConfig, TrainConfig, data_order, reevaluate, train
+
+
+def tiny(tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(
+        model="tiny-llama",
+        task="demo-sentiment",
+        shots=8,
+        method="lora",
+        seed=1,
+        out=str(tmp_path),
+        optim=OptimConfig(steps=6, batch_size=4, lr=5e-3),
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_lora_run_writes_record_curves_and_adapter(tmp_path):
+    r = train(tiny(tmp_path), show_progress=False)
+    rec = json.loads((r.run_dir / "record.json").read_text())
+    assert (
+        rec["steps"] == 6
+        and len(rec["curves"]["loss"]) == 6
+        and len(rec["curves"]["grad_norm"]) == 6
+    )
+    assert rec["trainable_parameters"] > 0 and rec["skipped_steps"] == []
+    assert len(rec["data"]["train_ids"]) == 8 and rec["config"]["optim"]["lr"] == 5e-3
+    assert set(rec["metrics"]) == {"accuracy"}
+    assert (r.run_dir / "adapter" / "adapter_config.json").exists()
+    lines = (r.run_dir / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(6))
+    assert rec["curves"]["loss"][-1] < rec["curves"]["loss"][0]
+
+
+def test_two_runs_give_identical_numbers(tmp_path):
+    a = train(tiny(tmp_path / "a", method="full"), show_progress=False)
+    b = train(tiny(tmp_path / "b", method="full"), show_progress=False)
+    assert a.record["curves"]["loss"] == b.record["curves"]["loss"]
+    assert a.record["curves"]["grad_norm"] == b.record["curves"]["grad_norm"]
+    assert a.metrics == b.metrics and a.record["data"] == b.record["data"]
+
+
+def test_untrained_methods_share_the_record_shape(tmp_path):
+    zs = train(tiny(tmp_path, method="zero-shot"), show_progress=False)
+    icl = train(tiny(tmp_path, method="icl", icl_shots=2), show_progress=False)
+    assert zs.record["steps"] == 0 and zs.record["trainable_parameters"] == 0
+    assert len(icl.record["data"]["demonstration_ids"]) == 2
+    assert set(icl.record["data"]["demonstration_ids"]) <= set(icl.record["data"]["train_ids"])
+
+
+def test_data_order_is_a_seeded_permutation_per_epoch():
+    order = data_order(10, 4, 9, seed=3)
+    assert order == data_order(10, 4, 9, seed=3) and order != data_order(10, 4, 9, seed=4)
+    first_epoch = [i for b in order[:3] for i in b]
+    assert sorted(first_epoch) == list(range(10))
+
+
+def test_reevaluate_and_predict_a_finished_run(tmp_path):
+    r = train(tiny(tmp_path), show_progress=False)
+    assert reevaluate(r.run_dir, show_progress=False) == r.metrics
+    inp = tmp_path / "new.jsonl"
+    inp.write_text('{"text": "wonderful, I loved it"}\n{"text": "broken on arrival"}\n')
+    rows = predict(r.run_dir, inp)
+    assert [x["line"] for x in rows] == [1, 2]
+    labels = {"negative", "positive"}
+    assert all(x["prediction"] in labels and set(x["scores"]) == labels for x in rows)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"review": "no text field"}\n')
+    with pytest.raises(GradguideError) as e:
+        predict(r.run_dir, bad)
+    assert e.value.line == 1 and e.value.field == "text"
+
+
+def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
+    real = train_mod.rank_loss
+    calls = {"n": 0}
+
+    def flaky(lm, batch, options):
+        calls["n"] += 1
+        loss = real(lm, batch, options)
+        return loss * float("nan") if calls["n"] in (2, 3) else loss
+
+    monkeypatch.setattr(train_mod, "rank_loss", flaky)
+    r = train(tiny(tmp_path), show_progress=False)
+    assert r.record["skipped_steps"] == [1, 2]
+    assert all(torch.isfinite(p).all() for p in r.adapted.trainable.values())
+    calls["n"] = 0
+    cfg = tiny(tmp_path, checkpoint_every=1)
+    cfg.optim.max_skipped_steps = 1
+    with pytest.raises(GradguideError, match="non-finite"):
+        train(cfg, show_progress=False)
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir() and not (p / "record.json").exists()]
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    # the last checkpoint (after the first, tolerated skip) is intact and loadable
+    assert state["step"] == 2 and state["skipped"] == [1]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"method": "magic"}, None),
+        ({"shots": 0}, "shots"),
+        ({"optim": OptimConfig(lr=-1.0)}, "optim.lr"),
+        ({"optim": OptimConfig(batch_size=0)}, "optim.batch_size"),
+    ],
+)
+def test_bad_configs_are_clear_errors(tmp_path, overrides, field):
+    with pytest.raises(GradguideError) as e:
+        train(tiny(tmp_path, **overrides), show_progress=False)
+    if field:
+        assert e.value.field == field
+    else:
+        assert "unknown method" in str(e.value)
+    assert not any(tmp_path.iterdir())  # nothing written for a rejected config
+
+
+def test_cli_bad_config_exits_2(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "tiny-llama",
+                "--task",
+                "demo-sentiment",
+                "--lr",
+                "-1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
+    assert "optim.lr" in capsys.readouterr().err
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gradguide", *args]
+
+
+def test_kill_and_resume_reaches_the_uninterrupted_result(tmp_path):
+    """Kill a real training process after a checkpoint, resume it, compare with a full run."""
+    common = [
+        "train",
+        "--model",
+        "tiny-llama",
+        "--task",
+        "demo-sentiment",
+        "--method",
+        "lora",
+        "--shots",
+        "16",
+        "--batch-size",
+        "4",
+        "--lr",
+        "5e-3",
+        "--seed",
+        "2",
+    ]
+    steps = 40
+    killed_dir = None
+    for _attempt in range(3):
+        out = tmp_path / f"killed{steps}"
+        proc = subprocess.Popen(
+            _cli(*common, "--steps", str(steps), "--checkpoint-every", "3", "--out", str(out)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            states = list(out.glob("*/checkpoint/state.json"))
+            if states:
+                try:
+                    if json.loads(states[0].read_text())["step"] >= 3:
+                        break
+                except (ValueError, OSError):
+                    pass
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        (run_dir,) = list(out.iterdir())
+        if not (run_dir / "record.json").exists():
+            killed_dir = run_dir
+            break
+        steps *= 4  # finished before the kill: make the run longer and try again
+    assert killed_dir is not None, "could not kill the run before it finished"
+    done_at_kill = json.loads((killed_dir / "checkpoint" / "state.json").read_text())["step"]
+    assert 3 <= done_at_kill < steps
+    resumed = subprocess.run(
+        _cli("train", "--resume", str(killed_dir)), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    full = subprocess.run(
+        _cli(
+            *common,
+            "--steps",
+            str(steps),
+            "--checkpoint-every",
+            "3",
+            "--out",
+            str(tmp_path / "full"),
+        ),
+        capture_output=True,
+        text=True,
+    )
+    assert full.returncode == 0, full.stderr
+    a = json.loads((killed_dir / "record.json").read_text())
+    (full_dir,) = list((tmp_path / "full").iterdir())
+    b = json.loads((full_dir / "record.json").read_text())
+    assert a["metrics"] == b["metrics"]
+    assert a["curves"]["loss"] == b["curves"]["loss"]
+    assert a["curves"]["grad_norm"] == b["curves"]["grad_norm"]
+    log_steps = [json.loads(x)["step"] for x in (killed_dir / "log.jsonl").read_text().splitlines()]
+    assert log_steps == list(range(steps))
+
+
+def test_damaged_checkpoint_is_refused(tmp_path):
+    r = train(tiny(tmp_path, checkpoint_every=2), show_progress=False)
+    weights = r.run_dir / "checkpoint" / "trainable.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(GradguideError, match="damaged"):
+        train(train_mod.load_run_config(r.run_dir), resume=r.run_dir, show_progress=False)
