@@ -136,6 +136,21 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-tokens", type=int, help="soft prompt length")
     p.add_argument("--adapter-size", type=int, help="bottleneck adapter width")
     p.add_argument("--tensorboard", action="store_true", default=None, help="also log to TB")
+    g = p.add_argument_group("gradient guidance (SGG)")
+    g.add_argument("--guidance", help="comma-separated: sgg, sgg-dir, sgg-mag, sgg-align")
+    g.add_argument("--lambda-dir", type=float, help="weight of the direction penalty")
+    g.add_argument("--lambda-mag", type=float, help="weight of the magnitude penalty")
+    g.add_argument("--tau", type=float, help="target gradient norm (default: the first step's)")
+    g.add_argument("--lambda-align", type=float, help="weight of the alignment penalty")
+    g.add_argument("--prior", help="d_prior: pretrain, task:RUN_DIR, ema:BETA, file:PATH, none")
+    g.add_argument("--prior-corpus", help="text file (one passage per line) for the pretrain prior")
+    g.add_argument("--source-task", help="task whose gradient the alignment term follows")
+    g.add_argument("--source-run", help="a run whose mean gradient is the (constant) source")
+    g.add_argument(
+        "--two-sided", action="store_true", default=None, help="R_align through g_source"
+    )
+    g.add_argument("--hvp", help="Hessian-vector products: fd (default) or exact")
+    g.add_argument("--lazy", type=int, help="apply the penalty gradient every k-th step, weight k")
 
 
 def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
@@ -161,6 +176,18 @@ def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
             "method_options.lora_targets": a.lora_targets,
             "method_options.prompt_tokens": a.prompt_tokens,
             "method_options.adapter_size": a.adapter_size,
+            "guidance.use": a.guidance,
+            "guidance.lambda_dir": a.lambda_dir,
+            "guidance.lambda_mag": a.lambda_mag,
+            "guidance.tau": a.tau,
+            "guidance.lambda_align": a.lambda_align,
+            "guidance.prior": a.prior,
+            "guidance.prior_corpus": a.prior_corpus,
+            "guidance.source_task": a.source_task,
+            "guidance.source_run": a.source_run,
+            "guidance.two_sided": a.two_sided,
+            "guidance.hvp": a.hvp,
+            "guidance.lazy": a.lazy,
         }
     )
     return o

@@ -66,3 +66,35 @@ def compute_metrics(
     if unknown:
         raise GradguideError(f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")
     return {n: METRICS[n](instances, predictions) for n in names}
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient dynamics: one definition for every method (SGG and the baselines alike)
+
+
+def gradient_stability(norms: Sequence[float | None]) -> float | None:
+    """1 / (1 + CV(‖g_t‖)), CV = population std / mean over the run's finite gradient norms."""
+    xs = [x for x in norms if x is not None]
+    if len(xs) < 2:
+        return None
+    mean = sum(xs) / len(xs)
+    if mean == 0:
+        return None
+    sd = (sum((x - mean) ** 2 for x in xs) / len(xs)) ** 0.5
+    return 1.0 / (1.0 + sd / mean)
+
+
+def mean_defined(values: Sequence[float | None]) -> float | None:
+    """Mean of the values that are defined (None when there are none)."""
+    xs = [x for x in values if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def dynamics_summary(curves: dict[str, list[float | None]]) -> dict[str, float | None]:
+    """Run-level measures from per-step curves: stability, consecutive cosine, alignments."""
+    return {
+        "gradient_stability": gradient_stability(curves.get("grad_norm", [])),
+        "mean_consecutive_cosine": mean_defined(curves.get("cos_prev", [])),
+        "directional_alignment": mean_defined(curves.get("cos_prior", [])),
+        "source_alignment": mean_defined(curves.get("cos_source", [])),
+    }

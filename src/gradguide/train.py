@@ -33,14 +33,42 @@ from gradguide.atomic import publish_dir, verify_manifest, write_json_atomic, wr
 from gradguide.config import EvalConfig, UserTaskOptions, from_dict, to_dict
 from gradguide.errors import GradguideError
 from gradguide.evaluate import evaluate_instances, limit_instances, resolve_task
+from gradguide.guidance import build_penalties, parse_guidance
+from gradguide.guidance.engine import HVP_MODES, GuidedGradient, LossFn, cosine
+from gradguide.guidance.priors import (
+    MEAN_GRADIENT_FILE,
+    PRIOR_FILE,
+    EmaPrior,
+    FixedPrior,
+    Prior,
+    build_prior,
+    load_vector,
+    save_vector,
+    unit,
+)
 from gradguide.methods import Adapted, MethodOptions, get_method
+from gradguide.metrics import dynamics_summary
 from gradguide.models import LoadedModel, load_model
 from gradguide.record import environment, new_run_dir, write_record
 from gradguide.scoring import ScoringOptions, candidate_scores
-from gradguide.tasks import resolve_data_root, sample_demonstrations, sample_k_shot
+from gradguide.tasks import get_task, resolve_data_root, sample_demonstrations, sample_k_shot
 from gradguide.tasks.base import Instance, Task
 
 CONFIG_NAME = "config.json"
+GUIDANCE_STATE = "guidance.safetensors"
+CURVE_KEYS = (
+    "loss",
+    "grad_norm",
+    "guided_norm",
+    "lr",
+    "step_seconds",
+    "cos_prev",
+    "cos_prior",
+    "cos_source",
+    "penalty_dir",
+    "penalty_mag",
+    "penalty_align",
+)
 Curves = dict[str, list[float | None]]
 CHECKPOINT_NAME = "checkpoint"
 LOG_NAME = "log.jsonl"
@@ -60,6 +88,32 @@ class OptimConfig:
     grad_clip: float = 1.0
     scheduler: str = "linear"
     max_skipped_steps: int = 10
+
+
+@dataclasses.dataclass
+class GuidanceConfig:
+    """Gradient guidance (SGG): which terms, their weights, the prior, the source, the HVP mode.
+
+    ``use`` lists names from gradguide.guidance.GUIDANCE ("sgg", "sgg-dir", …; "" = none).
+    ``tau=None`` targets the first step's gradient norm. ``measure_alignment`` computes d_prior for
+    every trained run (baselines included) so that directional alignment is measured alike.
+    """
+
+    use: str = ""
+    lambda_dir: float = 0.1
+    lambda_mag: float = 0.1
+    tau: float | None = None
+    lambda_align: float = 0.1
+    prior: str = "pretrain"
+    prior_corpus: str | None = None
+    source_task: str | None = None
+    source_shots: int | None = None
+    source_run: str | None = None
+    two_sided: bool = False
+    hvp: str = "fd"
+    fd_eps: float = 1e-4
+    lazy: int = 1
+    measure_alignment: bool = True
 
 
 @dataclasses.dataclass
@@ -86,6 +140,7 @@ class TrainConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     method_options: MethodOptions = dataclasses.field(default_factory=MethodOptions)
     scoring: ScoringOptions = dataclasses.field(default_factory=ScoringOptions)
+    guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
 
 
 @dataclasses.dataclass
@@ -120,9 +175,23 @@ def validate(config: TrainConfig) -> None:
         (config.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0 = at the end only)"),
         (config.icl_shots > 0 or method.name != "icl", "icl_shots", "must be positive for icl"),
     ]
+    g = config.guidance
+    checks += [
+        (g.hvp in HVP_MODES, "guidance.hvp", f"must be one of {', '.join(HVP_MODES)}"),
+        (g.lazy >= 1, "guidance.lazy", f"must be >= 1, got {g.lazy}"),
+        (g.fd_eps > 0, "guidance.fd_eps", f"must be > 0, got {g.fd_eps}"),
+        (g.tau is None or g.tau >= 0, "guidance.tau", f"must be >= 0, got {g.tau}"),
+        (not (g.source_task and g.source_run), "guidance.source_run", "give a task or a run"),
+    ]
+    checks += [
+        (getattr(g, k) >= 0, f"guidance.{k}", f"must be >= 0, got {getattr(g, k)}")
+        for k in ("lambda_dir", "lambda_mag", "lambda_align")
+    ]
     for ok, name, message in checks:
         if not ok:
             raise GradguideError(message, field=name)
+    if parse_guidance(g.use) and not method.trains:
+        raise GradguideError(f"guidance needs a trained method, not {method.name}", field="method")
 
 
 def data_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
@@ -165,12 +234,6 @@ def rank_loss(lm: LoadedModel, batch: Sequence[Instance], options: ScoringOption
     return F.cross_entropy(scores, gold)
 
 
-def grad_norm(params: Sequence[torch.nn.Parameter]) -> float:
-    """Euclidean norm of all gradients together (NaN/inf propagate so that they are caught)."""
-    squares = [p.grad.detach().float().pow(2).sum() for p in params if p.grad is not None]
-    return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
-
-
 def _rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "python": random.getstate()}
 
@@ -190,10 +253,13 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: dict[str, Any],
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write the resumable state atomically (a directory swapped in whole, with checksums)."""
 
     def build(tmp: Path) -> None:
+        if extra:
+            save_file({k: v.contiguous() for k, v in extra.items()}, str(tmp / GUIDANCE_STATE))
         tensors = {k: p.detach().contiguous() for k, p in adapted.trainable.items()}
         save_file(tensors, str(tmp / "trainable.safetensors"))
         torch.save(
@@ -321,7 +387,11 @@ def train(
         write_json_atomic(run_dir / CONFIG_NAME, to_dict(config))
     else:
         run_dir = resume
-    lm = load_model(config.model, cache_dir=config.cache_dir, seed=config.seed)
+    exact = bool(parse_guidance(config.guidance.use)) and config.guidance.hvp == "exact"
+    attn = "eager" if exact else None  # CPU SDPA has no double backward
+    lm = load_model(
+        config.model, cache_dir=config.cache_dir, seed=config.seed, attn_implementation=attn
+    )
     load_s = time.perf_counter() - started
     torch.manual_seed(config.seed)
     adapted = method.apply(lm, config.method_options) if method.trains else None
@@ -336,9 +406,12 @@ def train(
     skipped: list[int] = []
     steps = total_steps(config, len(setup.train)) if adapted is not None else 0
     train_s = 0.0
+    guide_info: dict[str, Any] = {}
     if adapted is not None:
+        guide = _guidance(config, model_lm, adapted, setup, run_dir, resume, steps)
+        guide_info = guide.info
         curves, skipped, train_s = _fit(
-            config, run_dir, model_lm, adapted, setup.train, steps, resume, show_progress
+            config, run_dir, model_lm, adapted, setup.train, steps, resume, show_progress, guide
         )
         method.save(adapted, run_dir / ADAPTER_NAME, config.model)
 
@@ -383,6 +456,8 @@ def train(
         "steps": steps,
         "skipped_steps": skipped,
         "curves": curves,
+        "dynamics": dynamics_summary(curves) if adapted is not None else None,
+        "guidance": guide_info,
         "scoring": {
             **to_dict(config.scoring),
             **{k: v for k, v in facts.items() if k != "seconds"},
@@ -410,6 +485,7 @@ def _fit(
     steps: int,
     resume: Path | None,
     show_progress: bool,
+    guide: _Guide,
 ) -> tuple[Curves, list[int], float]:
     """The optimisation itself; returns the curves, the skipped steps and the seconds spent."""
     o = config.optim
@@ -418,14 +494,10 @@ def _fit(
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay)
     scheduler = make_scheduler(optimizer, o, steps)
     order = data_order(len(train_set), o.batch_size, steps, config.seed)
-    curves: dict[str, list[float | None]] = {
-        "loss": [],
-        "grad_norm": [],
-        "lr": [],
-        "step_seconds": [],
-    }
+    curves: Curves = {k: [] for k in CURVE_KEYS}
     skipped: list[int] = []
     start_step, train_s = 0, 0.0
+    tracker = GradientTracker()
     if resume is not None:
         state = load_checkpoint(run_dir, adapted, optimizer, scheduler)
         if state["order_digest"] != _digest(order):
@@ -436,6 +508,7 @@ def _fit(
             state["skipped"],
             state["train_s"],
         )
+        tracker.load(run_dir / CHECKPOINT_NAME, state, guide)
     logger = _Logger(run_dir, start_step, config.tensorboard)
     lm.model.train()
     bar = tqdm(
@@ -445,13 +518,18 @@ def _fit(
         for step in range(start_step, steps):
             t0 = time.perf_counter()
             batch = [train_set[i] for i in order[step]]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                loss = rank_loss(lm, batch, config.scoring)
-            loss.backward()
-            norm = grad_norm(params)
+
+            def loss_fn(batch: list[Instance] = batch) -> torch.Tensor:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                    return rank_loss(lm, batch, config.scoring)
+
+            stats = guide.engine.backward(
+                loss_fn, params, step, guide.source_fn(step), guide.source_vector
+            )
+            norm = stats.grad_norm
             current_lr = optimizer.param_groups[0]["lr"]
-            loss_value = loss.item()
-            if not (math.isfinite(loss_value) and math.isfinite(norm)):
+            loss_value = stats.loss
+            if not stats.finite:
                 skipped.append(step)
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
@@ -470,13 +548,19 @@ def _fit(
                 optimizer.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0
             train_s += dt
+            cos_prev = tracker.observe(stats.gradient) if stats.finite else None
             for key, value in (
                 ("loss", _finite_or_none(loss_value)),
                 ("grad_norm", _finite_or_none(norm)),
+                ("guided_norm", _finite_or_none(stats.guided_norm)),
                 ("lr", current_lr),
                 ("step_seconds", dt),
+                ("cos_prev", cos_prev),
+                ("cos_prior", stats.cos_prior),
+                ("cos_source", stats.cos_source),
+                *((f"penalty_{k}", stats.penalties.get(k)) for k in ("dir", "mag", "align")),
             ):
-                curves[key].append(value)
+                curves[key].append(_finite_or_none(value) if value is not None else None)
             logger.log(
                 {
                     "step": step,
@@ -496,12 +580,149 @@ def _fit(
                     "skipped": skipped,
                     "train_s": train_s,
                     "order_digest": _digest(order),
+                    "tau": guide.tau(),
                 }
-                save_checkpoint(run_dir, adapted, optimizer, scheduler, state)
+                save_checkpoint(
+                    run_dir, adapted, optimizer, scheduler, state, tracker.tensors(guide)
+                )
     finally:
         bar.close()
         logger.close()
+    mean = tracker.mean_gradient()
+    if mean is not None:
+        save_vector(run_dir / MEAN_GRADIENT_FILE, mean, list(adapted.trainable), params)
     return curves, skipped, train_s
+
+
+@dataclasses.dataclass
+class _Guide:
+    """The run's guidance: the engine, the source batches or vector, facts for the record."""
+
+    engine: GuidedGradient
+    info: dict[str, Any]
+    lm: LoadedModel
+    scoring: ScoringOptions
+    bf16: bool
+    source_batches: list[list[Instance]] | None = None
+    source_vector: torch.Tensor | None = None
+
+    def source_fn(self, step: int) -> LossFn | None:
+        """Loss closure on this step's source-task batch (None without a source task)."""
+        if self.source_batches is None:
+            return None
+        batch = self.source_batches[step]
+
+        def loss() -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                return rank_loss(self.lm, batch, self.scoring)
+
+        return loss
+
+    def tau(self) -> float | None:
+        """The magnitude target in force (set at the first step when not configured)."""
+        for p in self.engine.penalties:
+            if p.name == "mag":
+                return getattr(p, "tau", None)
+        return None
+
+    def set_tau(self, tau: float | None) -> None:
+        for p in self.engine.penalties:
+            if p.name == "mag" and tau is not None:
+                p.tau = tau  # type: ignore[attr-defined]
+
+
+def _guidance(
+    config: TrainConfig,
+    lm: LoadedModel,
+    adapted: Adapted,
+    setup: _Setup,
+    run_dir: Path,
+    resume: Path | None,
+    steps: int,
+) -> _Guide:
+    """Build penalties, prior and source for a run (the prior is saved with the run)."""
+    g = config.guidance
+    names = parse_guidance(g.use)
+    params = list(adapted.trainable.values())
+    keys = list(adapted.trainable)
+    info: dict[str, Any] = {"use": names, "hvp": g.hvp, "lazy": g.lazy}
+    source_batches, source_vector = None, None
+    if g.source_task:
+        task = get_task(g.source_task)
+        pool = task.load(task.train_split, setup.data_root)
+        source_seed = config.seed + 1000
+        sample = sample_k_shot(pool, min(g.source_shots or config.shots, len(pool)), source_seed)
+        order = data_order(len(sample), config.optim.batch_size, steps, source_seed)
+        source_batches = [[sample[i] for i in b] for b in order]
+        info["source"] = {"task": task.name, "seed": source_seed, "ids": [x.id for x in sample]}
+    elif g.source_run:
+        source_vector = load_vector(Path(g.source_run) / MEAN_GRADIENT_FILE, keys, params)
+        info["source"] = {"run": g.source_run}
+    has_source = source_batches is not None or source_vector is not None
+    penalties = build_penalties(names, g, has_source)
+    info["terms"] = [p.name for p in penalties]
+    prior: Prior | None = None
+    wants_prior = any(p.needs_prior for p in penalties)
+    if (wants_prior or g.measure_alignment) and g.prior not in ("", "none"):
+        saved = run_dir / PRIOR_FILE
+        if resume is not None and saved.exists():
+            prior = FixedPrior(load_vector(saved, keys, params), g.prior)
+        else:
+            try:
+                prior = build_prior(g.prior, lm, adapted.trainable, setup.data_root, g.prior_corpus)
+            except GradguideError as err:
+                if wants_prior:
+                    raise
+                info["prior_note"] = f"directional alignment not measured: {err}"
+            if isinstance(prior, FixedPrior):
+                save_vector(saved, prior.vector, keys, params)
+    info["prior"] = prior.name if prior is not None else None
+    engine = GuidedGradient(
+        penalties, hvp=g.hvp, lazy=g.lazy, fd_eps=g.fd_eps, prior=prior, two_sided=g.two_sided
+    )
+    return _Guide(engine, info, lm, config.scoring, config.bf16, source_batches, source_vector)
+
+
+class GradientTracker:
+    """Per-step gradient memory: g_{t-1} for consecutive cosines, Σ g_t for the mean direction."""
+
+    def __init__(self) -> None:
+        self.prev: torch.Tensor | None = None
+        self.total: torch.Tensor | None = None
+
+    def observe(self, g: torch.Tensor | None) -> float | None:
+        """Record g_t; return cos(g_t, g_{t-1})."""
+        if g is None:
+            return None
+        cos = cosine(g, self.prev)
+        self.prev = g.detach().clone()
+        self.total = self.prev.clone() if self.total is None else self.total + self.prev
+        return cos
+
+    def mean_gradient(self) -> torch.Tensor | None:
+        """The run's mean gradient direction (what ``task:RUN_DIR`` priors read)."""
+        return unit(self.total) if self.total is not None else None
+
+    def tensors(self, guide: _Guide) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold for an exact resume (memories and the EMA prior)."""
+        out = {}
+        if self.prev is not None and self.total is not None:
+            out = {"prev": self.prev, "total": self.total}
+        prior = guide.engine.prior
+        if isinstance(prior, EmaPrior) and prior.mean is not None:
+            out["ema"] = prior.mean
+        return out
+
+    def load(self, checkpoint: Path, state: dict[str, Any], guide: _Guide) -> None:
+        """Restore from a checkpoint written with ``tensors``."""
+        path = checkpoint / GUIDANCE_STATE
+        if path.exists():
+            t = load_file(str(path))
+            self.prev, self.total = t.get("prev"), t.get("total")
+            prior = guide.engine.prior
+            if isinstance(prior, EmaPrior) and "ema" in t:
+                prior.mean = t["ema"]
+        guide.set_tau(state.get("tau"))
 
 
 def _median(values: Sequence[float | None]) -> float | None:

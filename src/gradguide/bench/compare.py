@@ -2,6 +2,8 @@
 
 ``compare`` is the library function behind ``gradguide compare``: for each seed the k-shot sample
 is drawn once (it depends only on task, shots and seed), so every method sees the same examples.
+Besides the methods of gradguide.methods, a name of gradguide.guidance.GUIDANCE (``sgg``,
+``sgg-dir``, …) means "the base config's trained method (lora by default) with that guidance".
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gradguide.bench.stats import Interval, mean_ci
+from gradguide.guidance import GUIDANCE
 from gradguide.methods import get_method
 from gradguide.train import TrainConfig, TrainResult, train
 
@@ -26,6 +29,18 @@ class MethodSummary:
     runs: list[str]
 
 
+def recipe(base: TrainConfig, name: str) -> TrainConfig:
+    """The config of one compared arm: a method name, or a guidance name on a trained method."""
+    if name in GUIDANCE:
+        method = base.method if get_method(base.method).trains else "lora"
+        guidance = dataclasses.replace(base.guidance, use=name)
+        return dataclasses.replace(base, method=method, guidance=guidance)
+    get_method(name)
+    return dataclasses.replace(
+        base, method=name, guidance=dataclasses.replace(base.guidance, use="")
+    )
+
+
 def compare(
     base: TrainConfig,
     methods: Sequence[str],
@@ -35,12 +50,11 @@ def compare(
     on_run: Any = None,
 ) -> list[MethodSummary]:
     """Train/evaluate every method for every seed (``base`` gives everything else)."""
-    for m in methods:
-        get_method(m)  # fail before any run if a name is wrong
+    configs = {m: recipe(base, m) for m in methods}  # fails before any run if a name is wrong
     results: dict[str, list[TrainResult]] = {m: [] for m in methods}
     for seed in seeds:
         for m in methods:
-            r = train(dataclasses.replace(base, method=m, seed=seed), show_progress=show_progress)
+            r = train(dataclasses.replace(configs[m], seed=seed), show_progress=show_progress)
             results[m].append(r)
             if on_run is not None:
                 on_run(m, seed, r)

@@ -1,0 +1,130 @@
+"""Cost of SGG per training step, as ratios to plain training measured side by side.
+
+smollm2-135m + LoRA (PEFT, r=8, q/v), a batch of 8 SST-2 instances cut to 64 tokens, two
+single-token candidates each. Arms, interleaved step by step in one process so that machine noise
+hits all of them alike: plain (SDPA attention), sgg fd, sgg fd lazy:4, sgg exact (eager attention,
+which double backward needs; a plain eager arm is shown for reference). Step = forward, backward
+(guided), AdamW step. Peak memory = the largest RSS growth over the process's RSS before the step,
+sampled every 2 ms in a thread.
+
+    .venv/bin/python benchmarks/sgg_cost.py [--steps 8] [--model smollm2-135m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+
+import psutil
+import torch
+import torch.nn.functional as F
+
+from gradguide.guidance.engine import GuidedGradient
+from gradguide.guidance.priors import FixedPrior, unit
+from gradguide.guidance.sgg import DirectionPenalty, MagnitudePenalty
+from gradguide.methods import MethodOptions, get_method
+from gradguide.models import load_model
+from gradguide.scoring import ScoringOptions, candidate_scores
+from gradguide.tasks import get_task, resolve_data_root
+from gradguide.tasks.base import Instance
+
+
+class PeakRSS:
+    """Largest RSS increase while the context is open (sampled in a thread)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.proc = psutil.Process(os.getpid())
+        self.base = self.proc.memory_info().rss
+        self.peak = self.base
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc: object) -> None:
+        self.running = False
+        self.thread.join()
+        self.growth_mb = (self.peak - self.base) / 2**20
+
+
+def batch_of(n: int) -> list[Instance]:
+    root = resolve_data_root()
+    task = get_task("sst2" if root else "demo-sentiment")
+    xs = task.load(task.train_split, root)
+    out = []
+    for i in range(n):  # three sentences per prompt, cut to 64 tokens by the scorer
+        text = " ".join(x.prompt for x in xs[3 * i : 3 * i + 3])
+        out.append(Instance(f"b:{i}", text, xs[0].candidates, xs[3 * i].gold, xs[3 * i].label))
+    return out
+
+
+def make_arm(model: str, attn: str, penalties: list, hvp: str, lazy: int):
+    torch.manual_seed(0)
+    lm = load_model(model, attn_implementation=attn)
+    adapted = get_method("lora").apply(lm, MethodOptions())
+    params = list(adapted.trainable.values())
+    n = sum(p.numel() for p in params)
+    prior = FixedPrior(unit(torch.randn(n, generator=torch.Generator().manual_seed(1))), "random")
+    engine = GuidedGradient(penalties, hvp=hvp, lazy=lazy, prior=prior)
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    return adapted.as_lm(lm), params, engine, opt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--steps", type=int, default=8, help="measured steps per arm (multiple of 4)")
+    a = ap.parse_args()
+    batch = batch_of(8)
+    options = ScoringOptions(max_length=64)
+    gold = torch.tensor([x.gold for x in batch])
+    sgg = lambda: [DirectionPenalty(0.1), MagnitudePenalty(0.1, tau=1.0)]  # noqa: E731
+    arms = {
+        "plain": make_arm(a.model, "sdpa", [], "fd", 1),
+        "sgg fd": make_arm(a.model, "sdpa", sgg(), "fd", 1),
+        "sgg fd lazy:4": make_arm(a.model, "sdpa", sgg(), "fd", 4),
+        "plain eager": make_arm(a.model, "eager", [], "fd", 1),
+        "sgg exact": make_arm(a.model, "eager", sgg(), "exact", 1),
+    }
+    times: dict[str, list[float]] = {k: [] for k in arms}
+    peaks: dict[str, list[float]] = {k: [] for k in arms}
+    for step in range(a.steps + 1):  # step 0 warms up every arm and is not counted
+        for name, (lm, params, engine, opt) in arms.items():
+
+            def loss_fn(lm=lm) -> torch.Tensor:
+                return F.cross_entropy(candidate_scores(lm, batch, "", options), gold)
+
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                engine.backward(loss_fn, params, step)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                dt = time.perf_counter() - t0
+            if step:
+                times[name].append(dt)
+                peaks[name].append(mem.growth_mb)
+    base_t = statistics.median(times["plain"])
+    base_m = max(statistics.median(peaks["plain"]), 1e-9)
+    print(
+        f"{a.model} + LoRA, batch 8 x 64 tokens, {a.steps} steps per arm, "
+        f"threads {torch.get_num_threads()}"
+    )
+    print(f"{'arm':<15}{'median s':>10}{'mean s':>9}{'x plain':>9}{'peak MB':>9}{'x plain':>9}")
+    for name in arms:
+        med, mean = statistics.median(times[name]), statistics.mean(times[name])
+        pk = statistics.median(peaks[name])
+        # lazy arms alternate cheap and costly steps: their cost is the mean over whole cycles
+        ratio = (mean if "lazy" in name else med) / base_t
+        print(f"{name:<15}{med:>10.3f}{mean:>9.3f}{ratio:>9.2f}{pk:>9.0f}{pk / base_m:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()

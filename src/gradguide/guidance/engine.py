@@ -1,0 +1,201 @@
+"""The guided gradient: ∇θ[L + Σ R_i(g)] = g + H·v with v = ∂(Σ R_i)/∂g, one HVP per step.
+
+:class:`GuidedGradient` is the object a plain PyTorch loop uses: given a loss closure and the
+trainable parameters it fills ``.grad`` with the gradient of the whole objective and returns the
+step's measurements. With no active penalty it is exactly ``loss.backward()`` (bit for bit).
+
+Lazy mode (``lazy=k``) adds the penalty gradient only on every k-th step, weighted by k, so its
+average over steps matches the exact one at 1/k of the cost. Non-finite losses or gradients are
+reported (``finite=False``) before any HVP, so the caller can skip the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from gradguide.guidance.base import GradientPenalty, PenaltyContext
+from gradguide.guidance.hvp import exact_hvp, fd_hvp, flat, loss_gradient, unflat
+from gradguide.guidance.priors import Prior
+
+LossFn = Callable[[], torch.Tensor]
+HVP_MODES = ("fd", "exact")
+
+
+@dataclass
+class StepStats:
+    """One step's measurements (the task gradient g, not the guided one, unless named so)."""
+
+    loss: float
+    grad_norm: float
+    guided_norm: float
+    finite: bool
+    penalty_applied: bool
+    penalties: dict[str, float] = field(default_factory=dict)
+    cos_prior: float | None = None
+    cos_source: float | None = None
+    gradient: torch.Tensor | None = None
+
+
+def cosine(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
+    """cos(a, b), or None when either is missing or zero."""
+    if a is None or b is None:
+        return None
+    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
+    if float(na) == 0.0 or float(nb) == 0.0:
+        return None
+    return float(torch.dot(a, b) / (na * nb))
+
+
+class GuidedGradient:
+    """Fills ``.grad`` with the gradient of task loss + gradient penalties (DESIGN.md identity).
+
+    ``penalties``: the active terms (empty = plain backward). ``hvp``: "fd" or "exact" (exact needs
+    eager attention). ``prior``: supplies d_prior (and learns from g for the EMA prior).
+    ``two_sided``: also differentiate R_align through the source gradient (an extra HVP on the
+    source batch); by default g_source is a constant, as in gradient-surgery methods.
+    """
+
+    def __init__(
+        self,
+        penalties: Sequence[GradientPenalty] = (),
+        *,
+        hvp: str = "fd",
+        lazy: int = 1,
+        fd_eps: float = 1e-4,
+        prior: Prior | None = None,
+        two_sided: bool = False,
+    ) -> None:
+        if hvp not in HVP_MODES:
+            raise ValueError(f"hvp must be one of {HVP_MODES}, got {hvp!r}")
+        if lazy < 1:
+            raise ValueError(f"lazy must be >= 1, got {lazy}")
+        self.penalties = [p for p in penalties if p.weight != 0.0]
+        self.hvp = hvp
+        self.lazy = lazy
+        self.fd_eps = fd_eps
+        self.prior = prior
+        self.two_sided = two_sided
+
+    @property
+    def active(self) -> bool:
+        """Whether any penalty has a non-zero weight."""
+        return bool(self.penalties)
+
+    def backward(
+        self,
+        loss_fn: LossFn,
+        params: Sequence[torch.nn.Parameter],
+        step: int = 0,
+        source_fn: LossFn | None = None,
+        source_gradient: torch.Tensor | None = None,
+    ) -> StepStats:
+        """Compute the step's gradient into ``p.grad`` (overwriting) and return measurements.
+
+        The source gradient comes from ``source_fn`` (a loss closure on a source-task batch) or
+        is given directly as ``source_gradient`` (e.g. a saved run's mean gradient).
+        """
+        prior = self.prior.direction() if self.prior is not None else None
+        apply = self.active and step % self.lazy == 0
+        if not apply:
+            for p in params:
+                p.grad = None
+            loss = loss_fn()
+            loss.backward()
+            g = flat([p.grad for p in params], params).detach()
+            source = self._source(source_fn, params) if source_fn else source_gradient
+            return self._finish(loss.detach(), g, g, params, prior, source, {}, False)
+
+        ctx_prior = prior
+        if self.hvp == "exact":
+            loss = loss_fn()
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            g = flat([x.detach() if x is not None else None for x in grads], params)
+        else:
+            loss_d, g = loss_gradient(loss_fn, params)
+            loss = loss_d
+        if not (torch.isfinite(loss) and torch.isfinite(g).all()):
+            return self._nonfinite(loss, g)
+        source = self._source(source_fn, params) if source_fn else source_gradient
+        v, v_source, values = self._penalty_vectors(g, PenaltyContext(ctx_prior, source))
+        if self.hvp == "exact":
+            hv = exact_hvp(grads, params, v)
+        else:
+            hv = fd_hvp(loss_fn, params, g, v, self.fd_eps)
+        if v_source is not None and source_fn is not None:
+            hv = hv + self._source_hvp(source_fn, params, source, v_source)
+        guided = g + self.lazy * hv
+        return self._finish(loss.detach(), g, guided, params, prior, source, values, True)
+
+    def _source(self, source_fn: LossFn, params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
+        _, gs = loss_gradient(source_fn, params)
+        return gs
+
+    def _source_hvp(
+        self,
+        source_fn: LossFn,
+        params: Sequence[torch.nn.Parameter],
+        source: torch.Tensor | None,
+        v_source: torch.Tensor,
+    ) -> torch.Tensor:
+        if self.hvp == "exact":
+            loss = source_fn()
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            return exact_hvp(grads, params, v_source)
+        assert source is not None
+        return fd_hvp(source_fn, params, source, v_source, self.fd_eps)
+
+    def _penalty_vectors(
+        self, g: torch.Tensor, ctx: PenaltyContext
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
+        """v = ∂R/∂g (and ∂R/∂g_source when two-sided) by autograd on g as a leaf."""
+        g_leaf = g.detach().clone().requires_grad_(True)
+        s_leaf = None
+        if ctx.source is not None:
+            s_leaf = ctx.source.detach().clone().requires_grad_(self.two_sided)
+        leaf_ctx = PenaltyContext(prior=ctx.prior, source=s_leaf)
+        terms = {p.name: p.value(g_leaf, leaf_ctx) for p in self.penalties}
+        total = torch.stack(list(terms.values())).sum()
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        inputs = [g_leaf] + ([s_leaf] if s_leaf is not None and self.two_sided else [])
+        if not total.requires_grad:
+            return torch.zeros_like(g), None, values
+        grads = torch.autograd.grad(total, inputs, allow_unused=True)
+        v = grads[0] if grads[0] is not None else torch.zeros_like(g)
+        v_source = grads[1] if len(grads) > 1 else None
+        return v.detach(), (v_source.detach() if v_source is not None else None), values
+
+    def _nonfinite(self, loss: torch.Tensor, g: torch.Tensor) -> StepStats:
+        norm = float(torch.linalg.vector_norm(g))
+        return StepStats(float(loss), norm, norm, False, False)
+
+    def _finish(
+        self,
+        loss: torch.Tensor,
+        g: torch.Tensor,
+        guided: torch.Tensor,
+        params: Sequence[torch.nn.Parameter],
+        prior: torch.Tensor | None,
+        source: torch.Tensor | None,
+        values: dict[str, float],
+        applied: bool,
+    ) -> StepStats:
+        finite = bool(torch.isfinite(loss) and torch.isfinite(guided).all())
+        if applied and finite:
+            for p, t in zip(params, unflat(guided, params), strict=True):
+                p.grad = t.detach().clone()
+        if finite and self.prior is not None:
+            self.prior.observe(g)
+        return StepStats(
+            loss=float(loss),
+            grad_norm=float(torch.linalg.vector_norm(g)),
+            guided_norm=float(torch.linalg.vector_norm(guided)),
+            finite=finite,
+            penalty_applied=applied,
+            penalties=values,
+            cos_prior=cosine(g, prior) if finite else None,
+            cos_source=cosine(g, source) if finite else None,
+            gradient=g if finite else None,
+        )
