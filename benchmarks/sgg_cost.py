@@ -13,14 +13,12 @@ sampled every 2 ms in a thread.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import threading
 import time
 
-import psutil
 import torch
 import torch.nn.functional as F
+from _common import PeakRSS, batch_of
 
 from gradguide.guidance.engine import GuidedGradient
 from gradguide.guidance.priors import FixedPrior, unit
@@ -28,42 +26,6 @@ from gradguide.guidance.sgg import DirectionPenalty, MagnitudePenalty
 from gradguide.methods import MethodOptions, get_method
 from gradguide.models import load_model
 from gradguide.scoring import ScoringOptions, candidate_scores
-from gradguide.tasks import get_task, resolve_data_root
-from gradguide.tasks.base import Instance
-
-
-class PeakRSS:
-    """Largest RSS increase while the context is open (sampled in a thread)."""
-
-    def __enter__(self) -> PeakRSS:
-        self.proc = psutil.Process(os.getpid())
-        self.base = self.proc.memory_info().rss
-        self.peak = self.base
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc: object) -> None:
-        self.running = False
-        self.thread.join()
-        self.growth_mb = (self.peak - self.base) / 2**20
-
-
-def batch_of(n: int) -> list[Instance]:
-    root = resolve_data_root()
-    task = get_task("sst2" if root else "demo-sentiment")
-    xs = task.load(task.train_split, root)
-    out = []
-    for i in range(n):  # three sentences per prompt, cut to 64 tokens by the scorer
-        text = " ".join(x.prompt for x in xs[3 * i : 3 * i + 3])
-        out.append(Instance(f"b:{i}", text, xs[0].candidates, xs[3 * i].gold, xs[3 * i].label))
-    return out
 
 
 def make_arm(model: str, attn: str, penalties: list, hvp: str, lazy: int):

@@ -12,7 +12,7 @@ import sys
 
 from gradguide.bench.compare import compare
 from gradguide.tasks import resolve_data_root
-from gradguide.train import OptimConfig, TrainConfig, TrainResult
+from gradguide.train import GuidanceConfig, OptimConfig, TrainConfig, TrainResult
 
 METHODS = ("zero-shot", "icl", "lora", "sgg")
 SEEDS = (1, 2)
@@ -33,6 +33,8 @@ def main() -> int:
         eval_limit=limit,
         out="runs/demo",
         optim=OptimConfig(epochs=5, batch_size=8),
+        # d_prior from Wikipedia passages in the data root; without one, a running average
+        guidance=GuidanceConfig(prior="pretrain" if root else "ema:0.9"),
     )
 
     def progress(method: str, seed: int, r: TrainResult) -> None:
