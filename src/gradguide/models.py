@@ -31,6 +31,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from gradguide.atomic import (
     publish_dir,
@@ -606,6 +607,22 @@ def load_model(
     ``seed`` only affects the randomly initialised tiny models. ``attn_implementation`` passes
     through to transformers ("eager" is needed for double backward); None keeps its default.
     """
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on every load
+    try:
+        return _load_model(name_or_path, cache_dir, dtype, attn_implementation, seed)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_model(
+    name_or_path: str,
+    cache_dir: str | Path | None,
+    dtype: torch.dtype,
+    attn_implementation: str | None,
+    seed: int,
+) -> LoadedModel:
     started = time.perf_counter()
     name = str(name_or_path)
     if name in (TINY_LLAMA, TINY_BERT):
