@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
+import torch
+
 from gradguide.errors import GradguideError
 from gradguide.tasks.base import Instance
 
@@ -98,3 +100,43 @@ def dynamics_summary(curves: dict[str, list[float | None]]) -> dict[str, float |
         "directional_alignment": mean_defined(curves.get("cos_prior", [])),
         "source_alignment": mean_defined(curves.get("cos_source", [])),
     }
+
+
+class GradientTracker:
+    """Per-step gradient memory: g_{t-1} for consecutive cosines, Σ g_t for the mean direction."""
+
+    def __init__(self) -> None:
+        self.prev: torch.Tensor | None = None
+        self.total: torch.Tensor | None = None
+
+    def observe(self, g: torch.Tensor | None) -> float | None:
+        """Record g_t; return cos(g_t, g_{t-1})."""
+        if g is None:
+            return None
+        cos = _cosine(g, self.prev)
+        self.prev = g.detach().clone()
+        self.total = self.prev.clone() if self.total is None else self.total + self.prev
+        return cos
+
+    def mean_gradient(self) -> torch.Tensor | None:
+        """The run's mean gradient direction (what ``task:RUN_DIR`` priors read)."""
+        return self.total / torch.linalg.vector_norm(self.total) if self.total is not None else None
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The memories a checkpoint must hold for an exact resume."""
+        if self.prev is None or self.total is None:
+            return {}
+        return {"prev": self.prev, "total": self.total}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what ``state`` returned."""
+        self.prev, self.total = tensors.get("prev"), tensors.get("total")
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor | None) -> float | None:
+    if b is None:
+        return None
+    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
+    if float(na) == 0.0 or float(nb) == 0.0:
+        return None
+    return float(torch.dot(a, b) / (na * nb))

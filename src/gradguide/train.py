@@ -26,15 +26,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from gradguide.atomic import publish_dir, verify_manifest, write_json_atomic, write_manifest
+from gradguide.atomic import write_json_atomic
+from gradguide.checkpoint import load_checkpoint, load_extra, save_checkpoint
 from gradguide.config import EvalConfig, UserTaskOptions, from_dict, to_dict
 from gradguide.errors import GradguideError
 from gradguide.evaluate import evaluate_instances, limit_instances, resolve_task
 from gradguide.guidance import build_penalties, parse_guidance
-from gradguide.guidance.engine import HVP_MODES, GuidedGradient, LossFn, cosine
+from gradguide.guidance.engine import HVP_MODES, GuidedGradient, LossFn
 from gradguide.guidance.priors import (
     MEAN_GRADIENT_FILE,
     PRIOR_FILE,
@@ -44,18 +44,17 @@ from gradguide.guidance.priors import (
     build_prior,
     load_vector,
     save_vector,
-    unit,
 )
 from gradguide.methods import Adapted, MethodOptions, get_method
-from gradguide.metrics import dynamics_summary
+from gradguide.metrics import GradientTracker, dynamics_summary
 from gradguide.models import LoadedModel, load_model
 from gradguide.record import environment, new_run_dir, write_record
 from gradguide.scoring import ScoringOptions, candidate_scores
+from gradguide.steplog import StepLogger
 from gradguide.tasks import get_task, resolve_data_root, sample_demonstrations, sample_k_shot
 from gradguide.tasks.base import Instance, Task
 
 CONFIG_NAME = "config.json"
-GUIDANCE_STATE = "guidance.safetensors"
 CURVE_KEYS = (
     "loss",
     "grad_norm",
@@ -70,8 +69,6 @@ CURVE_KEYS = (
     "penalty_align",
 )
 Curves = dict[str, list[float | None]]
-CHECKPOINT_NAME = "checkpoint"
-LOG_NAME = "log.jsonl"
 ADAPTER_NAME = "adapter"
 
 
@@ -232,111 +229,6 @@ def rank_loss(lm: LoadedModel, batch: Sequence[Instance], options: ScoringOption
     scores = candidate_scores(lm, batch, "", options)
     gold = torch.tensor([x.gold for x in batch], device=scores.device)
     return F.cross_entropy(scores, gold)
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_tuplify(state["python"]))
-
-
-def _tuplify(x: Any) -> Any:
-    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def save_checkpoint(
-    run_dir: Path,
-    adapted: Adapted,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    state: dict[str, Any],
-    extra: dict[str, torch.Tensor] | None = None,
-) -> None:
-    """Write the resumable state atomically (a directory swapped in whole, with checksums)."""
-
-    def build(tmp: Path) -> None:
-        if extra:
-            save_file({k: v.contiguous() for k, v in extra.items()}, str(tmp / GUIDANCE_STATE))
-        tensors = {k: p.detach().contiguous() for k, p in adapted.trainable.items()}
-        save_file(tensors, str(tmp / "trainable.safetensors"))
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(),
-            },
-            tmp / "optimizer.pt",
-        )
-        write_json_atomic(tmp / "state.json", state)
-        write_manifest(tmp)
-
-    publish_dir(run_dir / CHECKPOINT_NAME, build, replace=True)
-
-
-def load_checkpoint(
-    run_dir: Path, adapted: Adapted, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> dict[str, Any]:
-    """Restore a checkpoint written by ``save_checkpoint`` after verifying every checksum."""
-    path = run_dir / CHECKPOINT_NAME
-    if not path.is_dir():
-        raise GradguideError("no checkpoint to resume from (the run saved none yet)", file=path)
-    problem = verify_manifest(path)
-    if problem:
-        raise GradguideError(f"checkpoint is damaged: {problem}; it was not loaded", file=path)
-    tensors = load_file(str(path / "trainable.safetensors"))
-    if set(tensors) != set(adapted.trainable):
-        raise GradguideError("checkpoint tensors do not match this run's method", file=path)
-    with torch.no_grad():
-        for name, p in adapted.trainable.items():
-            p.copy_(tensors[name])
-    extra = torch.load(path / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(extra["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
-    _set_rng_state(extra["rng"])
-    state: dict[str, Any] = json.loads((path / "state.json").read_text())
-    return state
-
-
-class _Logger:
-    """JSONL step log (plus TensorBoard when asked); on resume, lines past the checkpoint go."""
-
-    def __init__(self, run_dir: Path, resume_step: int, tensorboard: bool) -> None:
-        self.path = run_dir / LOG_NAME
-        kept = []
-        if resume_step and self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    if json.loads(line)["step"] < resume_step:
-                        kept.append(line)
-                except (ValueError, KeyError):
-                    break
-        self.path.write_text("".join(k + "\n" for k in kept))
-        self.handle = self.path.open("a")
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise GradguideError(
-                    "tensorboard logging needs the tensorboard package: pip install tensorboard"
-                ) from None
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
-
-    def log(self, entry: dict[str, Any]) -> None:
-        self.handle.write(json.dumps(entry) + "\n")
-        self.handle.flush()
-        if self.tb is not None:
-            for k, v in entry.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, entry["step"])
-
-    def close(self) -> None:
-        self.handle.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 @dataclasses.dataclass
@@ -508,8 +400,13 @@ def _fit(
             state["skipped"],
             state["train_s"],
         )
-        tracker.load(run_dir / CHECKPOINT_NAME, state, guide)
-    logger = _Logger(run_dir, start_step, config.tensorboard)
+        extra = load_extra(run_dir)
+        tracker.load_state(extra)
+        prior = guide.engine.prior
+        if isinstance(prior, EmaPrior) and "ema" in extra:
+            prior.mean = extra["ema"]
+        guide.set_tau(state.get("tau"))
+    logger = StepLogger(run_dir, start_step, config.tensorboard)
     lm.model.train()
     bar = tqdm(
         total=steps, initial=start_step, desc=f"train {config.method}", disable=not show_progress
@@ -582,9 +479,7 @@ def _fit(
                     "order_digest": _digest(order),
                     "tau": guide.tau(),
                 }
-                save_checkpoint(
-                    run_dir, adapted, optimizer, scheduler, state, tracker.tensors(guide)
-                )
+                save_checkpoint(run_dir, adapted, optimizer, scheduler, state, guide.extra(tracker))
     finally:
         bar.close()
         logger.close()
@@ -624,6 +519,14 @@ class _Guide:
             if p.name == "mag":
                 return getattr(p, "tau", None)
         return None
+
+    def extra(self, tracker: GradientTracker) -> dict[str, torch.Tensor]:
+        """Tensors an exact resume needs: the tracker's memories and the EMA prior."""
+        out = tracker.state()
+        prior = self.engine.prior
+        if isinstance(prior, EmaPrior) and prior.mean is not None:
+            out["ema"] = prior.mean
+        return out
 
     def set_tau(self, tau: float | None) -> None:
         for p in self.engine.penalties:
@@ -681,48 +584,6 @@ def _guidance(
         penalties, hvp=g.hvp, lazy=g.lazy, fd_eps=g.fd_eps, prior=prior, two_sided=g.two_sided
     )
     return _Guide(engine, info, lm, config.scoring, config.bf16, source_batches, source_vector)
-
-
-class GradientTracker:
-    """Per-step gradient memory: g_{t-1} for consecutive cosines, Σ g_t for the mean direction."""
-
-    def __init__(self) -> None:
-        self.prev: torch.Tensor | None = None
-        self.total: torch.Tensor | None = None
-
-    def observe(self, g: torch.Tensor | None) -> float | None:
-        """Record g_t; return cos(g_t, g_{t-1})."""
-        if g is None:
-            return None
-        cos = cosine(g, self.prev)
-        self.prev = g.detach().clone()
-        self.total = self.prev.clone() if self.total is None else self.total + self.prev
-        return cos
-
-    def mean_gradient(self) -> torch.Tensor | None:
-        """The run's mean gradient direction (what ``task:RUN_DIR`` priors read)."""
-        return unit(self.total) if self.total is not None else None
-
-    def tensors(self, guide: _Guide) -> dict[str, torch.Tensor]:
-        """What a checkpoint must hold for an exact resume (memories and the EMA prior)."""
-        out = {}
-        if self.prev is not None and self.total is not None:
-            out = {"prev": self.prev, "total": self.total}
-        prior = guide.engine.prior
-        if isinstance(prior, EmaPrior) and prior.mean is not None:
-            out["ema"] = prior.mean
-        return out
-
-    def load(self, checkpoint: Path, state: dict[str, Any], guide: _Guide) -> None:
-        """Restore from a checkpoint written with ``tensors``."""
-        path = checkpoint / GUIDANCE_STATE
-        if path.exists():
-            t = load_file(str(path))
-            self.prev, self.total = t.get("prev"), t.get("total")
-            prior = guide.engine.prior
-            if isinstance(prior, EmaPrior) and "ema" in t:
-                prior.mean = t["ema"]
-        guide.set_tau(state.get("tau"))
 
 
 def _median(values: Sequence[float | None]) -> float | None:

@@ -1,0 +1,95 @@
+"""Checkpoints: the trainable tensors, optimiser, scheduler, RNG states and loop state of a run.
+
+A checkpoint is a directory built aside and renamed into place whole (gradguide.atomic), with a
+manifest of checksums; a damaged one is reported, never loaded. Optimiser state is read back with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gradguide.atomic import publish_dir, verify_manifest, write_json_atomic, write_manifest
+from gradguide.errors import GradguideError
+from gradguide.methods import Adapted
+
+CHECKPOINT_NAME = "checkpoint"
+EXTRA_NAME = "guidance.safetensors"
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuplify(state["python"]))
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def save_checkpoint(
+    run_dir: Path,
+    adapted: Adapted,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    extra: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write the resumable state atomically (a directory swapped in whole, with checksums)."""
+
+    def build(tmp: Path) -> None:
+        if extra:
+            save_file({k: v.contiguous() for k, v in extra.items()}, str(tmp / EXTRA_NAME))
+        tensors = {k: p.detach().contiguous() for k, p in adapted.trainable.items()}
+        save_file(tensors, str(tmp / "trainable.safetensors"))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(),
+            },
+            tmp / "optimizer.pt",
+        )
+        write_json_atomic(tmp / "state.json", state)
+        write_manifest(tmp)
+
+    publish_dir(run_dir / CHECKPOINT_NAME, build, replace=True)
+
+
+def load_checkpoint(
+    run_dir: Path, adapted: Adapted, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> dict[str, Any]:
+    """Restore a checkpoint written by ``save_checkpoint`` after verifying every checksum."""
+    path = run_dir / CHECKPOINT_NAME
+    if not path.is_dir():
+        raise GradguideError("no checkpoint to resume from (the run saved none yet)", file=path)
+    problem = verify_manifest(path)
+    if problem:
+        raise GradguideError(f"checkpoint is damaged: {problem}; it was not loaded", file=path)
+    tensors = load_file(str(path / "trainable.safetensors"))
+    if set(tensors) != set(adapted.trainable):
+        raise GradguideError("checkpoint tensors do not match this run's method", file=path)
+    with torch.no_grad():
+        for name, p in adapted.trainable.items():
+            p.copy_(tensors[name])
+    extra = torch.load(path / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    _set_rng_state(extra["rng"])
+    state: dict[str, Any] = json.loads((path / "state.json").read_text())
+    return state
+
+
+def load_extra(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The extra tensors a checkpoint was saved with (empty when there are none)."""
+    path = run_dir / CHECKPOINT_NAME / EXTRA_NAME
+    return load_file(str(path)) if path.exists() else {}
