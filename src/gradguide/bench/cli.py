@@ -1,0 +1,143 @@
+"""``gradguide bench PRESET|grid.yaml``: run (or list, with --dry-run) a grid into a directory.
+
+``add_bench_parser`` plugs the subcommand into the main ``gradguide`` parser;
+``python -m gradguide.bench.cli`` runs it on its own (same flags, same exit codes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gradguide.errors import GradguideError
+
+DEFAULT_ROOT = "bench"
+
+
+def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to an argparse subparsers object (sets ``func``)."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "bench", help="run a grid of runs (a preset or a grid.yaml) into a results database"
+    )
+    _add_arguments(p)
+    p.set_defaults(func=cmd_bench)
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    from gradguide.bench.grid import list_presets
+
+    p.add_argument("grid", help=f"a preset ({', '.join(list_presets())}) or a grid YAML file")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs at once, each in its own process with its share of the cores (default 1; "
+        "0 = in this process)",
+    )
+    p.add_argument("--out", help=f"bench directory (default {DEFAULT_ROOT}/<grid name>)")
+    p.add_argument(
+        "--backend", choices=("local", "ray"), default="local", help="local process pool or Ray"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="list the runs and the time estimate, run nothing"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _dry_run(spec: Any, out: Path, workers: int) -> int:
+    from gradguide.bench.estimate import (
+        estimate_grid_seconds,
+        estimate_run_seconds,
+        format_duration,
+    )
+    from gradguide.bench.grid import check_data, check_models
+    from gradguide.bench.runner import pending_runs
+
+    runs, done = pending_runs(spec, out)
+    data = check_data(runs, spec.source)
+    rows = []
+    for r in runs:
+        s = estimate_run_seconds(r, data.eval_sizes.get(r.config.task))
+        state = "done" if r.key in done else "to run"
+        settings = " ".join(f"{k}={v}" for k, v in r.settings.items())
+        c = r.config
+        rows.append(
+            [
+                r.index + 1,
+                r.key,
+                c.model,
+                c.task,
+                c.method,
+                c.shots,
+                c.seed,
+                settings,
+                state,
+                format_duration(s),
+            ]
+        )
+    print(
+        _table(
+            rows,
+            ["#", "key", "model", "task", "method", "shots", "seed", "settings", "state", "est."],
+        )
+    )
+    todo = [r for r in runs if r.key not in done]
+    n_todo = len(todo)
+    todo_s = estimate_grid_seconds(todo, data.eval_sizes, workers)
+    total = estimate_grid_seconds(runs, data.eval_sizes, workers)
+    print(
+        f"\n{spec.name}: {len(runs)} runs, {len(runs) - n_todo} already stored in {out}, "
+        f"{n_todo} to run; estimated {format_duration(todo_s)} on a 2-core CPU "
+        f"(whole grid {format_duration(total)}; an estimate, see gradguide.bench.estimate)"
+    )
+    for problem in check_models(runs, spec.source) + data.problems:
+        print(f"warning: {problem}")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    """Run (or with --dry-run list) the grid; exit 1 when some run failed."""
+    from gradguide.bench.grid import load_grid
+    from gradguide.bench.runner import run_grid, summarize
+    from gradguide.bench.store import DB_NAME
+
+    spec = load_grid(a.grid)
+    out = Path(a.out) if a.out else Path(DEFAULT_ROOT) / spec.name
+    if a.dry_run:
+        return _dry_run(spec, out, a.workers)
+    outcome = run_grid(spec, out, workers=a.workers, backend=a.backend, show_progress=not a.quiet)
+    for line in summarize(outcome):
+        print(line)
+    print(f"results: {out / DB_NAME} (report: gradguide report {out})")
+    return 0 if outcome.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m gradguide.bench.cli``: the bench subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="gradguide bench", description=cmd_bench.__doc__)
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return cmd_bench(args)
+    except GradguideError as e:
+        print(f"gradguide: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gradguide: interrupted (run the same command again to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

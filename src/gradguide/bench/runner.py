@@ -1,0 +1,319 @@
+"""Run a grid: skip what the store has, run the rest on a local process pool (or Ray), store rows.
+
+Each run is an ordinary training run (``gradguide.train.train``) writing its record under
+``OUT/runs/<key>/``. Workers only train; the parent process alone writes the database, one row per
+finished run, after checking that the run's record exists. Killing the whole thing at any moment
+loses at most the runs in progress: the same command skips every stored run, stores a run whose
+record was written just before the kill, and starts the others again in a fresh run directory
+(a directory without ``record.json`` is abandoned and left for inspection).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from gradguide.bench.grid import GridRun, GridSpec, check_data, check_models, expand_grid, run_key
+from gradguide.bench.store import DB_NAME, Store, row_from_record
+from gradguide.config import from_dict, to_dict
+from gradguide.errors import GradguideError
+from gradguide.record import RECORD_NAME
+from gradguide.train import TrainConfig
+
+BACKENDS = ("local", "ray")
+RUNS_DIR = "runs"
+Result = dict[str, Any]
+
+
+@dataclasses.dataclass
+class GridOutcome:
+    """What one ``run_grid`` call did."""
+
+    total: int
+    already: int
+    recovered: int
+    ran: int
+    failed: list[tuple[str, str]]
+    abandoned: int
+    wall_s: float
+
+    @property
+    def ok(self) -> bool:
+        """True when every run of the grid is now stored."""
+        return not self.failed
+
+
+def available_cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int) -> int:
+    """Each worker's share of the cores (at least one thread)."""
+    return max(1, available_cores() // max(1, workers))
+
+
+def run_dirs(out_dir: Path, key: str) -> tuple[list[Path], list[Path]]:
+    """A key's run directories: (finished ones, with record.json; abandoned ones, without)."""
+    folder = out_dir / RUNS_DIR / key
+    if not folder.is_dir():
+        return [], []
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [p for p in dirs if (p / RECORD_NAME).is_file()], [
+        p for p in dirs if not (p / RECORD_NAME).is_file()
+    ]
+
+
+def execute_run(payload: dict[str, Any], threads: int | None = None) -> Result:
+    """Train one grid run in this process; never raises (a failure comes back as data)."""
+    key = payload["key"]
+    try:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        from gradguide.train import train
+
+        config = from_dict(TrainConfig, payload["config"])
+        config.out = payload["out"]
+        result = train(config, show_progress=False)
+        return {
+            "key": key,
+            "ok": True,
+            "run_dir": str(result.run_dir),
+            "metrics": result.metrics,
+            "wall_s": result.record["timings"]["total_s"],
+        }
+    except Exception as e:  # a failed run must not take the grid down
+        message = " ".join(str(e).split()) or type(e).__name__
+        return {"key": key, "ok": False, "error": f"{type(e).__name__}: {message}"}
+
+
+def _init_worker(threads: int) -> None:
+    """Pool initializer: pin the worker to its share of the cores."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _payload(run: GridRun, out_dir: Path) -> dict[str, Any]:
+    return {
+        "key": run.key,
+        "config": to_dict(run.config),
+        "out": str((out_dir / RUNS_DIR / run.key).resolve()),
+    }
+
+
+def _run_inline(payloads: Sequence[dict[str, Any]], on_result: Callable[[Result], None]) -> None:
+    for p in payloads:
+        on_result(execute_run(p))
+
+
+def _run_pool(
+    payloads: Sequence[dict[str, Any]], workers: int, on_result: Callable[[Result], None]
+) -> None:
+    threads = threads_per_worker(workers)
+    context = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
+    ) as pool:
+        futures = {pool.submit(execute_run, p): p for p in payloads}
+        try:
+            for future in cf.as_completed(futures):
+                try:
+                    result = future.result()
+                except cf.process.BrokenProcessPool:
+                    result = {
+                        "key": futures[future]["key"],
+                        "ok": False,
+                        "error": "a worker process died (killed or out of memory)",
+                    }
+                on_result(result)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _run_ray(
+    payloads: Sequence[dict[str, Any]], workers: int, on_result: Callable[[Result], None]
+) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise GradguideError(
+            "the ray backend needs Ray, which is not installed here: pip install ray "
+            "(or use --backend local)"
+        ) from None
+    threads = threads_per_worker(workers)
+    started_here = False
+    if not ray.is_initialized():
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if not os.environ.get("RAY_ADDRESS"):
+            options["num_cpus"] = workers * threads
+        ray.init(**options)
+        started_here = True
+    try:
+        remote = ray.remote(num_cpus=threads, max_retries=0)(execute_run)
+        refs = {remote.remote(p, threads): p for p in payloads}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                try:
+                    result = ray.get(ref)
+                except Exception as e:
+                    result = {"key": refs[ref]["key"], "ok": False, "error": f"ray: {e}"}
+                on_result(result)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _recover(store: Store, run: GridRun, grid: str, out_dir: Path) -> bool:
+    """Store a run whose record was written but whose row was not (killed in between)."""
+    finished, _ = run_dirs(out_dir, run.key)
+    for d in finished:
+        try:
+            record = json.loads((d / RECORD_NAME).read_text())
+            if run_key(from_dict(TrainConfig, record["config"])) != run.key:
+                continue
+        except (OSError, ValueError, KeyError, GradguideError):
+            continue
+        rel = d.relative_to(out_dir).as_posix()
+        store.add_run(row_from_record(run.key, grid, run.settings, rel, record))
+        return True
+    return False
+
+
+def _result_line(run: GridRun, result: Result) -> str:
+    if not result["ok"]:
+        return f"FAILED {run.label()}: {result['error']}"
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+    return f"{run.label()}: {shown} ({result['wall_s']:.1f} s)"
+
+
+def pending_runs(spec: GridSpec, out_dir: str | Path) -> tuple[list[GridRun], set[str]]:
+    """The grid's runs and the keys already stored in ``out_dir`` (nothing is run)."""
+    runs = expand_grid(spec)
+    path = Path(out_dir)
+    if not (path / DB_NAME).is_file():
+        return runs, set()
+    with Store(path) as store:
+        return runs, store.finished_keys()
+
+
+def run_grid(
+    spec: GridSpec,
+    out_dir: str | Path,
+    workers: int = 1,
+    backend: str = "local",
+    *,
+    show_progress: bool = True,
+    check: bool = True,
+    on_line: Callable[[str], None] | None = None,
+) -> GridOutcome:
+    """Run every run of ``spec`` not yet stored in ``out_dir``; store each one as it finishes.
+
+    ``workers`` processes run at once (each with its share of the cores); ``workers=0`` runs in
+    this process, one after another. ``backend="ray"`` hands the runs to Ray instead (a local Ray,
+    or the cluster named by RAY_ADDRESS, whose workers must see ``out_dir``).
+    """
+    started = time.perf_counter()
+    if backend not in BACKENDS:
+        raise GradguideError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if workers < 0:
+        raise GradguideError(f"must be >= 0, got {workers}", field="--workers")
+    runs = expand_grid(spec)
+    if check:
+        problems = check_models(runs, spec.source) + check_data(runs, spec.source).problems
+        if problems:
+            raise GradguideError("cannot run this grid:\n  " + "\n  ".join(problems))
+    out = Path(out_dir).resolve()
+    store = Store(out)
+    try:
+        store.save_grid(spec.name, spec.to_dict())
+        done = store.finished_keys()
+        already = sum(r.key in done for r in runs)
+        recovered, abandoned = 0, 0
+        todo: list[GridRun] = []
+        for r in runs:
+            if r.key in done:
+                continue
+            if _recover(store, r, spec.name, out):
+                recovered += 1
+                continue
+            abandoned += len(run_dirs(out, r.key)[1])
+            todo.append(r)
+        by_key = {r.key: r for r in todo}
+        failed: list[tuple[str, str]] = []
+        say = on_line or (tqdm.write if show_progress else (lambda _line: None))
+        bar = tqdm(
+            total=len(todo), desc=f"bench {spec.name}", unit="run", disable=not show_progress
+        )
+        if abandoned:
+            say(f"{abandoned} unfinished run directories abandoned; those runs start afresh")
+
+        def on_result(result: Result) -> None:
+            run = by_key[result["key"]]
+            if result["ok"]:
+                try:
+                    run_dir = Path(result["run_dir"]).resolve()
+                    record = json.loads((run_dir / RECORD_NAME).read_text())
+                    rel = run_dir.relative_to(out).as_posix()
+                    store.add_run(row_from_record(run.key, spec.name, run.settings, rel, record))
+                except (OSError, ValueError, KeyError, GradguideError) as e:
+                    result = {"key": run.key, "ok": False, "error": f"cannot store the run: {e}"}
+            if not result["ok"]:
+                failed.append((run.key, result["error"]))
+                store.add_failure(run.key, spec.name, run.label(), result["error"])
+            bar.update(1)
+            line = _result_line(run, result)
+            bar.set_postfix_str(line[:60])
+            say(f"[{bar.n}/{len(todo)}] {line}")
+
+        payloads = [_payload(r, out) for r in todo]
+        try:
+            if not payloads:
+                pass
+            elif backend == "ray":
+                _run_ray(payloads, max(1, workers), on_result)
+            elif workers == 0:
+                _run_inline(payloads, on_result)
+            else:
+                _run_pool(payloads, workers, on_result)
+        finally:
+            bar.close()
+        return GridOutcome(
+            total=len(runs),
+            already=already,
+            recovered=recovered,
+            ran=len(todo) - len(failed),
+            failed=failed,
+            abandoned=abandoned,
+            wall_s=time.perf_counter() - started,
+        )
+    finally:
+        store.close()
+
+
+def summarize(outcome: GridOutcome) -> Iterable[str]:
+    """Lines saying what a grid call did (for the command line)."""
+    yield (
+        f"{outcome.total} runs: {outcome.already} already stored, {outcome.recovered} recovered "
+        f"from their records, {outcome.ran} ran, {len(outcome.failed)} failed "
+        f"({outcome.wall_s:.0f} s)"
+    )
+    for key, error in outcome.failed:
+        yield f"  failed {key}: {error}"

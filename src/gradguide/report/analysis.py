@@ -1,0 +1,176 @@
+"""Grouping runs into comparable conditions and computing what the report shows about them.
+
+A *condition* is one model at one number of shots; inside it a *variant* is a method with its
+swept settings. Every comparison is paired on (task, seed) cells within one condition, where both
+methods saw the same k-shot sample (checked from the records' training ids) and the same
+evaluation set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from gradguide.bench.stats import Interval, PairedComparison, across_tasks, paired_compare
+from gradguide.report.data import Cells, RunData, cells
+
+METRIC = "accuracy"
+STABILITY = "gradient_stability"
+ALIGNMENT = "directional_alignment"
+BASELINES = ("zero-shot", "icl", "full", "adapter", "lora", "prompt", "layernorm", "bitfit")
+METHOD_ORDER = (*BASELINES, "sgg", "sgg-dir", "sgg-mag", "sgg-align", "ofa", "spectral")
+ALPHA = 0.05
+CURVE_POINTS = 101
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    """Sort key: the usual order of methods (baselines first), unknown names last."""
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+@dataclasses.dataclass
+class Condition:
+    """All runs of one model at one number of shots."""
+
+    model: str
+    shots: int
+    runs: list[RunData]
+
+    @property
+    def title(self) -> str:
+        return f"{self.model}, {self.shots} shots"
+
+    def variants(self) -> list[str]:
+        """Variants in report order (method order, then settings)."""
+        seen = {r.variant: r for r in self.runs}
+        return sorted(seen, key=lambda v: (method_rank(seen[v].method), v))
+
+    def runs_of(self, variant: str) -> list[RunData]:
+        return [r for r in self.runs if r.variant == variant]
+
+    def tasks(self) -> list[str]:
+        """Tasks in first-seen order."""
+        return list(dict.fromkeys(r.task for r in self.runs))
+
+    def common_tasks(self, variants: Iterable[str]) -> list[str]:
+        """Tasks every one of ``variants`` has at least one run on."""
+        wanted = list(variants)
+        return [
+            t
+            for t in self.tasks()
+            if all(any(r.task == t for r in self.runs_of(v)) for v in wanted)
+        ]
+
+    def cells(self, variant: str, metric: str) -> Cells:
+        return cells(self.runs_of(variant), metric)
+
+
+def conditions(runs: Iterable[RunData]) -> list[Condition]:
+    """Runs grouped by (model, shots), in model then shots order."""
+    groups: dict[tuple[str, int], list[RunData]] = {}
+    for r in runs:
+        groups.setdefault((r.model, r.shots), []).append(r)
+    return [Condition(m, k, rs) for (m, k), rs in sorted(groups.items())]
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """A paired comparison of two variants plus how many pairs shared their data exactly."""
+
+    a: str
+    b: str
+    metric: str
+    result: PairedComparison
+    identical_samples: int
+
+    @property
+    def better_and_significant(self) -> bool:
+        """a beats b on average and the paired t-test says so at ALPHA."""
+        p = self.result.ttest.p
+        return self.result.mean_diff > 0 and math.isfinite(p) and p < ALPHA
+
+
+def compare(
+    cond: Condition,
+    a: str,
+    b: str,
+    metric: str = METRIC,
+    tasks: Sequence[str] | None = None,
+) -> Comparison | None:
+    """Paired comparison of variant a against b on their common (task, seed) cells.
+
+    With ``tasks`` only those tasks' cells count (the tasks an average was taken over).
+    """
+    ca, cb = cond.cells(a, metric), cond.cells(b, metric)
+    if tasks is not None:
+        ca = {k: v for k, v in ca.items() if k[0] in tasks}
+        cb = {k: v for k, v in cb.items() if k[0] in tasks}
+    result = paired_compare(ca, cb)
+    if result is None:
+        return None
+    ra = {(r.task, r.seed): r for r in cond.runs_of(a)}
+    rb = {(r.task, r.seed): r for r in cond.runs_of(b)}
+    same = sum(
+        1
+        for k in set(ca) & set(cb)
+        if ra[k].train_ids == rb[k].train_ids and ra[k].eval_digest == rb[k].eval_digest
+    )
+    return Comparison(a, b, metric, result, same)
+
+
+def average(cond: Condition, variant: str, metric: str, tasks: Sequence[str]) -> Interval | None:
+    """Mean over seeds of the across-task average (the papers' "average accuracy")."""
+    return across_tasks(cond.cells(variant, metric), tasks)
+
+
+def mean_curve(runs: Iterable[RunData], name: str) -> tuple[list[float], list[float]] | None:
+    """A curve averaged over runs on a common progress axis (0–100 % of training steps)."""
+    grid = np.linspace(0.0, 1.0, CURVE_POINTS)
+    stacked = []
+    for r in runs:
+        values = r.curves.get(name) or []
+        known = [(i, v) for i, v in enumerate(values) if v is not None]
+        if len(values) < 2 or len(known) < 2:
+            continue
+        xs = np.array([i / (len(values) - 1) for i, _ in known])
+        ys = np.array([v for _, v in known])
+        stacked.append(np.interp(grid, xs, ys))
+    if not stacked:
+        return None
+    mean = np.mean(np.stack(stacked), axis=0)
+    return [float(x * 100) for x in grid], [float(y) for y in mean]
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting
+
+
+def pct(x: float | None) -> str:
+    """A 0–1 accuracy as a percentage with one decimal (``n/a`` when missing)."""
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f}"
+
+
+def fmt_interval(iv: Interval | None, *, percent: bool) -> str:
+    """``61.2 ± 3.4`` (percent) or ``0.781 ± 0.020``; one value when n = 1."""
+    if iv is None:
+        return "n/a"
+    scale, digits = (100.0, 1) if percent else (1.0, 3)
+    mean = f"{scale * iv.mean:.{digits}f}"
+    if iv.n < 2 or not math.isfinite(iv.half_width):
+        return f"{mean} (n=1)"
+    return f"{mean} ± {scale * iv.half_width:.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    """A p-value to three decimals, ``<0.001``, or ``n/a``."""
+    if not math.isfinite(p):
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_diff(x: float, *, percent: bool) -> str:
+    """A signed difference (percentage points or raw)."""
+    return f"{100 * x:+.1f} pp" if percent else f"{x:+.3f}"

@@ -1,0 +1,661 @@
+"""Assemble the report from a bench directory: sections that exist only when their data does."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gradguide.atomic import write_bytes_atomic, write_text_atomic
+from gradguide.bench.stats import Interval, across_tasks, per_task
+from gradguide.report import figures
+from gradguide.report.analysis import (
+    ALIGNMENT,
+    BASELINES,
+    METRIC,
+    STABILITY,
+    Comparison,
+    Condition,
+    average,
+    compare,
+    conditions,
+    fmt_diff,
+    fmt_interval,
+    fmt_p,
+    mean_curve,
+    method_rank,
+)
+from gradguide.report.claims import RULES, evaluate_claims
+from gradguide.report.data import BenchData, RunData, cells, load_bench
+from gradguide.report.render import (
+    FIGURES_DIR,
+    Block,
+    BulletList,
+    Figure,
+    Heading,
+    Paragraph,
+    Table,
+    to_html,
+    to_markdown,
+)
+
+ABLATIONS = ("sgg-dir", "sgg-mag", "sgg-align")
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportFiles:
+    """Where the report was written."""
+
+    markdown: Path
+    html: Path
+    figures: list[Path]
+
+
+class _Doc:
+    """Blocks in order, with unique figure names."""
+
+    def __init__(self) -> None:
+        self.blocks: list[Block] = []
+        self.names: Counter[str] = Counter()
+
+    def add(self, *blocks: Block) -> None:
+        self.blocks.extend(blocks)
+
+    def figure(self, stem: str, png: bytes, caption: str) -> None:
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", stem).strip("-").lower() or "figure"
+        self.names[slug] += 1
+        name = slug if self.names[slug] == 1 else f"{slug}-{self.names[slug]}"
+        self.blocks.append(Figure(name, png, caption))
+
+
+def _overview(doc: _Doc, data: BenchData) -> None:
+    runs = data.runs
+    doc.add(Heading("Overview"))
+    wall = sum(r.wall_s for r in runs if r.wall_s is not None)
+    items = [
+        f"bench directory: {data.bench_dir}",
+        f"finished runs stored: {len(runs)} (total run time {wall / 3600:.2f} h)",
+        "models: " + ", ".join(sorted({r.model for r in runs})),
+        "tasks: " + ", ".join(dict.fromkeys(r.task for r in runs)),
+        "methods: " + ", ".join(sorted({r.method for r in runs}, key=method_rank)),
+        "seeds: " + ", ".join(str(s) for s in sorted({r.seed for r in runs})),
+    ]
+    for name, spec in data.grids.items():
+        desc = spec.get("description") or ""
+        items.append(f"grid {name}" + (f": {desc}" if desc else "") + f" ({spec.get('source')})")
+    commits = sorted({str(r.environment.get("git_commit")) for r in runs if r.environment})
+    if commits:
+        items.append("gradguide commit(s): " + ", ".join(commits))
+    torch_versions = sorted(
+        {str((r.environment.get("packages") or {}).get("torch")) for r in runs if r.environment}
+    )
+    if torch_versions:
+        items.append("torch: " + ", ".join(torch_versions))
+    if data.failures:
+        items.append(
+            f"runs that failed and have not finished since: {len({f.key for f in data.failures})}"
+        )
+    if data.missing_records:
+        items.append(
+            f"stored runs whose record.json is missing (no curves): {len(data.missing_records)}"
+        )
+    doc.add(BulletList(tuple(items)))
+    doc.add(
+        Paragraph(
+            "Every number below is computed from the results database and the run records. "
+            "Intervals are two-sided 95% Student-t intervals over seeds (n = number of seeds); "
+            "averages across tasks are taken per seed first, then over seeds, as the papers do. "
+            "Accuracies are percentages."
+        )
+    )
+
+
+def _claims(doc: _Doc, data: BenchData) -> None:
+    doc.add(Heading("Claims of the papers"))
+    doc.add(
+        Paragraph(
+            "Each claim of the SGG paper (Structured Gradient Guidance, arXiv 2506.00726) with a "
+            "verdict decided by code from the stored runs. Absolute numbers are not expected to "
+            "match the paper (other models, a CPU budget); the verdicts test its comparative "
+            "statements. Rules: " + " ".join(RULES)
+        )
+    )
+    doc.add(
+        BulletList(
+            tuple(
+                f"**{c.claim}** ({c.where}): **{c.status}**. Paper: {c.paper}. Here: {c.evidence}."
+                for c in evaluate_claims(data)
+            )
+        )
+    )
+
+
+def _eval_sizes(cond: Condition) -> str:
+    sizes: dict[str, int] = {}
+    for r in cond.runs:
+        if r.eval_size is not None:
+            sizes.setdefault(r.task, r.eval_size)
+    return ", ".join(f"{t} {n}" for t, n in sizes.items())
+
+
+def _results(doc: _Doc, data: BenchData) -> None:
+    conds = conditions(data.runs)
+    if not conds:
+        return
+    doc.add(Heading("Results (Table-1 analogue)"))
+    for cond in conds:
+        variants = cond.variants()
+        tasks = cond.tasks()
+        avg_tasks = cond.common_tasks(variants)
+        rows = []
+        for v in variants:
+            by_task = per_task(cond.cells(v, METRIC))
+            avg = average(cond, v, METRIC, avg_tasks)
+            seeds = len({r.seed for r in cond.runs_of(v)})
+            rows.append(
+                (
+                    v,
+                    *(fmt_interval(by_task.get(t), percent=True) for t in tasks),
+                    fmt_interval(avg, percent=True),
+                    str(seeds),
+                    fmt_interval(average(cond, v, STABILITY, avg_tasks), percent=False),
+                    fmt_interval(average(cond, v, ALIGNMENT, avg_tasks), percent=False),
+                )
+            )
+        doc.add(Heading(cond.title, 3))
+        doc.add(
+            Table(
+                ("method", *tasks, "avg", "seeds", "gradient stability", "directional alignment"),
+                tuple(rows),
+                caption=(
+                    f"Accuracy (%) per task and averaged over {', '.join(avg_tasks) or 'no task'}"
+                    " (the tasks every method ran); gradient stability and directional alignment "
+                    "averaged the same way (n/a: not recorded, e.g. untrained methods). "
+                    f"Evaluation examples: {_eval_sizes(cond)}."
+                ),
+            )
+        )
+
+
+def _pairs(cond: Condition) -> list[tuple[str, str]]:
+    """Pairs to compare: methods vs baselines, swept variants vs their defaults."""
+    # Without a non-baseline method, the baselines are compared among themselves.
+    variants = cond.variants()
+    method = {r.variant: r.method for r in cond.runs}
+    plain = [v for v in variants if v == method[v]]
+    proposed = [v for v in plain if method[v] not in BASELINES]
+    baselines = [v for v in plain if method[v] in BASELINES]
+    if proposed:
+        pairs = [(p, b) for p in proposed for b in baselines]
+    else:
+        pairs = [(a, b) for i, b in enumerate(baselines) for a in baselines[i + 1 :]]
+    pairs += [(v, method[v]) for v in variants if v != method[v] and method[v] in plain]
+    return pairs
+
+
+def _comparison_row(c: Comparison) -> tuple[str, ...]:
+    percent = c.metric == METRIC
+    r = c.result
+    scale = 100.0 if percent else 1.0
+    digits = 1 if percent else 3
+    return (
+        c.a,
+        c.b,
+        c.metric,
+        str(r.n),
+        f"{scale * r.mean_a:.{digits}f}",
+        f"{scale * r.mean_b:.{digits}f}",
+        fmt_diff(r.mean_diff, percent=percent),
+        f"[{scale * r.bootstrap.low:+.{digits}f}, {scale * r.bootstrap.high:+.{digits}f}]",
+        fmt_p(r.ttest.p),
+        fmt_p(r.wilcoxon.p),
+        f"{c.identical_samples}/{r.n}",
+    )
+
+
+def _comparisons(doc: _Doc, data: BenchData) -> None:
+    sections = []
+    for cond in conditions(data.runs):
+        rows = []
+        for a, b in _pairs(cond):
+            for metric in (METRIC, STABILITY, ALIGNMENT):
+                c = compare(cond, a, b, metric)
+                if c is not None:
+                    rows.append(_comparison_row(c))
+        if rows:
+            sections.append((cond, rows))
+    if not sections:
+        return
+    doc.add(Heading("Paired comparisons"))
+    doc.add(
+        Paragraph(
+            "Each method against each baseline on the (task, seed) cells both ran: the mean "
+            "difference (first minus second), its 95% paired bootstrap interval (10,000 "
+            "resamples, seed 0), the paired t-test and Wilcoxon signed-rank p-values, and how "
+            "many pairs used exactly the same training sample and evaluation set."
+        )
+    )
+    for cond, rows in sections:
+        doc.add(Heading(cond.title, 3))
+        doc.add(
+            Table(
+                (
+                    "method",
+                    "baseline",
+                    "measure",
+                    "pairs",
+                    "mean",
+                    "baseline mean",
+                    "difference",
+                    "bootstrap 95%",
+                    "t-test p",
+                    "Wilcoxon p",
+                    "same samples",
+                ),
+                tuple(rows),
+            )
+        )
+
+
+def _sample_size(doc: _Doc, data: BenchData) -> None:
+    by_model: dict[str, list[RunData]] = {}
+    for r in data.runs:
+        by_model.setdefault(r.model, []).append(r)
+    started = False
+    for model, runs in by_model.items():
+        curves: dict[str, dict[int, Interval]] = {}
+        task_sets: dict[str, list[str]] = {}
+        for v in sorted({r.variant for r in runs}):
+            vr = [r for r in runs if r.variant == v]
+            shots = sorted({r.shots for r in vr})
+            if len(shots) < 2:
+                continue
+            tasks = [
+                t
+                for t in dict.fromkeys(r.task for r in vr)
+                if all(any(r.task == t and r.shots == k for r in vr) for k in shots)
+            ]
+            points = {}
+            for k in shots:
+                iv = across_tasks(cells([r for r in vr if r.shots == k], METRIC), tasks)
+                if iv is not None:
+                    points[k] = iv
+            if len(points) >= 2:
+                curves[v] = points
+                task_sets[v] = tasks
+        if not curves:
+            continue
+        if not started:
+            doc.add(Heading("Sample-size curves"))
+            started = True
+        all_shots = sorted({k for pts in curves.values() for k in pts})
+        rows = tuple(
+            (
+                v,
+                ", ".join(task_sets[v]),
+                *(fmt_interval(pts.get(k), percent=True) for k in all_shots),
+            )
+            for v, pts in curves.items()
+        )
+        doc.add(Heading(model, 3))
+        doc.add(
+            Table(
+                ("method", "tasks averaged", *(f"{k} shots" for k in all_shots)),
+                rows,
+                caption="Accuracy (%) averaged over the tasks run at every number of shots.",
+            )
+        )
+        series = {
+            v: [(float(k), 100 * iv.mean, _half(iv, 100)) for k, iv in pts.items()]
+            for v, pts in curves.items()
+        }
+        doc.figure(
+            f"sample-size-{model}",
+            figures.line_figure(
+                series,
+                title=f"Accuracy vs training examples ({model})",
+                xlabel="shots (training examples)",
+                ylabel="accuracy (%)",
+                xscale="log2",
+                xticks=[float(k) for k in all_shots],
+            ),
+            f"Accuracy against the number of shots on {model} (mean ± 95% interval over seeds).",
+        )
+
+
+def _half(iv: Interval, scale: float) -> float | None:
+    return scale * iv.half_width if iv.n >= 2 and math.isfinite(iv.half_width) else None
+
+
+def _domains(doc: _Doc, data: BenchData) -> None:
+    conds = conditions(r for r in data.runs if r.suite == "domain")
+    if not conds:
+        return
+    doc.add(Heading("Domain tasks"))
+    for cond in conds:
+        variants = cond.variants()
+        tasks = cond.tasks()
+        table = {v: per_task(cond.cells(v, METRIC)) for v in variants}
+        doc.add(Heading(cond.title, 3))
+        doc.add(
+            Table(
+                ("method", *tasks),
+                tuple(
+                    (v, *(fmt_interval(table[v].get(t), percent=True) for t in tasks))
+                    for v in variants
+                ),
+                caption="Accuracy (%) on each domain task (mean ± 95% interval over seeds).",
+            )
+        )
+        series = {
+            v: [
+                (100 * table[v][t].mean, _half(table[v][t], 100)) if t in table[v] else None
+                for t in tasks
+            ]
+            for v in variants
+        }
+        doc.figure(
+            f"domains-{cond.title}",
+            figures.bar_figure(
+                tasks,
+                series,
+                title=f"Domain tasks ({cond.title})",
+                ylabel="accuracy (%)",
+                hline=75.0,
+            ),
+            f"Accuracy per domain task, {cond.title}; dashed line: the paper's 75% claim.",
+        )
+
+
+def _curves_section(
+    doc: _Doc,
+    data: BenchData,
+    title: str | None,
+    name: str,
+    ylabel: str,
+    yscale: str = "linear",
+) -> bool:
+    """One figure per condition of ``curves[name]`` averaged per method; True if any.
+
+    ``title`` is the section heading added before the first figure (None: no heading).
+    """
+    started = False
+    for cond in conditions(data.runs):
+        series = {}
+        counts = []
+        for v in cond.variants():
+            runs = cond.runs_of(v)
+            curve = mean_curve(runs, name)
+            if curve is not None:
+                series[v] = curve
+                n = sum(1 for r in runs if len(r.curves.get(name) or []) >= 2)
+                counts.append(f"{v} {n}")
+        if not series:
+            continue
+        if not started and title is not None:
+            doc.add(Heading(title))
+        started = True
+        doc.figure(
+            f"{name}-{cond.title}",
+            figures.curve_figure(
+                series,
+                title=f"{ylabel} ({cond.title})",
+                xlabel="% of training steps",
+                ylabel=ylabel,
+                yscale=yscale,
+            ),
+            f"{ylabel.capitalize()} per training step, mean over tasks and seeds per method, "
+            f"{cond.title} "
+            f"(runs: {', '.join(counts)}).",
+        )
+    return started
+
+
+def _dynamics(doc: _Doc, data: BenchData) -> None:
+    started = _curves_section(doc, data, "Gradient dynamics", "grad_norm", "gradient norm", "log")
+    for cond in conditions(data.runs):
+        variants = cond.variants()
+        tasks = cond.common_tasks(variants)
+        stab = {v: average(cond, v, STABILITY, tasks) for v in variants}
+        align = {v: average(cond, v, ALIGNMENT, tasks) for v in variants}
+        shown = [v for v in variants if stab[v] is not None or align[v] is not None]
+        if not shown:
+            continue
+        if not started:
+            doc.add(Heading("Gradient dynamics"))
+            started = True
+
+        doc.figure(
+            f"dynamics-{cond.title}",
+            figures.bar_figure(
+                shown,
+                {
+                    "gradient stability": _bars(stab, shown),
+                    "directional alignment": _bars(align, shown),
+                },
+                title=f"Gradient stability and directional alignment ({cond.title})",
+                ylabel="value",
+            ),
+            "Gradient stability 1/(1+CV of the gradient norm) and mean cosine with the prior "
+            f"direction, averaged over tasks then seeds, {cond.title}.",
+        )
+    if started:
+        _curves_section(doc, data, None, "cos_prior", "cosine with the prior direction")
+
+
+def _bars(
+    values: dict[str, Interval | None], variants: list[str]
+) -> list[tuple[float, float | None] | None]:
+    """Bar heights and half-widths for ``variants`` (None where a value is missing)."""
+    out: list[tuple[float, float | None] | None] = []
+    for v in variants:
+        iv = values[v]
+        out.append(None if iv is None else (iv.mean, _half(iv, 1.0)))
+    return out
+
+
+def _ablation(doc: _Doc, data: BenchData) -> None:
+    started = False
+    for cond in conditions(data.runs):
+        variants = cond.variants()
+        present = [v for v in variants if v in ABLATIONS]
+        if not present:
+            continue
+        shown = [v for v in variants if v in ("sgg", *ABLATIONS) or v in BASELINES]
+        tasks = cond.common_tasks(shown)
+        avgs = {v: average(cond, v, METRIC, tasks) for v in shown}
+        if not started:
+            doc.add(Heading("Ablation"))
+            started = True
+        doc.add(Heading(cond.title, 3))
+        rows = []
+        if "sgg" in variants:
+            for v in present:
+                c = compare(cond, v, "sgg", METRIC)
+                if c is not None:
+                    rows.append(_comparison_row(c))
+        if rows:
+            doc.add(
+                Table(
+                    (
+                        "term alone",
+                        "versus",
+                        "measure",
+                        "pairs",
+                        "mean",
+                        "sgg mean",
+                        "difference",
+                        "bootstrap 95%",
+                        "t-test p",
+                        "Wilcoxon p",
+                        "same samples",
+                    ),
+                    tuple(rows),
+                    caption="Each SGG term alone against the full SGG objective (paired).",
+                )
+            )
+        doc.figure(
+            f"ablation-{cond.title}",
+            figures.bar_figure(
+                list(avgs),
+                {
+                    "average accuracy": [
+                        (100 * iv.mean, _half(iv, 100)) if iv is not None else None
+                        for iv in avgs.values()
+                    ]
+                },
+                title=f"Ablation ({cond.title})",
+                ylabel="accuracy (%)",
+            ),
+            f"Accuracy averaged over {', '.join(tasks)} for SGG, each of its terms alone and the "
+            "baselines present (mean ± 95% interval over seeds).",
+        )
+
+
+def _sensitivity(doc: _Doc, data: BenchData) -> None:
+    """Accuracy against each swept setting, the other swept settings at their usual value."""
+    started = False
+    for cond in conditions(data.runs):
+        by_method: dict[str, list[RunData]] = {}
+        for r in cond.runs:
+            by_method.setdefault(r.method, []).append(r)
+        for method in sorted(by_method, key=method_rank):
+            runs = by_method[method]
+            keys = sorted({k for r in runs for k in r.settings})
+            usual = {k: _mode([_token(r.setting(k)) for r in runs]) for k in keys}
+            for key in keys:
+                members = [
+                    r
+                    for r in runs
+                    if all(_token(r.setting(k)) == usual[k] for k in keys if k != key)
+                ]
+                values: dict[str, Any] = {}
+                for r in members:
+                    values.setdefault(_token(r.setting(key)), r.setting(key))
+                if len(values) < 2:
+                    continue
+                order = sorted(values, key=lambda t: _sort_value(values[t]))
+                groups = {t: [r for r in members if _token(r.setting(key)) == t] for t in order}
+                tasks = [
+                    t
+                    for t in dict.fromkeys(r.task for r in members)
+                    if all(any(r.task == t for r in g) for g in groups.values())
+                ]
+                points = []
+                rows = []
+                for t in order:
+                    iv = across_tasks(cells(groups[t], METRIC), tasks)
+                    mark = " (the others' value)" if t == usual[key] else ""
+                    rows.append((f"{values[t]}{mark}", fmt_interval(iv, percent=True)))
+                    v = values[t]
+                    if iv is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
+                        points.append((float(v), 100 * iv.mean, _half(iv, 100)))
+                if not started:
+                    doc.add(Heading("Sensitivity"))
+                    started = True
+                doc.add(Heading(f"{method}: {key} ({cond.title})", 3))
+                doc.add(
+                    Table(
+                        (key, "accuracy"),
+                        tuple(rows),
+                        caption=f"Accuracy (%) averaged over {', '.join(tasks)}; every other "
+                        "swept setting at the value most runs used.",
+                    )
+                )
+                if len(points) >= 2:
+                    logx = all(p[0] > 0 for p in points)
+                    doc.figure(
+                        f"sensitivity-{method}-{key}-{cond.title}",
+                        figures.line_figure(
+                            {method: points},
+                            title=f"{method}: accuracy vs {key} ({cond.title})",
+                            xlabel=key,
+                            ylabel="accuracy (%)",
+                            xscale="log" if logx else "linear",
+                        ),
+                        f"Sensitivity of {method} to {key} (mean ± 95% interval over seeds).",
+                    )
+
+
+def _token(value: Any) -> str:
+    """A hashable, comparable stand-in for a setting's value."""
+    return json.dumps(value, sort_keys=True)
+
+
+def _mode(tokens: Sequence[str]) -> str:
+    """The most common token (the first seen among equals)."""
+    counts = Counter(tokens)
+    return max(dict.fromkeys(tokens), key=lambda t: counts[t])
+
+
+def _sort_value(v: object) -> tuple[int, float, str]:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, str(v))
+
+
+def _failures(doc: _Doc, data: BenchData) -> None:
+    if not data.failures:
+        return
+    latest = {f.key: f for f in data.failures}
+    doc.add(Heading("Runs that failed"))
+    doc.add(
+        Table(
+            ("run", "error", "when"),
+            tuple((f.label, f.error, f.at) for f in latest.values()),
+            caption="Latest failure of each run that has not finished since (re-run the grid "
+            "to retry them).",
+        )
+    )
+
+
+def build_report(data: BenchData) -> tuple[str, list[Block]]:
+    """The report's title and blocks for the runs of one bench directory."""
+    doc = _Doc()
+    names = ", ".join(data.grids) or data.bench_dir.name
+    title = f"gradguide report: {names}"
+    if not data.runs:
+        doc.add(Paragraph("No finished runs are stored in this bench directory yet."))
+        _failures(doc, data)
+        return title, doc.blocks
+    _overview(doc, data)
+    _claims(doc, data)
+    _results(doc, data)
+    _comparisons(doc, data)
+    _sample_size(doc, data)
+    _domains(doc, data)
+    _curves_section(doc, data, "Loss curves", "loss", "training loss")
+    _dynamics(doc, data)
+    _ablation(doc, data)
+    _sensitivity(doc, data)
+    _failures(doc, data)
+    return title, doc.blocks
+
+
+def write_report(bench_dir: str | Path, out_dir: str | Path | None = None) -> ReportFiles:
+    """Read a bench directory and write report.md (+ its PNGs) and a self-contained report.html."""
+    data = load_bench(bench_dir)
+    target = Path(out_dir) if out_dir is not None else Path(bench_dir)
+    title, blocks = build_report(data)
+    written = []
+    for b in blocks:
+        if isinstance(b, Figure):
+            written.append(write_bytes_atomic(target / FIGURES_DIR / f"{b.name}.png", b.png))
+    md = write_text_atomic(target / REPORT_MD, to_markdown(title, blocks))
+    page = write_text_atomic(target / REPORT_HTML, to_html(title, blocks))
+    return ReportFiles(md, page, written)
+
+
+def summary_lines(files: ReportFiles) -> list[str]:
+    """What the command line prints after writing a report."""
+    return [
+        f"report: {files.markdown}",
+        f"        {files.html} (self-contained, {len(files.figures)} figures embedded)",
+    ]

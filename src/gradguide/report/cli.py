@@ -1,0 +1,55 @@
+"""``gradguide report DIR``: write report.md and report.html for a bench directory.
+
+``add_report_parser`` plugs the subcommand into the main ``gradguide`` parser;
+``python -m gradguide.report.cli`` runs it on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from gradguide.errors import GradguideError
+
+
+def add_report_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``report`` subcommand to an argparse subparsers object (sets ``func``)."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "report", help="write report.md and a self-contained report.html for a bench directory"
+    )
+    _add_arguments(p)
+    p.set_defaults(func=cmd_report)
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="a bench directory (holding bench.sqlite and runs/)")
+    p.add_argument("--out", help="write the report here instead of into DIR")
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    """Build the report from the store and the run records; print where it went."""
+    from gradguide.report.build import summary_lines, write_report
+
+    files = write_report(a.dir, a.out)
+    for line in summary_lines(files):
+        print(line)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m gradguide.report.cli``: the report subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="gradguide report", description=cmd_report.__doc__)
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return cmd_report(args)
+    except GradguideError as e:
+        print(f"gradguide: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

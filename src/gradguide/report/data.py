@@ -1,0 +1,143 @@
+"""What a report reads: the rows of the results store and the record of every run, nothing else."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from gradguide.bench.store import Failure, RunRow, Store
+from gradguide.record import RECORD_NAME
+
+Cells = dict[tuple[str, int], float]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """One finished run as the report sees it (store row plus facts from its record)."""
+
+    key: str
+    grid: str
+    model: str
+    task: str
+    suite: str
+    method: str
+    shots: int
+    seed: int
+    settings: dict[str, Any]
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    dynamics: dict[str, float | None]
+    curves: dict[str, list[float | None]]
+    train_ids: tuple[str, ...]
+    eval_digest: str | None
+    eval_size: int | None
+    wall_s: float | None
+    environment: dict[str, Any]
+    has_record: bool
+
+    @property
+    def variant(self) -> str:
+        """The method plus any swept settings, e.g. ``sgg [guidance.tau=0.3]``."""
+        if not self.settings:
+            return self.method
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(self.settings.items()))
+        return f"{self.method} [{shown}]"
+
+    def setting(self, path: str) -> Any:
+        """A dotted configuration setting (``guidance.tau``) of this run, None if absent."""
+        node: Any = self.config
+        for part in path.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def value(self, name: str) -> float | None:
+        """A metric (from the metrics, else the dynamics block) if present and finite."""
+        v = self.metrics.get(name, self.dynamics.get(name))
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return None
+        return float(v)
+
+
+@dataclasses.dataclass
+class BenchData:
+    """Everything stored in one bench directory."""
+
+    bench_dir: Path
+    runs: list[RunData]
+    grids: dict[str, dict[str, Any]]
+    failures: list[Failure]
+    missing_records: list[str]
+
+
+def _digest(ids: Iterable[str]) -> str:
+    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:16]
+
+
+def _from_row(bench_dir: Path, row: RunRow) -> RunData:
+    path = bench_dir / row.run_dir / RECORD_NAME
+    record: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            record = {}
+    data = record.get("data") or {}
+    curves_raw = record.get("curves") or {}
+    curves = {
+        k: [v if isinstance(v, (int, float)) and math.isfinite(v) else None for v in vs]
+        for k, vs in curves_raw.items()
+        if isinstance(vs, list)
+    }
+    dynamics = dict(row.dynamics or {})
+    if not dynamics and isinstance(record.get("dynamics"), Mapping):
+        dynamics = dict(record["dynamics"])
+    return RunData(
+        key=row.key,
+        grid=row.grid,
+        model=row.model,
+        task=(record.get("task") or {}).get("name", row.task),
+        suite=(record.get("task") or {}).get("suite", "unknown"),
+        method=row.method,
+        shots=row.shots,
+        seed=row.seed,
+        settings=dict(row.settings),
+        config=dict(row.config),
+        metrics=dict(row.metrics),
+        dynamics=dynamics,
+        curves=curves,
+        train_ids=tuple(data.get("train_ids") or ()),
+        eval_digest=_digest(data["eval_ids"]) if "eval_ids" in data else None,
+        eval_size=data.get("eval_size"),
+        wall_s=row.wall_s,
+        environment=dict(record.get("environment") or {}),
+        has_record=bool(record),
+    )
+
+
+def load_bench(bench_dir: str | Path) -> BenchData:
+    """Read a bench directory's store and run records (GradguideError when there is no store)."""
+    root = Path(bench_dir)
+    with Store(root, create=False) as store:
+        rows = store.runs()
+        grids = store.grids()
+        failures = store.failures()
+    runs = [_from_row(root, r) for r in rows]
+    missing = [r.run_dir for r, d in zip(rows, runs, strict=True) if not d.has_record]
+    return BenchData(root, runs, grids, failures, missing)
+
+
+def cells(runs: Iterable[RunData], metric: str) -> Cells:
+    """(task, seed) → value of ``metric`` for runs that have it."""
+    out: Cells = {}
+    for r in runs:
+        v = r.value(metric)
+        if v is not None:
+            out[(r.task, r.seed)] = v
+    return out

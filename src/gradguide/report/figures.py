@@ -1,0 +1,118 @@
+"""The report's plots, drawn with matplotlib's Agg backend and returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+
+#: (x, y, half-width of the interval or None)
+Point = tuple[float, float, float | None]
+DPI = 100
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def line_figure(
+    series: Mapping[str, Sequence[Point]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    xscale: str = "linear",
+    yscale: str = "linear",
+    xticks: Sequence[float] | None = None,
+    reference: tuple[float, str] | None = None,
+) -> bytes:
+    """One line per series, with error bars where a point has an interval."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    for label, points in series.items():
+        pts = sorted(points)
+        xs = [p[0] for p in pts]
+        ys = [p[1] for p in pts]
+        errs = [p[2] if p[2] is not None and math.isfinite(p[2]) else 0.0 for p in pts]
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label)
+    if reference is not None:
+        ax.axhline(reference[0], color="grey", linestyle="--", linewidth=1, label=reference[1])
+    if xscale == "log2":
+        ax.set_xscale("log", base=2)
+    elif xscale != "linear":
+        ax.set_xscale(xscale)
+    if yscale != "linear":
+        ax.set_yscale(yscale)
+    if xticks:
+        ax.set_xticks(list(xticks))
+        ax.set_xticklabels([f"{t:g}" for t in xticks])
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def curve_figure(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    yscale: str = "linear",
+) -> bytes:
+    """Plain curves (training loss, gradient norm) without markers."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    for label, (xs, ys) in series.items():
+        ax.plot(list(xs), list(ys), label=label)
+    if yscale != "linear":
+        ax.set_yscale(yscale)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def bar_figure(
+    categories: Sequence[str],
+    series: Mapping[str, Sequence[tuple[float, float | None] | None]],
+    *,
+    title: str,
+    ylabel: str,
+    hline: float | None = None,
+) -> bytes:
+    """Grouped bars: one group per category, one bar per series, interval as error bar."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(categories) + 3), 4.4))
+    n = max(1, len(series))
+    width = 0.8 / n
+    for i, (label, values) in enumerate(series.items()):
+        xs, ys, errs = [], [], []
+        for j, v in enumerate(values):
+            if v is None:
+                continue
+            xs.append(j - 0.4 + width * (i + 0.5))
+            ys.append(v[0])
+            errs.append(v[1] if v[1] is not None and math.isfinite(v[1]) else 0.0)
+        ax.bar(xs, ys, width=width, yerr=errs, capsize=3, label=label)
+    if hline is not None:
+        ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(categories)))
+    ax.set_xticklabels(list(categories), rotation=20, ha="right")
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)

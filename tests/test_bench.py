@@ -1,0 +1,364 @@
+"""The bench harness: grid specs and their errors, the results store, running, resuming, Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gradguide.bench.cli import main as bench_main
+from gradguide.bench.grid import (
+    check_data,
+    expand_grid,
+    list_presets,
+    load_grid,
+    parse_grid,
+    run_key,
+    setting_type,
+)
+from gradguide.bench.runner import RUNS_DIR, run_dirs, run_grid
+from gradguide.bench.store import DB_NAME, Store, row_from_record
+from gradguide.errors import GradguideError
+from gradguide.guidance import GUIDANCE
+from gradguide.methods import list_methods
+from gradguide.tasks import resolve_data_root
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _fast_base(steps: int = 4) -> dict[str, Any]:
+    """Tiny, quick runs (skip the alignment prior where this version measures it)."""
+    base: dict[str, Any] = {"eval_limit": 8, "optim": {"steps": steps, "batch_size": 4}}
+    try:
+        setting_type("guidance.measure_alignment")
+        base["guidance"] = {"measure_alignment": False}
+    except KeyError:
+        pass
+    return base
+
+
+def _grid(**kw: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": "t",
+        "models": ["tiny-llama"],
+        "tasks": ["demo-sentiment"],
+        "methods": ["zero-shot", "lora"],
+        "shots": [8],
+        "seeds": [1, 2],
+        "base": _fast_base(),
+    }
+    spec.update(kw)
+    return spec
+
+
+def _write(tmp_path: Path, spec: dict[str, Any], name: str = "grid.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _rows(out: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(out / DB_NAME) as c:
+        return list(c.execute("SELECT key, run_dir FROM runs ORDER BY key"))
+
+
+# --------------------------------------------------------------------------------------------
+# Grid specs
+
+
+def test_grid_expands_deterministically_with_stable_keys(tmp_path):
+    spec = parse_grid(_grid(seeds=[1, 2, 3]), source="g.yaml")
+    runs = expand_grid(spec)
+    assert [(r.config.seed, r.config.method) for r in runs] == [
+        (s, m) for s in (1, 2, 3) for m in ("zero-shot", "lora")
+    ]
+    assert len({r.key for r in runs}) == 6
+    assert [r.key for r in expand_grid(parse_grid(_grid(seeds=[1, 2, 3])))] == [r.key for r in runs]
+    c = runs[1].config
+    c.out = "elsewhere"
+    assert run_key(c) == runs[1].key  # where files go is not part of the key
+    c.optim.lr = 0.123
+    assert run_key(c) != runs[1].key
+    assert runs[1].config.optim.steps == 4 and runs[1].config.eval_limit == 8
+
+
+def test_sweeps_cross_product_union_and_method_limits():
+    spec = parse_grid(
+        _grid(
+            seeds=[1],
+            sweep=[
+                {"methods": ["lora"], "optim.lr": [1e-3, 1e-2], "method_options.lora_r": [2, 4]},
+                {"methods": ["lora"], "optim": {"weight_decay": [0.0, 0.1]}},
+                {"methods": ["lora"], "optim.weight_decay": [0.1]},
+            ],
+        )
+    )
+    runs = expand_grid(spec)
+    zero = [r for r in runs if r.config.method == "zero-shot"]
+    lora = [r for r in runs if r.config.method == "lora"]
+    assert len(zero) == 1 and zero[0].settings == {}
+    # 2 x 2 cross product plus 2 one-at-a-time values; the third block repeats a run: merged
+    assert len(lora) == 6
+    assert {tuple(sorted(r.settings)) for r in lora} == {
+        ("method_options.lora_r", "optim.lr"),
+        ("optim.weight_decay",),
+    }
+    assert len({r.key for r in runs}) == len(runs)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"methods": ["lora", "lorax"]}, "methods[1]", "unknown method"),
+        ({"tasks": ["no-such-task"]}, "tasks[0]", "unknown task"),
+        ({"models": ["gpt-17"]}, "models[0]", "unknown model"),
+        ({"base": {"no_such": 1}}, "base.no_such", "setting no_such is not available"),
+        ({"base": {"optim": {"lr": -1.0}}}, "base.optim.lr", "must be > 0"),
+        ({"base": {"optim": {"steps": "many"}}}, "base.optim.steps", "expected an integer"),
+        ({"base": {"seed": 3}}, "base.seed", "grid axis"),
+        ({"base": {"out": "x"}}, "base.out", "set by the bench"),
+        ({"sweep": {"optim.nope": [1, 2]}}, "sweep.optim.nope", "not available"),
+        ({"sweep": {"methods": ["icl"], "optim.lr": [1]}}, "sweep.methods", "not in the grid"),
+        ({"shots": [8, 8]}, "shots[1]", "listed twice"),
+        ({"seeds": []}, "seeds", "at least one"),
+        ({"colour": "red"}, "colour", "unknown grid field"),
+        ({"name": ""}, "name", "needs a name"),
+    ],
+)
+def test_grid_errors_name_file_and_field(tmp_path, change, field, words):
+    path = _write(tmp_path, _grid(**change))
+    with pytest.raises(GradguideError) as err:
+        expand_grid(load_grid(path))
+    assert err.value.file == str(path) and err.value.field == field
+    assert words in str(err.value)
+
+
+def test_missing_grid_file_and_unknown_preset(tmp_path):
+    with pytest.raises(GradguideError, match="not found"):
+        load_grid(tmp_path / "nope.yaml")
+    with pytest.raises(GradguideError, match=r"presets: .*smoke"):
+        load_grid("no-such-preset")
+
+
+def test_guidance_methods_are_lora_with_guidance_and_method_base_is_per_method():
+    spec = parse_grid(
+        _grid(
+            methods=["lora", "sgg", "sgg-align"],
+            seeds=[1],
+            method_base={"sgg-align": {"guidance": {"source_task": "demo-sentiment"}}},
+        )
+    )
+    runs = {r.arm: r for r in expand_grid(spec)}
+    assert set(runs) == {"lora", "sgg", "sgg-align"}
+    assert runs["sgg"].config.method == "lora" and runs["sgg"].config.guidance.use == "sgg"
+    assert runs["lora"].config.guidance.use == ""
+    assert runs["sgg-align"].config.guidance.source_task == "demo-sentiment"
+    assert runs["sgg"].config.guidance.source_task is None
+    assert runs["sgg-align"].settings == {}  # per-method settings are not swept settings
+    assert runs["sgg"].label().startswith("sgg demo-sentiment")
+
+
+def test_methods_that_cannot_run_fail_before_anything_runs(tmp_path):
+    path = _write(tmp_path, _grid(methods=["lora", "ofa"]))
+    with pytest.raises(GradguideError) as err:
+        expand_grid(load_grid(path))
+    assert "method ofa is not available in this version" in str(err.value)
+    assert err.value.field == "methods[1]" and err.value.file == str(path)
+    path = _write(tmp_path, _grid(methods=["sgg-align"]))
+    with pytest.raises(GradguideError, match="needs a source task"):
+        expand_grid(load_grid(path))
+    path = _write(tmp_path, _grid(methods=["sgg"], method_base={"lora": {"eval_limit": 2}}))
+    with pytest.raises(GradguideError, match="not in the grid's methods"):
+        load_grid(path)
+
+
+@pytest.mark.skipif(resolve_data_root() is None, reason="no data root (GRADGUIDE_DATA)")
+def test_presets_have_their_data_and_too_many_shots_are_caught():
+    for name in list_presets():
+        assert check_data(expand_grid(load_grid(name))).problems == []
+    spec = parse_grid(_grid(tasks=["rte"], shots=[64], methods=["lora"], seeds=[1]))
+    (problem,) = check_data(expand_grid(spec), "g.yaml").problems
+    assert "rte" in problem and "more than the 32" in problem
+
+
+def test_every_preset_expands_or_names_what_is_missing():
+    available = {m.name for m in list_methods()} | set(GUIDANCE)
+    assert {"smoke", "sgg-table1", "sample-size", "domains", "ablation", "sensitivity"} <= set(
+        list_presets()
+    )
+    for name in list_presets():
+        text = (Path(load_grid("smoke").source).parent / f"{name}.yaml").read_text()
+        assert "Expected run time on a 2-core CPU" in text and "estimate" in text
+        spec_methods = yaml.safe_load(text)["methods"]
+        missing = [m for m in spec_methods if m not in available]
+        if missing:
+            with pytest.raises(GradguideError) as err:
+                expand_grid(load_grid(name))
+            assert "not available in this version" in str(err.value)
+            assert err.value.file is not None and err.value.file.endswith(f"{name}.yaml")
+        else:
+            assert expand_grid(load_grid(name))
+
+
+# --------------------------------------------------------------------------------------------
+# Store
+
+
+def test_store_needs_the_record_and_never_duplicates(tmp_path):
+    record = {
+        "method": "lora",
+        "seed": 1,
+        "config": {"model": "m", "task": "t", "method": "lora", "shots": 8, "seed": 1},
+        "metrics": {"accuracy": 0.5},
+        "timings": {"total_s": 1.0},
+    }
+    with Store(tmp_path) as store:
+        row = row_from_record("k1", "g", {}, "runs/k1/a", record)
+        with pytest.raises(GradguideError, match="not finished"):
+            store.add_run(row)
+        (tmp_path / "runs/k1/a").mkdir(parents=True)
+        (tmp_path / "runs/k1/a/record.json").write_text(json.dumps(record))
+        assert store.add_run(row) is True
+        assert store.add_run(row) is False
+        assert store.count() == 1 and store.finished_keys() == {"k1"}
+        assert store.runs()[0].metrics == {"accuracy": 0.5} and store.runs()[0].dynamics == {}
+    with sqlite3.connect(tmp_path / DB_NAME) as c:
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with pytest.raises(GradguideError, match="no results database"):
+        Store(tmp_path / "empty", create=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+def test_smoke_preset_end_to_end_then_nothing_to_do(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert bench_main(["smoke", "--out", str(out), "--workers", "2", "--quiet"]) == 0
+    expected = {r.key for r in expand_grid(load_grid("smoke"))}
+    rows = _rows(out)
+    assert {k for k, _ in rows} == expected and len(rows) == 4
+    for _key, run_dir in rows:
+        assert (out / run_dir / "record.json").is_file()
+    capsys.readouterr()
+    assert bench_main(["smoke", "--out", str(out), "--workers", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 already stored" in printed and "0 ran" in printed
+    assert _rows(out) == rows
+    assert bench_main(["smoke", "--out", str(out), "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.count("done") == 4 and "estimated" in listing and "0 to run" in listing
+
+
+def test_recovers_a_recorded_run_and_restarts_an_abandoned_one(tmp_path):
+    spec = parse_grid(_grid(methods=["zero-shot"]), source="g.yaml")
+    out = tmp_path / "bench"
+    first = run_grid(spec, out, workers=0, show_progress=False)
+    assert first.ran == 2 and first.ok
+    keys = [r.key for r in expand_grid(spec)]
+    # killed between record.json and the row: the row is rebuilt from the record, no rerun
+    with sqlite3.connect(out / DB_NAME) as c:
+        c.execute("DELETE FROM runs WHERE key = ?", (keys[0],))
+    # killed mid-run: a run directory without record.json, and no row
+    with sqlite3.connect(out / DB_NAME) as c:
+        c.execute("DELETE FROM runs WHERE key = ?", (keys[1],))
+    finished, _ = run_dirs(out, keys[1])
+    (finished[0] / "record.json").unlink()
+    again = run_grid(spec, out, workers=0, show_progress=False)
+    assert (again.recovered, again.ran, again.abandoned, again.already) == (1, 1, 1, 0)
+    assert sorted(k for k, _ in _rows(out)) == sorted(keys)
+    done, abandoned = run_dirs(out, keys[1])
+    assert len(done) == 1 and len(abandoned) == 1
+
+
+def test_a_failing_run_is_recorded_and_the_grid_goes_on(tmp_path):
+    spec = parse_grid(_grid(methods=["zero-shot"], base={"eval_limit": 8}), source="g.yaml")
+    out = tmp_path / "bench"
+    runs = expand_grid(spec)
+    blocker = out / RUNS_DIR / runs[0].key
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("a file where the run directory should go")
+    outcome = run_grid(spec, out, workers=0, show_progress=False)
+    assert outcome.ran == 1 and len(outcome.failed) == 1 and not outcome.ok
+    with Store(out) as store:
+        assert [f.key for f in store.failures()] == [runs[0].key]
+    blocker.unlink()
+    assert run_grid(spec, out, workers=0, show_progress=False).ok
+    with Store(out) as store:
+        assert store.failures() == [] and store.count() == 2
+
+
+def test_kill_the_grid_mid_run_and_resume(tmp_path):
+    spec = _grid(methods=["lora"], seeds=[1, 2], base=_fast_base(steps=12))
+    path = _write(tmp_path, spec)
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "gradguide.bench.cli", str(path), "--out", str(out)]
+    cmd += ["--workers", "1", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    keys = {r.key for r in expand_grid(load_grid(path))}
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True, env=env)
+        try:
+            deadline = time.monotonic() + 240
+            while True:
+                assert proc.poll() is None, (tmp_path / "log.txt").read_text()
+                assert time.monotonic() < deadline, "no run finished in time"
+                stored = set()
+                if (out / DB_NAME).is_file():
+                    with contextlib.suppress(sqlite3.OperationalError):  # schema not made yet
+                        stored = {k for k, _ in _rows(out)}
+                running = [
+                    k for k in keys - stored if run_dirs(out, k)[1]
+                ]  # a run directory without record.json
+                if stored and running:
+                    break
+                time.sleep(0.05)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert len(stored) < len(keys)
+    assert bench_main([str(path), "--out", str(out), "--workers", "1", "--quiet"]) == 0
+    rows = _rows(out)
+    assert sorted(k for k, _ in rows) == sorted(keys)  # every run once: none lost, none twice
+    for key in keys:
+        done, _abandoned = run_dirs(out, key)
+        assert len(done) == 1
+    assert any(run_dirs(out, k)[1] for k in running)
+
+
+def test_ray_backend_missing_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    spec = parse_grid(_grid(methods=["zero-shot"], seeds=[1]), source="g.yaml")
+    with pytest.raises(GradguideError, match="pip install ray"):
+        run_grid(spec, tmp_path, backend="ray", show_progress=False)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+def test_ray_backend_stores_the_same_rows(tmp_path):
+    spec = parse_grid(_grid(methods=["zero-shot"]), source="g.yaml")
+    out = tmp_path / "bench"
+    outcome = run_grid(spec, out, workers=1, backend="ray", show_progress=False)
+    assert outcome.ok and outcome.ran == 2
+    assert sorted(k for k, _ in _rows(out)) == sorted(r.key for r in expand_grid(spec))
+    again = run_grid(spec, out, workers=1, backend="ray", show_progress=False)
+    assert again.ran == 0 and again.already == 2
+
+
+def test_unknown_backend_and_bad_workers(tmp_path):
+    spec = parse_grid(_grid(seeds=[1]), source="g.yaml")
+    with pytest.raises(GradguideError, match="unknown backend"):
+        run_grid(spec, tmp_path, backend="slurm")
+    with pytest.raises(GradguideError, match=">= 0"):
+        run_grid(spec, tmp_path, workers=-1)
+    assert bench_main([str(tmp_path / "missing.yaml")]) == 2
