@@ -127,7 +127,8 @@ def from_dict(
     return cls(**kwargs)
 
 
-def _nest(overrides: Mapping[str, Any]) -> dict[str, Any]:
+def nest(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys (``optim.lr``) as nested mappings."""
     out: dict[str, Any] = {}
     for key, value in overrides.items():
         node = out
@@ -138,11 +139,12 @@ def _nest(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, nested mappings merged key by key."""
     merged = dict(base)
     for k, v in extra.items():
         if isinstance(v, Mapping) and isinstance(merged.get(k), Mapping):
-            merged[k] = _merge(dict(merged[k]), v)
+            merged[k] = merge(merged[k], v)
         else:
             merged[k] = v
     return merged
@@ -180,7 +182,7 @@ def load_config(
     """Defaults, then the YAML file (if any), then ``overrides`` (dotted keys: ``scoring.x``)."""
     data = read_yaml(path) if path is not None else {}
     if overrides:
-        data = _merge(data, _nest({k: v for k, v in overrides.items() if v is not None}))
+        data = merge(data, nest({k: v for k, v in overrides.items() if v is not None}))
     return from_dict(cls, data, source=str(path) if path is not None else None)
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from gradguide.bench.compare import recipe
 from gradguide.bench.store import arm_name
-from gradguide.config import EvalConfig, from_dict, read_yaml, to_dict
+from gradguide.config import EvalConfig, from_dict, merge, nest, read_yaml, to_dict
 from gradguide.errors import GradguideError
 from gradguide.evaluate import limit_instances, resolve_task
 from gradguide.guidance import GUIDANCE, build_penalties, parse_guidance
@@ -198,29 +198,6 @@ def _axis(data: Mapping[str, Any], single: str, plural: str, source: str, kind: 
     return _as_list(data[key], key, source, kind)
 
 
-def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted keys (``optim.lr``) as nested mappings."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return out
-
-
-def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``extra``, nested mappings merged key by key."""
-    merged = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, Mapping) and isinstance(merged.get(k), Mapping):
-            merged[k] = _merge(merged[k], v)
-        else:
-            merged[k] = v
-    return merged
-
-
 def setting_type(path: str) -> Any:
     """The type annotation of a dotted TrainConfig setting (KeyError if this version lacks it)."""
     tp: Any = TrainConfig
@@ -292,7 +269,7 @@ def _check_setting(path: str, where: str, source: str) -> None:
 
 def _check_value(path: str, value: Any, where: str, source: str) -> None:
     try:
-        from_dict(TrainConfig, _nest({path: value}), source=source)
+        from_dict(TrainConfig, nest({path: value}), source=source)
     except GradguideError as e:
         raise GradguideError(e.message, file=source, field=where) from None
 
@@ -469,7 +446,7 @@ def _combos_for(spec: GridSpec, method: str) -> list[dict[str, Any]]:
 
 def expand_grid(spec: GridSpec) -> list[GridRun]:
     """Every run of the grid in a deterministic order, validated, duplicates (same key) merged."""
-    base_nested = _nest(spec.base)
+    base_nested = nest(spec.base)
     runs: list[GridRun] = []
     seen: set[str] = set()
     for model, shots, seed, task, method in itertools.product(
@@ -479,7 +456,7 @@ def expand_grid(spec: GridSpec) -> list[GridRun]:
         for combo in _combos_for(spec, method):
             trained = "lora" if method in GUIDANCE else method
             axes = {"model": model, "task": task, "method": trained, "shots": shots, "seed": seed}
-            data = _merge(_merge(_merge(base_nested, axes), _nest(own)), _nest(combo))
+            data = merge(merge(merge(base_nested, axes), nest(own)), nest(combo))
             try:
                 config = from_dict(TrainConfig, data, source=spec.source)
                 if method in GUIDANCE:
