@@ -185,3 +185,18 @@ def test_prefix_cache_equals_full_scoring(lm, fast_path):
     for x, row in zip(xs, full.scores, strict=True):
         for c, value in zip(x.candidates, row, strict=True):
             assert value == pytest.approx(manual_logprob(lm, prefix + x.prompt, c), abs=1e-4)
+
+
+def test_prefix_cache_falls_back_when_rows_do_not_fit(lm):
+    words = single_token_words(lm.tokenizer, 2)
+    xs = make_instances(words)
+    prefix = "Review: fine.\nSentiment:" + words[0] + "\n\n" + "filler words " * 20
+    n_prefix = len(lm.tokenizer(prefix)["input_ids"])
+    opts = ScoringOptions(batch_size=2, max_length=n_prefix + 12)  # the long prompts overflow
+    cached = score_dataset(lm, xs, prefix, opts)
+    full = score_dataset(
+        lm, xs, prefix, ScoringOptions(batch_size=2, max_length=n_prefix + 12, prefix_cache=False)
+    )
+    assert cached.truncated == full.truncated > 0
+    for a, b in zip(cached.scores, full.scores, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)

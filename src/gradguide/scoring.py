@@ -293,7 +293,7 @@ def score_dataset(
     causal = lm.kind != "encoder"
     prefix_ids = prefix_token_ids(lm.tokenizer, prefix) if causal else []
     cache = None
-    if prefix_ids and options.prefix_cache and len(prefix_ids) < options.max_length // 2:
+    if prefix_ids and options.prefix_cache and len(prefix_ids) < options.max_length:
         cache = prefix_cache(lm.model, prefix_ids)
     pad = lm.tokenizer.pad_token_id
     with torch.inference_mode():
