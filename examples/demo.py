@@ -8,6 +8,7 @@ runs/demo/. A few minutes on a 2-core CPU.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from gradguide.bench.compare import compare
@@ -19,6 +20,11 @@ SEEDS = (1, 2)
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    a = ap.parse_args()
+    seeds = [int(s) for s in a.seeds.split(",")]
     root = resolve_data_root()
     if root is not None:
         task, limit = "sst2", 200
@@ -27,7 +33,7 @@ def main() -> int:
         task, limit = "demo-sentiment", None
         print("no data root found: using gradguide's small demonstration task 'demo-sentiment'")
     base = TrainConfig(
-        model="smollm2-135m",
+        model=a.model,
         task=task,
         shots=16,
         eval_limit=limit,
@@ -41,8 +47,8 @@ def main() -> int:
         acc, wall = r.metrics["accuracy"], r.record["timings"]["total_s"]
         print(f"  {method:<10} seed {seed}: accuracy {acc:.3f} ({wall:.0f} s)")
 
-    rows = compare(base, METHODS, SEEDS, on_run=progress)
-    print(f"\nsmollm2-135m on {task}, 16 shots, seeds {list(SEEDS)}: mean ± 95% interval")
+    rows = compare(base, METHODS, seeds, on_run=progress)
+    print(f"\n{a.model} on {task}, 16 shots, seeds {seeds}: mean ± 95% interval")
     print(f"{'method':<11}{'accuracy':<20}{'trained params':>15}{'wall s/run':>12}")
     for r in rows:
         acc = r.metrics["accuracy"]

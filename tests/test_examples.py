@@ -22,3 +22,18 @@ def test_example_runs(script):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [x for x in proc.stdout.splitlines() if x.startswith("step ")]
     assert len(lines) >= 2 and "penalties" in lines[-1]
+
+
+def test_demo_main_job_runs_on_a_tiny_model(tmp_path):
+    """`make demo` runs examples/demo.py on smollm2-135m; the same code path on the tiny model."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "demo.py"), "--model", "tiny-llama", "--seeds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = proc.stdout.split("mean ± 95% interval")[-1]
+    for method in ("zero-shot", "icl", "lora", "sgg"):
+        assert f"\n{method}" in table
