@@ -20,7 +20,6 @@ base weights by name) and only ``….adapter.down/up.*`` tensors are new.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,13 +28,10 @@ from gradguide.errors import GradguideError
 from gradguide.methods.base import (
     Adapted,
     MethodOptions,
+    SavedAsTensors,
     adapted_from,
     freeze_all,
-    load_tensors,
     model_dtype_device,
-    read_meta,
-    save_tensors,
-    saved_options,
 )
 from gradguide.models import LoadedModel
 
@@ -131,7 +127,7 @@ def insert_adapters(model: torch.nn.Module, options: MethodOptions) -> int:
     return len(sites)
 
 
-class BottleneckAdapters:
+class BottleneckAdapters(SavedAsTensors):
     """Two bottleneck adapters per layer; only the adapters are trained."""
 
     name = "adapter"
@@ -145,14 +141,3 @@ class BottleneckAdapters:
         freeze_all(lm.model)
         count = insert_adapters(lm.model, options)
         return adapted_from(lm.model, self.name, options, info={"adapters": count})
-
-    def save(self, adapted: Adapted, out_dir: Path, base_model: str) -> None:
-        """Save the adapter weights (safetensors) with adapter_meta.json."""
-        save_tensors(adapted, out_dir, base_model)
-
-    def load(self, lm: LoadedModel, out_dir: Path, options: MethodOptions) -> Adapted:
-        """Re-insert adapters of the saved shape into a fresh ``lm``, then load their weights."""
-        meta = read_meta(out_dir, self.name, lm)
-        adapted = self.apply(lm, saved_options(meta, options))
-        load_tensors(adapted, out_dir)
-        return adapted

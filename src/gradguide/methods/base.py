@@ -295,6 +295,25 @@ def load_tensors(adapted: Adapted, out_dir: Path) -> None:
             param.copy_(value.to(dtype=param.dtype, device=param.device))
 
 
+class SavedAsTensors:
+    """Save/load shared by methods whose trained state is plain tensors (full, bitfit, …).
+
+    ``load`` re-applies the method to a fresh model with the saved options (they fix shapes),
+    then copies the saved tensors in; the class using it provides ``name`` and ``apply``.
+    """
+
+    def save(self, adapted: Adapted, out_dir: Path, base_model: str) -> None:
+        """Save the trained tensors (safetensors) with adapter_meta.json."""
+        save_tensors(adapted, out_dir, base_model)
+
+    def load(self: Method, lm: LoadedModel, out_dir: Path, options: MethodOptions) -> Adapted:
+        """Apply the method to a fresh ``lm`` with the saved options and load the tensors."""
+        meta = read_meta(out_dir, self.name, lm)
+        adapted = self.apply(lm, saved_options(meta, options))
+        load_tensors(adapted, out_dir)
+        return adapted
+
+
 def _check_names(saved: Iterable[str], expected: Iterable[str], path: Path) -> None:
     """Raise when the saved tensor names differ from the ones the rebuilt model trains."""
     saved_set, expected_set = set(saved), set(expected)

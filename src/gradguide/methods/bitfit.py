@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from gradguide.errors import GradguideError
 from gradguide.methods.base import (
     Adapted,
     MethodOptions,
+    SavedAsTensors,
     adapted_from,
     freeze_all,
-    load_tensors,
-    read_meta,
-    save_tensors,
 )
 from gradguide.models import LoadedModel
 
@@ -22,7 +18,7 @@ def is_bias(name: str) -> bool:
     return name.rsplit(".", 1)[-1] == "bias"
 
 
-class BitFit:
+class BitFit(SavedAsTensors):
     """Freeze all weights, train every bias (attention, MLP and normalisation biases)."""
 
     name = "bitfit"
@@ -40,14 +36,3 @@ class BitFit:
         for param in biases:
             param.requires_grad_(True)
         return adapted_from(lm.model, self.name, options)
-
-    def save(self, adapted: Adapted, out_dir: Path, base_model: str) -> None:
-        """Save the biases (safetensors) with adapter_meta.json."""
-        save_tensors(adapted, out_dir, base_model)
-
-    def load(self, lm: LoadedModel, out_dir: Path, options: MethodOptions) -> Adapted:
-        """Apply BitFit to a fresh ``lm`` and load the saved biases."""
-        read_meta(out_dir, self.name, lm)
-        adapted = self.apply(lm, options)
-        load_tensors(adapted, out_dir)
-        return adapted

@@ -9,19 +9,15 @@ and in-place training keeps the model's parameter names and memory unchanged.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from gradguide.errors import GradguideError
 from gradguide.methods.base import (
     Adapted,
     MethodOptions,
+    SavedAsTensors,
     adapted_from,
     freeze_all,
-    load_tensors,
-    read_meta,
-    save_tensors,
 )
 from gradguide.models import LoadedModel
 
@@ -31,7 +27,7 @@ def norm_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return {n: m for n, m in model.named_modules() if "Norm" in type(m).__name__}
 
 
-class LayerNormTuning:
+class LayerNormTuning(SavedAsTensors):
     """Freeze everything but the normalisation layers' weights and biases."""
 
     name = "layernorm"
@@ -51,14 +47,3 @@ class LayerNormTuning:
         for param in params:
             param.requires_grad_(True)
         return adapted_from(lm.model, self.name, options, info={"norm_layers": len(norms)})
-
-    def save(self, adapted: Adapted, out_dir: Path, base_model: str) -> None:
-        """Save the normalisation parameters (safetensors) with adapter_meta.json."""
-        save_tensors(adapted, out_dir, base_model)
-
-    def load(self, lm: LoadedModel, out_dir: Path, options: MethodOptions) -> Adapted:
-        """Apply LayerNorm tuning to a fresh ``lm`` and load the saved parameters."""
-        read_meta(out_dir, self.name, lm)
-        adapted = self.apply(lm, options)
-        load_tensors(adapted, out_dir)
-        return adapted
