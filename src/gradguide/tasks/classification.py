@@ -6,17 +6,15 @@ number in its file, so any split can be traced back to the file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from functools import partial
 
 from gradguide.tasks.generic import (
     Reader,
-    RowBuilder,
-    Selector,
     TemplateTask,
     record_rows,
     rename,
     seeded_partition,
+    suite_task,
 )
 from gradguide.tasks.readers import LineFormat, read_delimited, read_label_lines
 
@@ -32,36 +30,7 @@ def _lines(fmt: LineFormat, encoding: str = "utf-8") -> Reader:
     return partial(read_label_lines, fmt=fmt, encoding=encoding)
 
 
-def _task(
-    name: str,
-    description: str,
-    labels: tuple[str, ...],
-    template: str,
-    verbalizer: Mapping[str, str],
-    fields: tuple[str, ...],
-    splits: Mapping[str, str],
-    read: Reader,
-    *,
-    eval_split: str = "test",
-    rows: RowBuilder | None = None,
-    select: Selector | None = None,
-) -> TemplateTask:
-    """One classification entry: files under classification/<name>/, train split ``train``."""
-    return TemplateTask(
-        name=name,
-        suite="classification",
-        description=description,
-        labels=labels,
-        template=template,
-        verbalizer=verbalizer,
-        split_files={split: f"classification/{name}/{file}" for split, file in splits.items()},
-        read=read,
-        train_split="train",
-        eval_split=eval_split,
-        fields=fields,
-        rows=rows if rows is not None else record_rows(),
-        select=select,
-    )
+_task = partial(suite_task, "classification")
 
 
 def _agnews_clean(text: str) -> str:

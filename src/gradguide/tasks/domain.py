@@ -7,12 +7,11 @@ dev.jsonl, the few-shot pool, because the official train file is absent). Ids ar
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
 from gradguide.errors import GradguideError
-from gradguide.tasks.generic import Reader, RowBuilder, TemplateTask, record_rows, require
+from gradguide.tasks.generic import TemplateTask, record_rows, require, suite_task
 from gradguide.tasks.readers import (
     Record,
     read_delimited,
@@ -60,33 +59,7 @@ UNFAIR_TOS_LABELS: tuple[str, ...] = (
 )
 
 
-def _task(
-    name: str,
-    description: str,
-    labels: tuple[str, ...],
-    template: str,
-    verbalizer: Mapping[str, str],
-    fields: tuple[str, ...],
-    splits: Mapping[str, str],
-    read: Reader,
-    *,
-    rows: RowBuilder | None = None,
-) -> TemplateTask:
-    """One domain entry: files under domain/<name>/, splits ``train`` and ``test``."""
-    return TemplateTask(
-        name=name,
-        suite="domain",
-        description=description,
-        labels=labels,
-        template=template,
-        verbalizer=verbalizer,
-        split_files={split: f"domain/{name}/{file}" for split, file in splits.items()},
-        read=read,
-        train_split="train",
-        eval_split="test",
-        fields=fields,
-        rows=rows if rows is not None else record_rows(),
-    )
+_task = partial(suite_task, "domain")
 
 
 def _pubmedqa_prepare(record: Record, path: Path, line: int) -> Record:

@@ -401,3 +401,36 @@ def check_verbalizer(name: str, labels: Sequence[str], verbalizer: Mapping[str, 
                 f"task {name}: labels {words[word]!r} and {label!r} share the completion {word!r}"
             )
         words[word] = label
+
+
+def suite_task(
+    suite: str,
+    name: str,
+    description: str,
+    labels: tuple[str, ...],
+    template: str,
+    verbalizer: Mapping[str, str],
+    fields: tuple[str, ...],
+    splits: Mapping[str, str],
+    read: Reader,
+    *,
+    eval_split: str = "test",
+    rows: RowBuilder | None = None,
+    select: Selector | None = None,
+) -> TemplateTask:
+    """One entry of a suite: files under <suite>/<name>/, train split ``train``."""
+    return TemplateTask(
+        name=name,
+        suite=suite,
+        description=description,
+        labels=labels,
+        template=template,
+        verbalizer=verbalizer,
+        split_files={split: f"{suite}/{name}/{file}" for split, file in splits.items()},
+        read=read,
+        train_split="train",
+        eval_split=eval_split,
+        fields=fields,
+        rows=rows if rows is not None else record_rows(),
+        select=select,
+    )
