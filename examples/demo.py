@@ -3,7 +3,7 @@
 SmolLM2-135M-Instruct on SST-2 (first 200 dev examples) when the data root is found, otherwise on
 gradguide's small demonstration task (and it says so): zero-shot, in-context learning, LoRA and
 LoRA + SGG, each on the same 16-shot samples for seeds 1 and 2. Every run writes its record under
-runs/demo/. A few minutes on a 2-core CPU.
+runs/demo/. An estimated 5–10 minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
