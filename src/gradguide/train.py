@@ -33,7 +33,15 @@ from gradguide.checkpoint import load_checkpoint, load_extra, save_checkpoint
 from gradguide.config import EvalConfig, UserTaskOptions, from_dict, to_dict
 from gradguide.errors import GradguideError
 from gradguide.evaluate import evaluate_instances, limit_instances, resolve_task
-from gradguide.guidance import build_penalties, parse_guidance
+from gradguide.guidance import (
+    BuildContext,
+    build_loss_terms,
+    build_penalties,
+    build_transforms,
+    needs_eager_attention,
+    parse_guidance,
+)
+from gradguide.guidance.base import GradientTransform, LossTerm
 from gradguide.guidance.engine import HVP_MODES, GuidedGradient, LossFn
 from gradguide.guidance.priors import (
     MEAN_GRADIENT_FILE,
@@ -270,6 +278,10 @@ def train(
     started = time.perf_counter()
     validate(config)
     method = get_method(config.method)
+    if method.default_guidance and not config.guidance.use:
+        config = dataclasses.replace(
+            config, guidance=dataclasses.replace(config.guidance, use=method.default_guidance)
+        )
     setup = _prepare_data(config)
     if resume is None:
         run_dir = new_run_dir(
@@ -279,8 +291,8 @@ def train(
         write_json_atomic(run_dir / CONFIG_NAME, to_dict(config))
     else:
         run_dir = resume
-    exact = bool(parse_guidance(config.guidance.use)) and config.guidance.hvp == "exact"
-    attn = "eager" if exact else None  # CPU SDPA has no double backward
+    eager = needs_eager_attention(parse_guidance(config.guidance.use), config.guidance)
+    attn = "eager" if eager else None  # CPU SDPA has no double backward
     lm = load_model(
         config.model, cache_dir=config.cache_dir, seed=config.seed, attn_implementation=attn
     )
@@ -302,9 +314,13 @@ def train(
     if adapted is not None:
         guide = _guidance(config, model_lm, adapted, setup, run_dir, resume, steps)
         guide_info = guide.info
-        curves, skipped, train_s = _fit(
-            config, run_dir, model_lm, adapted, setup.train, steps, resume, show_progress, guide
-        )
+        try:
+            curves, skipped, train_s = _fit(
+                config, run_dir, model_lm, adapted, setup.train, steps, resume, show_progress, guide
+            )
+            guide_info["term_summaries"] = guide.summaries()
+        finally:
+            guide.close()
         method.save(adapted, run_dir / ADAPTER_NAME, config.model)
 
     demos: list[Instance] = []
@@ -386,7 +402,7 @@ def _fit(
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay)
     scheduler = make_scheduler(optimizer, o, steps)
     order = data_order(len(train_set), o.batch_size, steps, config.seed)
-    curves: Curves = {k: [] for k in CURVE_KEYS}
+    curves: Curves = {k: [] for k in (*CURVE_KEYS, *guide.term_keys())}
     skipped: list[int] = []
     start_step, train_s = 0, 0.0
     tracker = GradientTracker()
@@ -415,17 +431,13 @@ def _fit(
         for step in range(start_step, steps):
             t0 = time.perf_counter()
             batch = [train_set[i] for i in order[step]]
-
-            def loss_fn(batch: list[Instance] = batch) -> torch.Tensor:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                    return rank_loss(lm, batch, config.scoring)
-
+            loss_fn, first_values = guide.loss_closure(step, batch, adapted.trainable)
             stats = guide.engine.backward(
                 loss_fn, params, step, guide.source_fn(step), guide.source_vector
             )
             norm = stats.grad_norm
             current_lr = optimizer.param_groups[0]["lr"]
-            loss_value = stats.loss
+            loss_value = first_values.get("task_loss", stats.loss)
             if not stats.finite:
                 skipped.append(step)
                 optimizer.zero_grad(set_to_none=True)
@@ -438,6 +450,8 @@ def _fit(
                         file=run_dir,
                     )
             else:
+                for transform in guide.transforms:
+                    transform.apply(adapted.trainable)
                 if o.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
                 optimizer.step()
@@ -456,6 +470,7 @@ def _fit(
                 ("cos_prior", stats.cos_prior),
                 ("cos_source", stats.cos_source),
                 *((f"penalty_{k}", stats.penalties.get(k)) for k in ("dir", "mag", "align")),
+                *((k, first_values.get(k)) for k in guide.term_keys()),
             ):
                 curves[key].append(_finite_or_none(value) if value is not None else None)
             logger.log(
@@ -500,6 +515,47 @@ class _Guide:
     bf16: bool
     source_batches: list[list[Instance]] | None = None
     source_vector: torch.Tensor | None = None
+    loss_terms: list[LossTerm] = dataclasses.field(default_factory=list)
+    transforms: list[GradientTransform] = dataclasses.field(default_factory=list)
+
+    def term_keys(self) -> list[str]:
+        """Curve names of the loss terms' per-step values."""
+        return [f"term_{t.name}" for t in self.loss_terms]
+
+    def loss_closure(
+        self, step: int, batch: list[Instance], params: dict[str, torch.nn.Parameter]
+    ) -> tuple[LossFn, dict[str, float]]:
+        """The step's loss closure (task loss + loss terms) and the values of its first call.
+
+        The HVP may call the closure at perturbed parameters; the recorded values (task loss and
+        each term) are those of the first call, at the step's own parameters.
+        """
+        for term in self.loss_terms:
+            term.begin_step(step)
+        first: dict[str, float] = {}
+
+        def loss() -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                task = rank_loss(self.lm, batch, self.scoring)
+                total = task
+                for term in self.loss_terms:
+                    value = term.loss(params)
+                    total = total + value
+                    first.setdefault(f"term_{term.name}", float(value.detach()))
+            first.setdefault("task_loss", float(task.detach()))
+            return total
+
+        return loss, first
+
+    def summaries(self) -> dict[str, Any]:
+        """Each loss term's and transform's run-level facts, by name."""
+        out = {t.name: t.summary() for t in self.loss_terms}
+        out.update({t.name: t.summary() for t in self.transforms})
+        return out
+
+    def close(self) -> None:
+        for term in self.loss_terms:
+            term.close()
 
     def source_fn(self, step: int) -> LossFn | None:
         """Loss closure on this step's source-task batch (None without a source task)."""
@@ -583,7 +639,22 @@ def _guidance(
     engine = GuidedGradient(
         penalties, hvp=g.hvp, lazy=g.lazy, fd_eps=g.fd_eps, prior=prior, two_sided=g.two_sided
     )
-    return _Guide(engine, info, lm, config.scoring, config.bf16, source_batches, source_vector)
+    ctx = BuildContext(lm=lm, adapted=adapted, config=g, seed=config.seed, run_dir=run_dir)
+    loss_terms = build_loss_terms(names, ctx)
+    transforms = build_transforms(names, ctx)
+    info["loss_terms"] = [t.name for t in loss_terms]
+    info["transforms"] = [t.name for t in transforms]
+    return _Guide(
+        engine,
+        info,
+        lm,
+        config.scoring,
+        config.bf16,
+        source_batches,
+        source_vector,
+        loss_terms,
+        transforms,
+    )
 
 
 def _median(values: Sequence[float | None]) -> float | None:

@@ -1,25 +1,52 @@
-"""Gradient-aware guidance: penalties on the gradient (SGG), the HVP engine, priors.
+"""Gradient-aware guidance: the registry of terms the training loop composes.
 
-``--guidance`` takes a comma-separated list of the names in ``GUIDANCE``; each expands to a set
-of gradient-penalty terms (one small class each in ``sgg.py``). Adding a term is a class plus a
-line here.
+``--guidance`` takes a comma-separated list of the names in ``GUIDANCE``; each name expands to
+terms of the three kinds the loop knows (guidance/base.py): gradient penalties (SGG, through one
+HVP per step, ``sgg.py``), loss terms and gradient transforms. Adding a term is one small class
+plus a line in ``GUIDANCE`` and one in ``LOSS_TERMS`` or ``TRANSFORMS``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gradguide.errors import GradguideError
-from gradguide.guidance.base import GradientPenalty
+from gradguide.guidance.base import GradientPenalty, GradientTransform, LossTerm
 from gradguide.guidance.sgg import AlignmentPenalty, DirectionPenalty, MagnitudePenalty
 
-#: guidance name → the SGG terms it switches on (ablations switch on one term each)
+#: guidance name → the terms it switches on (ablations switch on one term each)
 GUIDANCE: dict[str, tuple[str, ...]] = {
     "sgg": ("dir", "mag", "align"),
     "sgg-dir": ("dir",),
     "sgg-mag": ("mag",),
     "sgg-align": ("align",),
+}
+
+PENALTY_TERMS = ("dir", "mag", "align")
+
+
+@dataclass
+class BuildContext:
+    """What a loss term or transform may need to build itself for one run."""
+
+    lm: Any  # gradguide.models.LoadedModel (the adapted model)
+    adapted: Any  # gradguide.methods.Adapted
+    config: Any  # gradguide.train.GuidanceConfig
+    seed: int
+    run_dir: Path | None = None
+
+
+#: term name → builder of a loss term (the term validates its options and raises GradguideError)
+LOSS_TERMS: dict[str, Callable[[BuildContext], LossTerm]] = {}
+#: term name → builder of a gradient transform
+TRANSFORMS: dict[str, Callable[[BuildContext], GradientTransform]] = {}
+#: term name → whether, under this GuidanceConfig, it differentiates through a gradient or a
+#: JVP of the model (CPU SDPA attention has no double backward: such runs load eager attention)
+DOUBLE_BACKWARD: dict[str, Callable[[Any], bool]] = {
+    t: (lambda cfg: cfg.hvp == "exact") for t in ("dir", "mag", "align")
 }
 
 
@@ -34,11 +61,17 @@ def parse_guidance(text: str) -> list[str]:
     return names
 
 
-def build_penalties(names: Sequence[str], cfg: Any, has_source: bool) -> list[GradientPenalty]:
-    """The penalty objects for the requested guidance (``cfg`` is a GuidanceConfig)."""
+def expand_terms(names: Sequence[str]) -> list[str]:
+    """The distinct terms the named guidance switches on, in order."""
     terms: list[str] = []
     for n in names:
         terms.extend(t for t in GUIDANCE[n] if t not in terms)
+    return terms
+
+
+def build_penalties(names: Sequence[str], cfg: Any, has_source: bool) -> list[GradientPenalty]:
+    """The penalty objects for the requested guidance (``cfg`` is a GuidanceConfig)."""
+    terms = [t for t in expand_terms(names) if t in PENALTY_TERMS]
     explicit_align = any(n == "sgg-align" for n in names)
     if "align" in terms and not has_source:
         if explicit_align:
@@ -56,3 +89,23 @@ def build_penalties(names: Sequence[str], cfg: Any, has_source: bool) -> list[Gr
     if "align" in terms:
         penalties.append(AlignmentPenalty(cfg.lambda_align))
     return penalties
+
+
+def build_loss_terms(names: Sequence[str], ctx: BuildContext) -> list[LossTerm]:
+    """The loss terms the named guidance switches on, built for this run."""
+    return [LOSS_TERMS[t](ctx) for t in expand_terms(names) if t in LOSS_TERMS]
+
+
+def build_transforms(names: Sequence[str], ctx: BuildContext) -> list[GradientTransform]:
+    """The gradient transforms the named guidance switches on, built for this run."""
+    return [TRANSFORMS[t](ctx) for t in expand_terms(names) if t in TRANSFORMS]
+
+
+def needs_penalty_engine(names: Sequence[str]) -> bool:
+    """Whether any named guidance uses a gradient penalty (and so the HVP engine)."""
+    return any(t in PENALTY_TERMS for t in expand_terms(names))
+
+
+def needs_eager_attention(names: Sequence[str], cfg: Any) -> bool:
+    """Whether the named guidance needs double backward through attention under ``cfg``."""
+    return any(t in DOUBLE_BACKWARD and DOUBLE_BACKWARD[t](cfg) for t in expand_terms(names))

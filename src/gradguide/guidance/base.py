@@ -12,7 +12,7 @@ A new term is one small class implementing one of these protocols plus a registr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -39,20 +39,46 @@ class GradientPenalty(Protocol):
 
 
 class LossTerm(Protocol):
-    """An extra differentiable loss added to the task loss (e.g. a spectral regulariser)."""
+    """An extra differentiable loss added to the task loss (OFA penalties, spectral regulariser).
+
+    The loop calls ``begin_step(step)`` once per step, then, inside every evaluation of the loss
+    closure (the finite-difference HVP evaluates it more than once), the task loss's forward pass
+    followed by ``loss(params)``: a term may read what that forward pass produced (OFA hooks the
+    hidden states). Anything random must be drawn from the step number so that repeated closure
+    calls within a step see the same draw and a resumed run repeats it exactly.
+    """
 
     name: str
 
+    def begin_step(self, step: int) -> None:
+        """Prepare step ``step`` (e.g. draw this step's probes)."""
+        ...
+
     def loss(self, params: dict[str, torch.nn.Parameter]) -> torch.Tensor:
-        """The weighted extra loss for the current parameters."""
+        """The weighted extra loss for the current parameters and the last forward pass."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """Run-level facts for the run record (JSON-serialisable), read after training."""
+        ...
+
+    def close(self) -> None:
+        """Release hooks or buffers once training is over."""
         ...
 
 
 class GradientTransform(Protocol):
-    """An in-place edit of the gradients before the optimiser step (e.g. a spectral filter)."""
+    """An in-place edit of the gradients before the optimiser step (e.g. a spectral filter).
+
+    Applied after the (guided) gradient is formed and before clipping, on finite steps only.
+    """
 
     name: str
 
     def apply(self, params: dict[str, torch.nn.Parameter]) -> None:
         """Rewrite ``p.grad`` of the given parameters."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """Run-level facts for the run record (JSON-serialisable), read after training."""
         ...

@@ -134,6 +134,7 @@ class BottleneckAdapters(SavedAsTensors):
     trains = True
     # New, zero-started modules with few parameters: Houlsby et al. searched 1e-4..1e-3.
     default_lr = 1e-3
+    default_guidance = ""
     description = "bottleneck adapters (Houlsby) after each attention and MLP block"
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:

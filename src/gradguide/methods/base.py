@@ -86,6 +86,8 @@ class Method(Protocol):
     trains: bool
     default_lr: float
     description: str
+    #: guidance switched on when the run names none (OFA is layernorm tuning + its penalties)
+    default_guidance: str
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:
         """Adapt ``lm.model`` in place, freeze everything not trained, return the result."""

@@ -25,6 +25,7 @@ class BitFit(SavedAsTensors):
     trains = True
     # Biases start near zero and are few: the BitFit paper's 1e-4..1e-3 range, upper end.
     default_lr = 1e-3
+    default_guidance = ""
     description = "BitFit: only the bias terms are trained"
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:

@@ -18,6 +18,7 @@ class FullFineTuning(SavedAsTensors):
     trains = True
     # Every weight moves: pre-trained features survive few-shot data only with small steps.
     default_lr = 1e-5
+    default_guidance = ""
     description = "full fine-tuning: every weight is trained"
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:

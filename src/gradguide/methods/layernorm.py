@@ -35,6 +35,7 @@ class LayerNormTuning(SavedAsTensors):
     # Gains start at 1 and are few; Adam moves each by ~lr per step, so 1e-3 reshapes them by a
     # few percent over a few-shot run without the instability of larger steps on every layer.
     default_lr = 1e-3
+    default_guidance = ""
     description = "LayerNorm tuning: only normalisation gains and biases are trained (OFA)"
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:

@@ -67,6 +67,7 @@ class LoRA:
     trains = True
     # Only r x (in + out) values per matrix, B starting at zero: the usual 1e-4..1e-3 range.
     default_lr = 5e-4
+    default_guidance = ""
     description = "LoRA (PEFT): low-rank updates of the attention projections"
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:

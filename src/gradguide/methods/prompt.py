@@ -227,6 +227,7 @@ class PromptTuning:
     # A handful of embedding vectors on the scale of word embeddings: prompt tuning needs large
     # steps (Lester et al. used 0.3 with Adafactor); 3e-2 is the usual AdamW equivalent.
     default_lr = 3e-2
+    default_guidance = ""
     description = "prompt tuning (PEFT): a trained soft prompt before the input"
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:

@@ -20,6 +20,7 @@ class NoTraining:
 
     trains = False
     default_lr = 0.0
+    default_guidance = ""
 
     def __init__(self, name: str, description: str) -> None:
         self.name = name
