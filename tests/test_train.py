@@ -242,3 +242,72 @@ def test_damaged_checkpoint_is_refused(tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(GradguideError, match="damaged"):
         train(train_mod.load_run_config(r.run_dir), resume=r.run_dir, show_progress=False)
+
+
+class _L2Term:
+    """A toy loss term: weight · Σ‖θ‖² over the trained parameters."""
+
+    name = "toy-l2"
+
+    def __init__(self, weight: float) -> None:
+        self.weight, self.steps = weight, []
+
+    def begin_step(self, step: int) -> None:
+        self.steps.append(step)
+
+    def loss(self, params):
+        return self.weight * sum((p**2).sum() for p in params.values())
+
+    def summary(self):
+        return {"steps_seen": len(self.steps)}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _ZeroGrad:
+    """A toy transform that cancels every gradient."""
+
+    name = "toy-zero"
+
+    def apply(self, params) -> None:
+        for p in params.values():
+            p.grad.zero_()
+
+    def summary(self):
+        return {}
+
+
+@pytest.fixture
+def toy_guidance(monkeypatch):
+    from gradguide import guidance
+
+    monkeypatch.setitem(guidance.GUIDANCE, "toy-l2", ("toy-l2",))
+    monkeypatch.setitem(guidance.GUIDANCE, "toy-zero", ("toy-zero",))
+    monkeypatch.setitem(guidance.LOSS_TERMS, "toy-l2", lambda ctx: _L2Term(0.5))
+    monkeypatch.setitem(guidance.TRANSFORMS, "toy-zero", lambda ctx: _ZeroGrad())
+
+
+def test_loss_terms_join_the_objective_and_are_recorded_apart(tmp_path, toy_guidance):
+    plain = train(tiny(tmp_path / "p", method="full"), show_progress=False)
+    cfg = tiny(tmp_path / "t", method="full")
+    cfg.guidance.use = "toy-l2"
+    toy = train(cfg, show_progress=False)
+    curves = toy.record["curves"]
+    # step 0 runs at the same parameters: same task loss, and the term's own value beside it
+    assert curves["loss"][0] == plain.record["curves"]["loss"][0]
+    assert len(curves["term_toy-l2"]) == 6 and curves["term_toy-l2"][0] > 0
+    # the term's gradient was applied: the first gradient norm differs from the plain run's
+    assert curves["grad_norm"][0] != plain.record["curves"]["grad_norm"][0]
+    assert toy.record["guidance"]["term_summaries"] == {"toy-l2": {"steps_seen": 6}}
+
+
+def test_gradient_transforms_edit_the_step(tmp_path, toy_guidance):
+    cfg = tiny(tmp_path, method="layernorm")
+    cfg.guidance.use = "toy-zero"
+    lm = train_mod.load_model("tiny-llama", seed=1)
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters() if "norm" in n}
+    r = train(cfg, show_progress=False)
+    after = dict(r.adapted.model.named_parameters())
+    assert before and all(torch.equal(before[n], after[n]) for n in before)
+    assert r.record["guidance"]["transforms"] == ["toy-zero"]
