@@ -21,6 +21,7 @@ from gradguide.guidance.hvp import exact_hvp, fd_hvp, flat, loss_gradient, unfla
 from gradguide.guidance.priors import Prior
 
 LossFn = Callable[[], torch.Tensor]
+Reduce = Callable[[torch.Tensor], torch.Tensor]
 HVP_MODES = ("fd", "exact")
 
 
@@ -56,6 +57,8 @@ class GuidedGradient:
     eager attention). ``prior``: supplies d_prior (and learns from g for the EMA prior).
     ``two_sided``: also differentiate R_align through the source gradient (an extra HVP on the
     source batch); by default g_source is a constant, as in gradient-surgery methods.
+    ``reduce``: data-parallel training's sum over ranks (gradguide.distributed): every gradient,
+    HVP and loss value is reduced before use, so all ranks see the global ones.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class GuidedGradient:
         fd_eps: float = 1e-4,
         prior: Prior | None = None,
         two_sided: bool = False,
+        reduce: Reduce | None = None,
     ) -> None:
         if hvp not in HVP_MODES:
             raise ValueError(f"hvp must be one of {HVP_MODES}, got {hvp!r}")
@@ -78,6 +82,7 @@ class GuidedGradient:
         self.fd_eps = fd_eps
         self.prior = prior
         self.two_sided = two_sided
+        self.reduce = reduce
 
     @property
     def active(self) -> bool:
@@ -105,6 +110,10 @@ class GuidedGradient:
             loss = loss_fn()
             loss.backward()
             g = flat([p.grad for p in params], params).detach()
+            if self.reduce is not None:
+                g, loss = self.reduce(g), self.reduce(loss.detach())
+                for p, t in zip(params, unflat(g, params), strict=True):
+                    p.grad = t.clone()
             source = self._source(source_fn, params) if source_fn else source_gradient
             return self._finish(loss.detach(), g, g, params, prior, source, {}, False)
 
@@ -116,14 +125,16 @@ class GuidedGradient:
         else:
             loss_d, g = loss_gradient(loss_fn, params)
             loss = loss_d
+        if self.reduce is not None:
+            g, loss = self.reduce(g), self.reduce(loss.detach())
         if not (torch.isfinite(loss) and torch.isfinite(g).all()):
             return self._nonfinite(loss, g)
         source = self._source(source_fn, params) if source_fn else source_gradient
         v, v_source, values = self._penalty_vectors(g, PenaltyContext(ctx_prior, source))
         if self.hvp == "exact":
-            hv = exact_hvp(grads, params, v)
+            hv = self._reduced(exact_hvp(grads, params, v))
         else:
-            hv = fd_hvp(loss_fn, params, g, v, self.fd_eps)
+            hv = fd_hvp(loss_fn, params, g, v, self.fd_eps, self.reduce)
         if v_source is not None and source_fn is not None:
             hv = hv + self._source_hvp(source_fn, params, source, v_source)
         guided = g + self.lazy * hv
@@ -131,7 +142,10 @@ class GuidedGradient:
 
     def _source(self, source_fn: LossFn, params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
         _, gs = loss_gradient(source_fn, params)
-        return gs
+        return self._reduced(gs)
+
+    def _reduced(self, t: torch.Tensor) -> torch.Tensor:
+        return self.reduce(t) if self.reduce is not None else t
 
     def _source_hvp(
         self,
@@ -143,9 +157,9 @@ class GuidedGradient:
         if self.hvp == "exact":
             loss = source_fn()
             grads = torch.autograd.grad(loss, params, create_graph=True)
-            return exact_hvp(grads, params, v_source)
+            return self._reduced(exact_hvp(grads, params, v_source))
         assert source is not None
-        return fd_hvp(source_fn, params, source, v_source, self.fd_eps)
+        return fd_hvp(source_fn, params, source, v_source, self.fd_eps, self.reduce)
 
     def _penalty_vectors(
         self, g: torch.Tensor, ctx: PenaltyContext

@@ -98,8 +98,13 @@ def fd_hvp(
     g: torch.Tensor,
     v: torch.Tensor,
     rel_eps: float = 1e-4,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """H·v by a forward difference of gradients along v̂ (θ restored exactly afterwards)."""
+    """H·v by a forward difference of gradients along v̂ (θ restored exactly afterwards).
+
+    ``g`` is the gradient at θ; ``reduce`` (data-parallel sum over ranks) is applied to the
+    gradient at the shifted point so that both are global.
+    """
     v_norm = torch.linalg.vector_norm(v)
     if float(v_norm) == 0.0:
         return torch.zeros_like(v)
@@ -112,6 +117,8 @@ def fd_hvp(
             for p, d in zip(params, direction, strict=True):
                 p.add_(d, alpha=eps)
         _, g_shifted = loss_gradient(loss_fn, params)
+        if reduce is not None:
+            g_shifted = reduce(g_shifted)
     finally:
         with torch.no_grad():
             for p, s in zip(params, saved, strict=True):

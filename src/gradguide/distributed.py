@@ -1,0 +1,88 @@
+"""Data-parallel training without a model wrapper: shard each batch, all-reduce every gradient.
+
+``torchrun --nproc_per_node N -m gradguide train …`` (or ``accelerate launch -m gradguide train …``)
+sets RANK/WORLD_SIZE; :func:`init` then joins the process group (gloo on CPU, NCCL on GPUs).
+Rank r takes the examples ``batch[r::N]`` of every global batch and scales its loss by its share
+of the batch, so the *sum* over ranks of the local gradients is exactly the gradient of the global
+batch's mean loss. The guidance engine sums every gradient it computes (task, source, HVP) across
+ranks before using it, so the penalties, the d_prior cosines and the metrics see the global
+gradient and every rank takes the same step. (No DistributedDataParallel wrapper: the engine needs
+more than one synchronised gradient per step, e.g. the finite-difference HVP's second gradient.)
+Only rank 0 writes records, logs and checkpoints; every rank reads them on resume.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a data-parallel job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def active(self) -> bool:
+        """Whether more than one process takes part."""
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run's files."""
+        return self.rank == 0
+
+    def shard(self, batch: Sequence[T]) -> list[T]:
+        """This rank's part of a global batch (every N-th example from its rank)."""
+        return list(batch[self.rank :: self.world])
+
+    def share(self, local: int, total: int) -> float:
+        """The weight of this rank's mean loss in the global mean (1.0 when alone)."""
+        return 1.0 if not self.active else local / total
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of ``tensor`` over ranks (``tensor`` itself when alone)."""
+        if not self.active:
+            return tensor
+        out = tensor.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's value of ``obj`` on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        if self.active:
+            dist.barrier()
+
+
+def init() -> DistContext:
+    """Join the process group that torchrun/accelerate describe in the environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return DistContext(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def finish() -> None:
+    """Leave the process group (at the end of a distributed command)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
