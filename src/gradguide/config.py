@@ -169,6 +169,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise GradguideError(
             f"invalid YAML: {getattr(e, 'problem', e)}", file=p, line=line
         ) from None
+    except RecursionError:
+        raise GradguideError("invalid YAML: nested too deeply", file=p) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

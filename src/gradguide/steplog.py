@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gradguide.atomic import write_text_atomic
 from gradguide.errors import GradguideError
 
 LOG_NAME = "log.jsonl"
@@ -24,7 +25,7 @@ class StepLogger:
                         kept.append(line)
                 except (ValueError, KeyError):
                     break
-        self.path.write_text("".join(k + "\n" for k in kept))
+        write_text_atomic(self.path, "".join(k + "\n" for k in kept))
         self.handle = self.path.open("a")
         self.tb = None
         if tensorboard:

@@ -23,8 +23,9 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from gradguide.atomic import write_bytes_atomic
 from gradguide.errors import GradguideError
 from gradguide.guidance.hvp import flat, unflat
 
@@ -152,7 +153,7 @@ def save_vector(
     tensors = {
         n: t.contiguous().clone() for n, t in zip(names, unflat(vector, params), strict=True)
     }
-    save_file(tensors, str(path))
+    write_bytes_atomic(path, save(tensors))
 
 
 def load_vector(path: Path, names: Sequence[str], params: Sequence[torch.Tensor]) -> torch.Tensor:
