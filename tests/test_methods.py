@@ -23,7 +23,7 @@ from gradguide.tasks.base import Instance
 
 LLAMA, BERT = "tiny-llama", "tiny-bert"
 EXACT = {"rtol": 0.0, "atol": 1e-6}
-TRAINING = ("full", "lora", "prompt", "adapter", "layernorm", "bitfit")
+TRAINING = ("full", "lora", "prompt", "adapter", "layernorm", "ofa", "bitfit")
 CASES = [(m, LLAMA) for m in TRAINING if m != "bitfit"] + [(m, BERT) for m in TRAINING]
 
 # Which trainable parameter names each method may produce.
@@ -33,6 +33,7 @@ PATTERNS: dict[str, Callable[[str], bool]] = {
     "prompt": lambda n: n == "peft_model.prompt_encoder.default.embedding.weight",
     "adapter": lambda n: ".adapter.down." in n or ".adapter.up." in n,
     "layernorm": lambda n: "norm" in n.rsplit(".", 2)[-2].lower(),
+    "ofa": lambda n: "norm" in n.rsplit(".", 2)[-2].lower(),  # layernorm + its default guidance
     "bitfit": lambda n: n.endswith(".bias"),
 }
 

@@ -47,3 +47,21 @@ def test_compute_metrics_errors():
         "accuracy": 1.0,
         "macro_f1": 1.0,
     }
+
+
+def test_convergence_measures_on_hand_computed_curves():
+    from gradguide.metrics import dynamics_summary, normalised_loss_auc, steps_to_threshold
+
+    # initial loss = mean of the first 4 = 1.0; trailing 4-step means: 1.0, 0.85, 0.675, 0.5
+    losses = [1.0, 1.0, 1.0, 1.0, 0.4, 0.3, 0.3, 1.0]
+    assert steps_to_threshold(losses) == 7  # first reached at index 6: (1+0.4+0.3+0.3)/4 ≤ 0.5
+    assert steps_to_threshold(losses, fraction=0.4) is None
+    assert normalised_loss_auc(losses) == pytest.approx(6.0 / 8)
+    # a skipped step (None) is left out of both, and steps still count from the real index
+    gapped = [1.0, 1.0, None, 1.0, 1.0, 0.4, 0.3, 0.3]
+    assert steps_to_threshold(gapped) == 8
+    assert normalised_loss_auc(gapped) == pytest.approx(5.0 / 7)
+    assert steps_to_threshold([1.0, 0.1]) is None and normalised_loss_auc([]) is None
+    dyn = dynamics_summary({"loss": losses, "term_x": [1.0, None, 3.0]})
+    assert dyn["steps_to_loss_threshold"] == 7.0 and dyn["loss_auc"] == pytest.approx(0.75)
+    assert dyn["mean_term_x"] == 2.0 and dyn["gradient_stability"] is None

@@ -166,6 +166,7 @@ def test_report_has_every_section_and_is_self_contained(report):
         "## Sample-size curves",
         "## Domain tasks",
         "## Loss curves",
+        "## Convergence",
         "## Gradient dynamics",
         "## Ablation",
         "## Sensitivity",

@@ -6,6 +6,7 @@ User mistakes (GradguideError) print one line and exit with code 2, without a tr
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Sequence
@@ -137,7 +138,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter-size", type=int, help="bottleneck adapter width")
     p.add_argument("--tensorboard", action="store_true", default=None, help="also log to TB")
     g = p.add_argument_group("gradient guidance (SGG)")
-    g.add_argument("--guidance", help="comma-separated: sgg, sgg-dir, sgg-mag, sgg-align")
+    g.add_argument(
+        "--guidance",
+        help="comma-separated: sgg, sgg-dir, sgg-mag, sgg-align, ofa, ofa-step, ofa-sharp, … "
+        "(OFA settings: --set guidance.ofa.NAME=VALUE)",
+    )
     g.add_argument("--lambda-dir", type=float, help="weight of the direction penalty")
     g.add_argument("--lambda-mag", type=float, help="weight of the magnitude penalty")
     g.add_argument("--tau", type=float, help="target gradient norm (default: the first step's)")
@@ -242,6 +247,7 @@ def _eval_run(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from gradguide.config import load_config
+    from gradguide.distributed import finish as finish_distributed
     from gradguide.train import TrainConfig, load_run_config, train
 
     if a.resume:
@@ -252,6 +258,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         o["method"] = a.method
         config = load_config(TrainConfig, a.config, _apply_set(o, a))
         result = train(config)
+    finish_distributed()
+    if not result.is_main:
+        return 0
     r = result.record
     print(
         f"\n{config.method} on {r['task']['name']}: {config.shots} shots, seed {config.seed}, "
@@ -380,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: disk full, quota, read-only file system, permission: reported in one line, exit 2
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run a subcommand; user errors exit 2 with one line on stderr."""
     parser = build_parser()
@@ -392,6 +405,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gradguide: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in STORAGE_ERRORS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(
+            f"gradguide: error: {where}cannot write: {e.strerror}; files written atomically "
+            "before this point (records, checkpoints, databases) are intact",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

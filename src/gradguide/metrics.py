@@ -92,14 +92,73 @@ def mean_defined(values: Sequence[float | None]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+#: Convergence: the loss is smoothed by a trailing mean over this many steps (one epoch of 32
+#: shots at batch 8), and "converged" means that mean fell to this fraction of the initial loss.
+CONVERGENCE_WINDOW = 4
+CONVERGENCE_FRACTION = 0.5
+
+
+def _initial_loss(xs: Sequence[float], window: int) -> float | None:
+    """Mean of the first ``window`` finite losses (the reference both measures divide by)."""
+    if len(xs) < window:
+        return None
+    ref = sum(xs[:window]) / window
+    return ref if ref > 0 else None
+
+
+def steps_to_threshold(
+    losses: Sequence[float | None],
+    fraction: float = CONVERGENCE_FRACTION,
+    window: int = CONVERGENCE_WINDOW,
+) -> int | None:
+    """Steps taken until the trailing ``window``-step mean loss is ≤ ``fraction`` × initial loss.
+
+    The initial loss is the mean of the first ``window`` finite losses; skipped steps (None) are
+    left out. None when the run never got there (or has fewer than ``window`` losses).
+    """
+    known = [(i, x) for i, x in enumerate(losses) if x is not None]
+    xs = [x for _, x in known]
+    ref = _initial_loss(xs, window)
+    if ref is None:
+        return None
+    for t in range(window - 1, len(xs)):
+        if sum(xs[t - window + 1 : t + 1]) / window <= fraction * ref:
+            return known[t][0] + 1
+    return None
+
+
+def normalised_loss_auc(
+    losses: Sequence[float | None], window: int = CONVERGENCE_WINDOW
+) -> float | None:
+    """Area under the loss curve over the steps, divided by steps × initial loss (1 = flat)."""
+    xs = [x for x in losses if x is not None]
+    ref = _initial_loss(xs, window)
+    if ref is None:
+        return None
+    return sum(xs) / (len(xs) * ref)
+
+
 def dynamics_summary(curves: dict[str, list[float | None]]) -> dict[str, float | None]:
-    """Run-level measures from per-step curves: stability, consecutive cosine, alignments."""
-    return {
+    """Run-level measures from per-step curves: stability, cosines, alignments, convergence.
+
+    Convergence (every run alike): ``steps_to_loss_threshold`` (steps_to_threshold) and
+    ``loss_auc`` (normalised_loss_auc); ``mean_term_NAME`` is the mean per-step value of each
+    loss term recorded as ``term_NAME``.
+    """
+    losses = curves.get("loss", [])
+    steps = steps_to_threshold(losses)
+    out: dict[str, float | None] = {
         "gradient_stability": gradient_stability(curves.get("grad_norm", [])),
         "mean_consecutive_cosine": mean_defined(curves.get("cos_prev", [])),
         "directional_alignment": mean_defined(curves.get("cos_prior", [])),
         "source_alignment": mean_defined(curves.get("cos_source", [])),
+        "steps_to_loss_threshold": float(steps) if steps is not None else None,
+        "loss_auc": normalised_loss_auc(losses),
     }
+    for key, values in curves.items():
+        if key.startswith("term_"):
+            out[f"mean_{key}"] = mean_defined(values)
+    return out
 
 
 class GradientTracker:

@@ -193,9 +193,18 @@ def causal_scores(
     cache_len: int = 0,
 ) -> torch.Tensor:
     """Scores [instances, max candidates] (−inf where an instance has fewer candidates)."""
+    logp = causal_row_logprobs(model, enc.rows, enc.completion_lens, pad_id, cache, cache_len)
+    return scores_from_logprobs(enc, logp, normalize)
+
+
+def scores_from_logprobs(enc: Encoded, logp: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Candidate scores [instances, max candidates] from the kept window of log-probabilities.
+
+    ``logp`` is what :func:`causal_row_logprobs` returns ([rows, K, vocab]); the per-layer
+    read-outs of gradguide.layerwise score their log-probabilities with this same function.
+    """
     n = len(enc.n_candidates)
     width = max(enc.n_candidates)
-    logp = causal_row_logprobs(model, enc.rows, enc.completion_lens, pad_id, cache, cache_len)
     keep = logp.shape[1]
     device = logp.device
     if enc.fast:

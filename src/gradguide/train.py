@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 from gradguide.atomic import write_json_atomic
 from gradguide.checkpoint import load_checkpoint, load_extra, save_checkpoint
 from gradguide.config import EvalConfig, UserTaskOptions, from_dict, to_dict
+from gradguide.distributed import DistContext
+from gradguide.distributed import init as init_distributed
 from gradguide.errors import GradguideError
 from gradguide.evaluate import evaluate_instances, limit_instances, resolve_task
 from gradguide.guidance import (
@@ -38,11 +40,13 @@ from gradguide.guidance import (
     build_loss_terms,
     build_penalties,
     build_transforms,
+    expand_terms,
     needs_eager_attention,
     parse_guidance,
 )
 from gradguide.guidance.base import GradientTransform, LossTerm
 from gradguide.guidance.engine import HVP_MODES, GuidedGradient, LossFn
+from gradguide.guidance.ofa import OfaOptions, validate_options
 from gradguide.guidance.priors import (
     MEAN_GRADIENT_FILE,
     PRIOR_FILE,
@@ -53,6 +57,8 @@ from gradguide.guidance.priors import (
     load_vector,
     save_vector,
 )
+from gradguide.guidance.spectral import SpectralOptions, check_spectral
+from gradguide.layerwise import layer_diagnostics
 from gradguide.methods import Adapted, MethodOptions, get_method
 from gradguide.metrics import GradientTracker, dynamics_summary
 from gradguide.models import LoadedModel, load_model
@@ -119,6 +125,9 @@ class GuidanceConfig:
     fd_eps: float = 1e-4
     lazy: int = 1
     measure_alignment: bool = True
+    #: the OFA terms (guidance ofa, ofa-step, ofa-sharp; gradguide.guidance.ofa)
+    ofa: OfaOptions = dataclasses.field(default_factory=OfaOptions)
+    spectral: SpectralOptions = dataclasses.field(default_factory=SpectralOptions)
 
 
 @dataclasses.dataclass
@@ -142,6 +151,8 @@ class TrainConfig:
     bf16: bool = False
     checkpoint_every: int = 0
     tensorboard: bool = False
+    #: per-layer diagnostics (gradguide.layerwise) on this many evaluation examples; 0 = off
+    layer_diagnostics: int = 0
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     method_options: MethodOptions = dataclasses.field(default_factory=MethodOptions)
     scoring: ScoringOptions = dataclasses.field(default_factory=ScoringOptions)
@@ -156,6 +167,7 @@ class TrainResult:
     record: dict[str, Any]
     run_dir: Path
     adapted: Adapted | None = None
+    is_main: bool = True  # False on the other ranks of a distributed run (empty record, metrics)
 
 
 def validate(config: TrainConfig) -> None:
@@ -179,6 +191,7 @@ def validate(config: TrainConfig) -> None:
         (o.max_skipped_steps >= 0, "optim.max_skipped_steps", "must be >= 0"),
         (config.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0 = at the end only)"),
         (config.icl_shots > 0 or method.name != "icl", "icl_shots", "must be positive for icl"),
+        (config.layer_diagnostics >= 0, "layer_diagnostics", "must be >= 0 (0 = off)"),
     ]
     g = config.guidance
     checks += [
@@ -195,8 +208,10 @@ def validate(config: TrainConfig) -> None:
     for ok, name, message in checks:
         if not ok:
             raise GradguideError(message, field=name)
+    validate_options(g.ofa)
     if parse_guidance(g.use) and not method.trains:
         raise GradguideError(f"guidance needs a trained method, not {method.name}", field="method")
+    check_spectral(g.spectral, method.name, expand_terms(parse_guidance(g.use)))
 
 
 def data_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
@@ -282,20 +297,35 @@ def train(
         config = dataclasses.replace(
             config, guidance=dataclasses.replace(config.guidance, use=method.default_guidance)
         )
+    dist = init_distributed()
+    if dist.world > config.optim.batch_size:
+        raise GradguideError(
+            f"{dist.world} processes need a batch of at least {dist.world} examples",
+            field="optim.batch_size",
+        )
     setup = _prepare_data(config)
     if resume is None:
-        run_dir = new_run_dir(
-            config.out,
-            f"train-{config.model}-{setup.task.name}-{config.method}-k{config.shots}-s{config.seed}",
-        )
-        write_json_atomic(run_dir / CONFIG_NAME, to_dict(config))
+        run_dir = None
+        if dist.is_main:
+            extra = [] if config.guidance.use == method.default_guidance else [config.guidance.use]
+            arm = "+".join([config.method, *extra]).replace(",", "+")
+            name = f"{config.model}-{setup.task.name}-{arm}-k{config.shots}-s{config.seed}"
+            run_dir = new_run_dir(config.out, f"train-{name}")
+            write_json_atomic(run_dir / CONFIG_NAME, to_dict(config))
+        run_dir = Path(dist.broadcast(str(run_dir)))
     else:
         run_dir = resume
     eager = needs_eager_attention(parse_guidance(config.guidance.use), config.guidance)
+    eager = eager or (config.layer_diagnostics > 0 and config.guidance.ofa.jvp == "exact")
     attn = "eager" if eager else None  # CPU SDPA has no double backward
     lm = load_model(
         config.model, cache_dir=config.cache_dir, seed=config.seed, attn_implementation=attn
     )
+    if config.layer_diagnostics and lm.kind != "causal":
+        raise GradguideError(
+            f"layer diagnostics need a decoder LM (logit lens), not the {lm.kind} {lm.name}",
+            field="layer_diagnostics",
+        )
     load_s = time.perf_counter() - started
     torch.manual_seed(config.seed)
     adapted = method.apply(lm, config.method_options) if method.trains else None
@@ -312,7 +342,7 @@ def train(
     train_s = 0.0
     guide_info: dict[str, Any] = {}
     if adapted is not None:
-        guide = _guidance(config, model_lm, adapted, setup, run_dir, resume, steps)
+        guide = _guidance(config, model_lm, adapted, setup, run_dir, resume, steps, dist)
         guide_info = guide.info
         try:
             curves, skipped, train_s = _fit(
@@ -321,7 +351,11 @@ def train(
             guide_info["term_summaries"] = guide.summaries()
         finally:
             guide.close()
-        method.save(adapted, run_dir / ADAPTER_NAME, config.model)
+        if dist.is_main:
+            method.save(adapted, run_dir / ADAPTER_NAME, config.model)
+    if not dist.is_main:  # rank 0 evaluates and writes the record
+        dist.barrier()
+        return TrainResult({}, {}, run_dir, adapted, is_main=False)
 
     demos: list[Instance] = []
     if method.name == "icl":
@@ -337,6 +371,16 @@ def train(
         options=config.scoring,
         show_progress=show_progress,
     )
+    diagnostics = None
+    if config.layer_diagnostics:
+        diagnostics = layer_diagnostics(
+            model_lm,
+            setup.eval[: config.layer_diagnostics],
+            demos,
+            config.scoring,
+            config.guidance.ofa,
+            config.seed,
+        )
     record = {
         "kind": "train",
         "method": config.method,
@@ -371,6 +415,7 @@ def train(
             **{k: v for k, v in facts.items() if k != "seconds"},
         },
         "metrics": metrics,
+        "layer_diagnostics": diagnostics,
         "timings": {
             "model_load_s": load_s,
             "train_s": train_s,
@@ -381,6 +426,7 @@ def train(
         },
     }
     write_record(run_dir, record)
+    dist.barrier()
     return TrainResult(metrics, record, run_dir, adapted)
 
 
@@ -422,10 +468,14 @@ def _fit(
         if isinstance(prior, EmaPrior) and "ema" in extra:
             prior.mean = extra["ema"]
         guide.set_tau(state.get("tau"))
-    logger = StepLogger(run_dir, start_step, config.tensorboard)
+    dist = guide.dist
+    logger = StepLogger(run_dir, start_step, config.tensorboard) if dist.is_main else None
     lm.model.train()
     bar = tqdm(
-        total=steps, initial=start_step, desc=f"train {config.method}", disable=not show_progress
+        total=steps,
+        initial=start_step,
+        desc=f"train {config.method}",
+        disable=not show_progress or not guide.dist.is_main,
     )
     try:
         for step in range(start_step, steps):
@@ -435,6 +485,8 @@ def _fit(
             stats = guide.engine.backward(
                 loss_fn, params, step, guide.source_fn(step), guide.source_vector
             )
+            if dist.active:
+                first_values = _summed(dist, first_values)
             norm = stats.grad_norm
             current_lr = optimizer.param_groups[0]["lr"]
             loss_value = first_values.get("task_loss", stats.loss)
@@ -473,19 +525,21 @@ def _fit(
                 *((k, first_values.get(k)) for k in guide.term_keys()),
             ):
                 curves[key].append(_finite_or_none(value) if value is not None else None)
-            logger.log(
-                {
-                    "step": step,
-                    "loss": _finite_or_none(loss_value),
-                    "grad_norm": _finite_or_none(norm),
-                    "lr": current_lr,
-                    "seconds": dt,
-                }
-            )
+            if logger is not None:
+                logger.log(
+                    {
+                        "step": step,
+                        "loss": _finite_or_none(loss_value),
+                        "grad_norm": _finite_or_none(norm),
+                        "lr": current_lr,
+                        "seconds": dt,
+                    }
+                )
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             done = step + 1
-            if done == steps or (config.checkpoint_every and done % config.checkpoint_every == 0):
+            due = done == steps or (config.checkpoint_every and done % config.checkpoint_every == 0)
+            if due and dist.is_main:
                 state = {
                     "step": done,
                     "curves": curves,
@@ -495,11 +549,14 @@ def _fit(
                     "tau": guide.tau(),
                 }
                 save_checkpoint(run_dir, adapted, optimizer, scheduler, state, guide.extra(tracker))
+            if due:
+                dist.barrier()
     finally:
         bar.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
     mean = tracker.mean_gradient()
-    if mean is not None:
+    if mean is not None and dist.is_main:
         save_vector(run_dir / MEAN_GRADIENT_FILE, mean, list(adapted.trainable), params)
     return curves, skipped, train_s
 
@@ -517,6 +574,7 @@ class _Guide:
     source_vector: torch.Tensor | None = None
     loss_terms: list[LossTerm] = dataclasses.field(default_factory=list)
     transforms: list[GradientTransform] = dataclasses.field(default_factory=list)
+    dist: DistContext = dataclasses.field(default_factory=DistContext)
 
     def term_keys(self) -> list[str]:
         """Curve names of the loss terms' per-step values."""
@@ -528,18 +586,21 @@ class _Guide:
         """The step's loss closure (task loss + loss terms) and the values of its first call.
 
         The HVP may call the closure at perturbed parameters; the recorded values (task loss and
-        each term) are those of the first call, at the step's own parameters.
+        each term) are those of the first call, at the step's own parameters. In a distributed
+        run the closure sees this rank's shard, weighted by its share of the batch.
         """
         for term in self.loss_terms:
             term.begin_step(step)
         first: dict[str, float] = {}
+        local = self.dist.shard(batch)
+        share = self.dist.share(len(local), len(batch))
 
         def loss() -> torch.Tensor:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                task = rank_loss(self.lm, batch, self.scoring)
+                task = rank_loss(self.lm, local, self.scoring) * share
                 total = task
                 for term in self.loss_terms:
-                    value = term.loss(params)
+                    value = term.loss(params) * share
                     total = total + value
                     first.setdefault(f"term_{term.name}", float(value.detach()))
             first.setdefault("task_loss", float(task.detach()))
@@ -561,11 +622,12 @@ class _Guide:
         """Loss closure on this step's source-task batch (None without a source task)."""
         if self.source_batches is None:
             return None
-        batch = self.source_batches[step]
+        batch = self.dist.shard(self.source_batches[step])
+        share = self.dist.share(len(batch), len(self.source_batches[step]))
 
         def loss() -> torch.Tensor:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                return rank_loss(self.lm, batch, self.scoring)
+                return rank_loss(self.lm, batch, self.scoring) * share
 
         return loss
 
@@ -598,6 +660,7 @@ def _guidance(
     run_dir: Path,
     resume: Path | None,
     steps: int,
+    dist: DistContext,
 ) -> _Guide:
     """Build penalties, prior and source for a run (the prior is saved with the run)."""
     g = config.guidance
@@ -633,11 +696,17 @@ def _guidance(
                 if wants_prior:
                     raise
                 info["prior_note"] = f"directional alignment not measured: {err}"
-            if isinstance(prior, FixedPrior):
+            if isinstance(prior, FixedPrior) and dist.is_main:
                 save_vector(saved, prior.vector, keys, params)
     info["prior"] = prior.name if prior is not None else None
     engine = GuidedGradient(
-        penalties, hvp=g.hvp, lazy=g.lazy, fd_eps=g.fd_eps, prior=prior, two_sided=g.two_sided
+        penalties,
+        hvp=g.hvp,
+        lazy=g.lazy,
+        fd_eps=g.fd_eps,
+        prior=prior,
+        two_sided=g.two_sided,
+        reduce=dist.sum if dist.active else None,
     )
     ctx = BuildContext(lm=lm, adapted=adapted, config=g, seed=config.seed, run_dir=run_dir)
     loss_terms = build_loss_terms(names, ctx)
@@ -654,7 +723,15 @@ def _guidance(
         source_vector,
         loss_terms,
         transforms,
+        dist,
     )
+
+
+def _summed(dist: DistContext, values: dict[str, float]) -> dict[str, float]:
+    """Per-rank weighted values summed over ranks: the global batch's values."""
+    keys = sorted(values)
+    total = dist.sum(torch.tensor([values[k] for k in keys], dtype=torch.float64))
+    return dict(zip(keys, total.tolist(), strict=True))
 
 
 def _median(values: Sequence[float | None]) -> float | None:

@@ -79,7 +79,7 @@ def _dry_run(spec: Any, out: Path, workers: int) -> int:
                 r.key,
                 c.model,
                 c.task,
-                c.method,
+                r.arm,
                 c.shots,
                 c.seed,
                 settings,

@@ -3,7 +3,9 @@
 ``compare`` is the library function behind ``gradguide compare``: for each seed the k-shot sample
 is drawn once (it depends only on task, shots and seed), so every method sees the same examples.
 Besides the methods of gradguide.methods, a name of gradguide.guidance.GUIDANCE (``sgg``,
-``sgg-dir``, …) means "the base config's trained method (lora by default) with that guidance".
+``sgg-dir``, …) means "the base config's trained method (lora by default) with that guidance",
+except where gradguide.guidance.GUIDANCE_METHOD names the guidance's own method (``ofa-step`` and
+``ofa-sharp`` train layernorm). A name that is both a method and a guidance (``ofa``) is the method.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from gradguide.bench.stats import Interval, mean_ci
-from gradguide.guidance import GUIDANCE
-from gradguide.methods import get_method
+from gradguide.guidance import GUIDANCE, GUIDANCE_METHOD
+from gradguide.methods import get_method, list_methods
 from gradguide.train import TrainConfig, TrainResult, train
 
 
@@ -29,10 +31,16 @@ class MethodSummary:
     runs: list[str]
 
 
+def is_guidance_arm(name: str) -> bool:
+    """Whether a compared name means guidance (a name that is also a method means the method)."""
+    return name in GUIDANCE and name not in {m.name for m in list_methods()}
+
+
 def recipe(base: TrainConfig, name: str) -> TrainConfig:
     """The config of one compared arm: a method name, or a guidance name on a trained method."""
-    if name in GUIDANCE:
+    if is_guidance_arm(name):
         method = base.method if get_method(base.method).trains else "lora"
+        method = GUIDANCE_METHOD.get(name, method)
         guidance = dataclasses.replace(base.guidance, use=name)
         return dataclasses.replace(base, method=method, guidance=guidance)
     get_method(name)

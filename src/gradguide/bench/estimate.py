@@ -41,8 +41,16 @@ STEP_FACTOR: dict[str, float] = {
     "sgg-dir": 3.0,
     "sgg-mag": 3.0,
     "sgg-align": 4.0,
-    "ofa": 3.0,
-    "spectral": 1.3,
+    # LayerNorm tuning on smollm2-135m, benchmarks/ofa_cost.py (3 steps on a loaded machine,
+    # noisy): x1.13-1.30 (step ratio), x4.3 (sharpness, fd JVP, 1 probe, 30 blocks), x4.3 (both)
+    "ofa": 4.3,
+    "ofa-step": 1.2,
+    "ofa-sharp": 4.3,
+    # LoRA on smollm2-135m, benchmarks/spectral_cost.py (4 steps on a loaded machine, noisy):
+    # 1.02 (reg), 1.02 (filter), 1.18 (both); the graphs cost ~5 s once per run
+    "spectral": 1.1,
+    "spectral-reg": 1.05,
+    "spectral-filter": 1.05,
 }
 #: In-context learning scores prompts that carry the demonstrations.
 ICL_EVAL_FACTOR = 3.0
@@ -73,6 +81,9 @@ def estimate_run_seconds(run: GridRun, eval_size: int | None) -> float:
     n_eval = eval_size if eval_size is not None else (c.eval_limit or UNKNOWN_EVAL_SIZE)
     factor = ICL_EVAL_FACTOR if c.method == "icl" else 1.0
     seconds += n_eval / cost.eval_per_s * factor
+    if c.layer_diagnostics:  # a forward per example, two block passes per probe (fd JVP)
+        passes = 1 + (2 if c.guidance.ofa.jvp == "fd" else 3) * c.guidance.ofa.probes
+        seconds += min(c.layer_diagnostics, n_eval) / cost.eval_per_s * factor * passes
     return seconds
 
 

@@ -14,8 +14,9 @@ A grid file::
       - {methods: [lora], optim.lr: [1.0e-4, 1.0e-3]}
 
 A method is a name of gradguide.methods or a guidance name of gradguide.guidance (``sgg``,
-``sgg-dir``, …: LoRA trained with that guidance, as in ``gradguide compare``). ``method_base``
-gives settings to some methods only; they are part of the run, not of its swept settings.
+``sgg-dir``, …: LoRA trained with that guidance; ``ofa-step``, ``ofa-sharp``: LayerNorm tuning with
+it; as in ``gradguide compare``). ``method_base`` gives settings to some methods only; they are
+part of the run, not of its swept settings.
 ``sweep`` is one mapping (the cross product of its lists) or a list of them (their union: one
 block per swept setting gives a one-at-a-time sensitivity grid). A block's ``methods`` limits it to
 those methods; methods no block covers run once with the base settings. Expansion is
@@ -36,12 +37,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gradguide.bench.compare import recipe
+from gradguide.bench.compare import is_guidance_arm, recipe
 from gradguide.bench.store import arm_name
 from gradguide.config import EvalConfig, from_dict, merge, nest, read_yaml, to_dict
 from gradguide.errors import GradguideError
 from gradguide.evaluate import limit_instances, resolve_task
-from gradguide.guidance import GUIDANCE, build_penalties, parse_guidance
+from gradguide.guidance import (
+    GUIDANCE,
+    build_penalties,
+    expand_terms,
+    guidance_method,
+    parse_guidance,
+)
+from gradguide.guidance.ofa import OFA_TERMS
+from gradguide.guidance.spectral import SPECTRAL_TERMS
 from gradguide.methods import get_method, list_methods
 from gradguide.tasks import get_task, resolve_data_root, sample_k_shot
 from gradguide.train import TrainConfig, validate
@@ -433,6 +442,15 @@ def run_key(config: TrainConfig) -> str:
     data = to_dict(config)
     for name in _NOT_HASHED:
         data.pop(name, None)
+    if not any(t in SPECTRAL_TERMS for t in expand_terms(parse_guidance(config.guidance.use))):
+        # options of unused spectral terms change nothing (and runs stored before they existed
+        # keep their keys)
+        data["guidance"].pop("spectral", None)
+    if not config.layer_diagnostics:  # likewise the diagnostics when off, and unused OFA options
+        data.pop("layer_diagnostics", None)
+        use = config.guidance.use or get_method(config.method).default_guidance
+        if not any(t in OFA_TERMS for t in expand_terms(parse_guidance(use))):
+            data["guidance"].pop("ofa", None)
     text = json.dumps([KEY_VERSION, data], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -454,12 +472,13 @@ def expand_grid(spec: GridSpec) -> list[GridRun]:
     ):
         own = spec.method_base.get(method, {})
         for combo in _combos_for(spec, method):
-            trained = "lora" if method in GUIDANCE else method
+            as_guidance = is_guidance_arm(method)
+            trained = guidance_method(method) if as_guidance else method
             axes = {"model": model, "task": task, "method": trained, "shots": shots, "seed": seed}
             data = merge(merge(merge(base_nested, axes), nest(own)), nest(combo))
             try:
                 config = from_dict(TrainConfig, data, source=spec.source)
-                if method in GUIDANCE:
+                if as_guidance:
                     config = recipe(config, method)
                 validate(config)
                 _check_guidance(config)

@@ -93,12 +93,25 @@ def now_iso() -> str:
 
 
 def arm_name(config: dict[str, Any]) -> str:
-    """What a run compares as: its method, or its guidance (``sgg``) on LoRA, else ``sgg+full``."""
+    """What a run compares as: its method, or its guidance (``sgg``) on LoRA, else ``sgg+full``.
+
+    A method run with its own default guidance (``ofa``, which switches on guidance ``ofa``) is
+    the method; other guidance on LayerNorm tuning reads ``ofa-step+layernorm``.
+    """
     method = str(config.get("method", ""))
     use = str((config.get("guidance") or {}).get("use") or "").strip()
-    if not use:
+    if not use or use == _default_guidance(method):
         return method
     return use if method == "lora" else f"{use}+{method}"
+
+
+def _default_guidance(method: str) -> str | None:
+    from gradguide.methods import get_method  # here: the methods import torch and peft
+
+    try:
+        return get_method(method).default_guidance or None
+    except GradguideError:
+        return None
 
 
 def row_from_record(

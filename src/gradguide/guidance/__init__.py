@@ -2,8 +2,10 @@
 
 ``--guidance`` takes a comma-separated list of the names in ``GUIDANCE``; each name expands to
 terms of the three kinds the loop knows (guidance/base.py): gradient penalties (SGG, through one
-HVP per step, ``sgg.py``), loss terms and gradient transforms. Adding a term is one small class
-plus a line in ``GUIDANCE`` and one in ``LOSS_TERMS`` or ``TRANSFORMS``.
+HVP per step, ``sgg.py``), loss terms (OFA's step ratio and sharpness, ``ofa.py``) and gradient
+transforms. Adding a term is one small class plus a line in ``GUIDANCE`` and one in
+``LOSS_TERMS`` or ``TRANSFORMS``; ``GUIDANCE_METHOD`` names the method a guidance trains when a
+comparison names only the guidance.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any
 
 from gradguide.errors import GradguideError
 from gradguide.guidance.base import GradientPenalty, GradientTransform, LossTerm
+from gradguide.guidance.ofa import build_sharpness, build_step_ratio
 from gradguide.guidance.sgg import AlignmentPenalty, DirectionPenalty, MagnitudePenalty
+from gradguide.guidance.spectral import build_filter, build_regulariser
 
 #: guidance name → the terms it switches on (ablations switch on one term each)
 GUIDANCE: dict[str, tuple[str, ...]] = {
@@ -23,6 +27,19 @@ GUIDANCE: dict[str, tuple[str, ...]] = {
     "sgg-dir": ("dir",),
     "sgg-mag": ("mag",),
     "sgg-align": ("align",),
+    "ofa": ("ofa-step", "ofa-sharp"),
+    "ofa-step": ("ofa-step",),
+    "ofa-sharp": ("ofa-sharp",),
+    "spectral": ("spectral-reg", "spectral-filter"),
+    "spectral-reg": ("spectral-reg",),
+    "spectral-filter": ("spectral-filter",),
+}
+#: guidance name → the method it trains by default where a comparison names only the guidance
+#: (`gradguide compare`, bench grids); names not listed train LoRA
+GUIDANCE_METHOD: dict[str, str] = {
+    "ofa": "layernorm",
+    "ofa-step": "layernorm",
+    "ofa-sharp": "layernorm",
 }
 
 PENALTY_TERMS = ("dir", "mag", "align")
@@ -40,14 +57,27 @@ class BuildContext:
 
 
 #: term name → builder of a loss term (the term validates its options and raises GradguideError)
-LOSS_TERMS: dict[str, Callable[[BuildContext], LossTerm]] = {}
+LOSS_TERMS: dict[str, Callable[[BuildContext], LossTerm]] = {
+    "ofa-step": build_step_ratio,
+    "ofa-sharp": build_sharpness,
+    "spectral-reg": build_regulariser,
+}
 #: term name → builder of a gradient transform
-TRANSFORMS: dict[str, Callable[[BuildContext], GradientTransform]] = {}
+TRANSFORMS: dict[str, Callable[[BuildContext], GradientTransform]] = {
+    "spectral-filter": build_filter,
+}
 #: term name → whether, under this GuidanceConfig, it differentiates through a gradient or a
 #: JVP of the model (CPU SDPA attention has no double backward: such runs load eager attention)
 DOUBLE_BACKWARD: dict[str, Callable[[Any], bool]] = {
     t: (lambda cfg: cfg.hvp == "exact") for t in ("dir", "mag", "align")
 }
+# the exact sharpness JVP is forward-mode AD, which CPU SDPA attention does not implement
+DOUBLE_BACKWARD["ofa-sharp"] = lambda cfg: cfg.ofa.jvp == "exact"
+
+
+def guidance_method(name: str, default: str = "lora") -> str:
+    """The method a comparison trains for guidance ``name`` (GUIDANCE_METHOD, else ``default``)."""
+    return GUIDANCE_METHOD.get(name, default)
 
 
 def parse_guidance(text: str) -> list[str]:

@@ -1,6 +1,7 @@
 """What is trained: one small module per method behind one interface, and their registry.
 
-Training methods: ``full``, ``lora``, ``prompt``, ``adapter``, ``layernorm``, ``bitfit``.
+Training methods: ``full``, ``lora``, ``prompt``, ``adapter``, ``layernorm``, ``ofa`` (layernorm
+with the OFA penalties as its default guidance), ``bitfit``.
 ``zero-shot`` and ``icl`` train nothing (``trains = False``; the trainer skips training).
 Every method adapts a :class:`~gradguide.models.LoadedModel` in place with ``apply``, returns an
 :class:`Adapted` whose ``trainable`` dict is exactly what is trained, and saves/loads its result
@@ -16,6 +17,7 @@ from gradguide.methods.bitfit import BitFit
 from gradguide.methods.full import FullFineTuning
 from gradguide.methods.layernorm import LayerNormTuning
 from gradguide.methods.lora import LoRA
+from gradguide.methods.ofa import OfaTuning
 from gradguide.methods.prompt import PromptTuned, PromptTuning
 from gradguide.methods.untrained import ICL, ZERO_SHOT
 
@@ -36,6 +38,7 @@ _REGISTRY: dict[str, Method] = {
         PromptTuning(),
         BottleneckAdapters(),
         LayerNormTuning(),
+        OfaTuning(),
         BitFit(),
         ZERO_SHOT,
         ICL,

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from gradguide.atomic import write_bytes_atomic, write_text_atomic
-from gradguide.bench.stats import Interval, across_tasks, per_task
+from gradguide.bench.stats import Interval, across_tasks, mean_ci, per_task
+from gradguide.metrics import (
+    CONVERGENCE_FRACTION,
+    CONVERGENCE_WINDOW,
+    normalised_loss_auc,
+    steps_to_threshold,
+)
 from gradguide.report import figures
 from gradguide.report.analysis import (
     ALIGNMENT,
@@ -418,6 +424,60 @@ def _curves_section(
     return started
 
 
+def _convergence(doc: _Doc, data: BenchData) -> None:
+    """Convergence speed and step time per method, from each run's curves (metrics.py)."""
+    sections = []
+    for cond in conditions(data.runs):
+        rows = []
+        for v in cond.variants():
+            auc: dict[tuple[str, int], float] = {}
+            step_s: dict[tuple[str, int], float] = {}
+            reached, trained = [], 0
+            for r in cond.runs_of(v):
+                losses = r.curves.get("loss") or []
+                a = normalised_loss_auc(losses)
+                if a is None:
+                    continue
+                trained += 1
+                auc[(r.task, r.seed)] = a
+                times = [t for t in r.curves.get("step_seconds") or [] if t is not None]
+                if times:
+                    step_s[(r.task, r.seed)] = sorted(times)[len(times) // 2]
+                s = steps_to_threshold(losses)
+                if s is not None:
+                    reached.append(s)
+            if not trained:
+                continue
+            tasks = cond.common_tasks(cond.variants())
+            mean_steps = f"{sum(reached) / len(reached):.1f}" if reached else "n/a"
+            rows.append(
+                (
+                    v,
+                    fmt_interval(across_tasks(auc, tasks), percent=False),
+                    f"{mean_steps} ({len(reached)}/{trained} runs)",
+                    fmt_interval(across_tasks(step_s, tasks), percent=False),
+                )
+            )
+        if rows:
+            sections.append((cond, rows))
+    if not sections:
+        return
+    doc.add(Heading("Convergence"))
+    doc.add(
+        Paragraph(
+            "Loss AUC: the area under the training-loss curve divided by steps × the initial loss "
+            f"(mean of the first {CONVERGENCE_WINDOW} losses); 1 = no progress, lower = faster. "
+            f"Steps to threshold: first step at which the mean loss of the last "
+            f"{CONVERGENCE_WINDOW} steps is at most {CONVERGENCE_FRACTION:g} × the initial loss, "
+            "averaged over the runs that got there. Step time: median seconds per training step. "
+            "AUC and step time are averaged over tasks then seeds (mean ± 95% interval)."
+        )
+    )
+    for cond, rows in sections:
+        doc.add(Heading(cond.title, 3))
+        doc.add(Table(("method", "loss AUC", "steps to threshold", "step time (s)"), tuple(rows)))
+
+
 def _dynamics(doc: _Doc, data: BenchData) -> None:
     started = _curves_section(doc, data, "Gradient dynamics", "grad_norm", "gradient norm", "log")
     for cond in conditions(data.runs):
@@ -616,6 +676,79 @@ def _failures(doc: _Doc, data: BenchData) -> None:
     )
 
 
+#: per-layer quantities of gradguide.layerwise: record key, axis label, what the index means
+LAYER_QUANTITIES = (
+    ("probe_accuracy", "probe accuracy (%)", "layer (0 = embeddings, last = model output)"),
+    ("probe_loss", "probe loss", "layer (0 = embeddings, last = model output)"),
+    ("sharpness", "sharpness tr(P H P^T) per token", "block t"),
+    ("step_ratio", "step ratio s(t+1)/s(t)", "block t"),
+)
+
+
+def _layerwise(doc: _Doc, data: BenchData) -> None:
+    """The OFA paper's per-layer figures, from the runs that recorded layer diagnostics."""
+    started = False
+    for cond in conditions(data.runs):
+        with_layers = [r for r in cond.runs if r.layers]
+        tasks = list(dict.fromkeys(r.task for r in with_layers))
+        if not tasks:
+            continue
+        if not started:
+            doc.add(Heading("Per-layer diagnostics"))
+            doc.add(Paragraph(_LAYERWISE_TEXT))
+            started = True
+        doc.add(Heading(cond.title, 3))
+        for key, label, xlabel in LAYER_QUANTITIES:
+            scale = 100.0 if key == "probe_accuracy" else 1.0
+            for task in tasks:
+                series = {}
+                for v in cond.variants():
+                    rows = [
+                        r.layers[key]
+                        for r in cond.runs_of(v)
+                        if r.task == task and isinstance(r.layers.get(key), list) and r.layers[key]
+                    ]
+                    if rows and all(len(x) == len(rows[0]) for x in rows):
+                        series[v] = _layer_points(rows, scale)
+                if not series:
+                    continue
+                own = [r for r in with_layers if r.task == task]
+                seeds = sorted({r.seed for r in own})
+                n = own[0].layers.get("n_examples")
+                doc.figure(
+                    f"layers-{key}-{task}-{cond.title}",
+                    figures.line_figure(
+                        series, title=f"{label}, {task} ({cond.title})", xlabel=xlabel, ylabel=label
+                    ),
+                    f"{label.capitalize()} per layer on {task}, {cond.title}: mean over seeds "
+                    f"{', '.join(map(str, seeds))} ± 95% interval, {n} evaluation examples.",
+                )
+
+
+_LAYERWISE_TEXT = (
+    "Per-layer diagnostics as in the OFA paper's Figures 1-3 (gradguide.layerwise). Probe: the "
+    "hidden state after each block read out through the final normalisation and the output "
+    "head (logit lens, gradguide's choice), the task's candidates scored as the model's own "
+    "output is; accuracy and cross entropy over the candidates. Sharpness: Hutchinson's "
+    "estimate of tr(P_t H_t P_t^T) per token with P_t the gain of block t's input "
+    "normalisation, read through the residual update u_t (its Jacobian ~ -P_t H_t); it is "
+    "signed. Step ratio: s_(t+1)/(s_t + eps), s_t the norm of block t's residual update per "
+    "token. Both averaged over the non-padding tokens of the scored sequences (in-context "
+    "demonstrations included)."
+)
+
+
+def _layer_points(rows: list[list[float]], scale: float) -> list[figures.Point]:
+    """(layer, mean over runs, 95% half width) for equally long per-layer lists."""
+    points: list[figures.Point] = []
+    for i in range(len(rows[0])):
+        values = [x[i] for x in rows if x[i] is not None and math.isfinite(x[i])]
+        if values:
+            iv = mean_ci(values)
+            points.append((float(i), scale * iv.mean, _half(iv, scale)))
+    return points
+
+
 def build_report(data: BenchData) -> tuple[str, list[Block]]:
     """The report's title and blocks for the runs of one bench directory."""
     doc = _Doc()
@@ -632,8 +765,10 @@ def build_report(data: BenchData) -> tuple[str, list[Block]]:
     _sample_size(doc, data)
     _domains(doc, data)
     _curves_section(doc, data, "Loss curves", "loss", "training loss")
+    _convergence(doc, data)
     _dynamics(doc, data)
     _ablation(doc, data)
+    _layerwise(doc, data)
     _sensitivity(doc, data)
     _failures(doc, data)
     return title, doc.blocks

@@ -39,6 +39,8 @@ class RunData:
     wall_s: float | None
     environment: dict[str, Any]
     has_record: bool
+    #: the record's per-layer diagnostics (gradguide.layerwise), empty when the run had none
+    layers: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def variant(self) -> str:
@@ -118,6 +120,7 @@ def _from_row(bench_dir: Path, row: RunRow) -> RunData:
         wall_s=row.wall_s,
         environment=dict(record.get("environment") or {}),
         has_record=bool(record),
+        layers=dict(record.get("layer_diagnostics") or {}),
     )
 
 

@@ -1,0 +1,120 @@
+"""Data-parallel training: 2 gloo processes equal one process on the union of their batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+COMMON = [
+    "train",
+    "--model",
+    "tiny-llama",
+    "--task",
+    "demo-sentiment",
+    "--shots",
+    "8",
+    "--batch-size",
+    "8",
+    "--steps",
+    "3",
+    "--method",
+    "lora",
+    "--lr",
+    "5e-3",
+    "--seed",
+    "1",
+]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _cmd(args: list[str], procs: int) -> list[str]:
+    if procs == 1:
+        return [sys.executable, "-m", "gradguide", *args]
+    return [TORCHRUN, "--standalone", f"--nproc_per_node={procs}", "-m", "gradguide", *args]
+
+
+def _run(out: Path, *extra: str, procs: int = 1) -> dict[str, torch.Tensor]:
+    args = [*COMMON, "--out", str(out), *extra]
+    done = subprocess.run(_cmd(args, procs), env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = [d for d in out.iterdir() if d.is_dir()]
+    return load_file(run / "adapter" / "adapter_model.safetensors")
+
+
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys() and a
+    for k in a:
+        diff = float((a[k] - b[k]).norm())
+        assert diff <= 1e-5 * float(b[k].norm()) + 1e-8, (k, diff)
+
+
+needs_torchrun = pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
+
+
+@needs_torchrun
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--guidance", "sgg-dir,sgg-mag", "--prior", "ema:0.9", "--hvp", "exact")],
+    ids=["plain", "sgg"],
+)
+def test_two_processes_match_one_on_the_union(tmp_path, extra):
+    one = _run(tmp_path / "one", *extra)
+    two = _run(tmp_path / "two", *extra, procs=2)
+    _assert_close(two, one)
+    if extra:  # the guidance really acted: the guided run is not the plain one
+        plain = _run(tmp_path / "plain")
+        assert any(not torch.allclose(plain[k], one[k], rtol=1e-3) for k in one)
+
+
+@needs_torchrun
+def test_killed_distributed_run_resumes_exactly(tmp_path):
+    """SIGKILL a 2-process run after a checkpoint; torchrun --resume ends as the unbroken run."""
+    args = [*COMMON, "--batch-size", "4", "--shots", "16", "--checkpoint-every", "3"]
+    args[args.index("--steps") + 1] = "30"
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _cmd([*args, "--out", str(out)], 2),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        states = list(out.glob("*/checkpoint/state.json"))
+        try:
+            if states and json.loads(states[0].read_text())["step"] >= 3:
+                break
+        except (ValueError, OSError):
+            pass
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (run_dir,) = list(out.iterdir())
+    assert not (run_dir / "record.json").exists(), "the run finished before it could be killed"
+    resumed = subprocess.run(
+        _cmd(["train", "--resume", str(run_dir)], 2), env=ENV, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    full = subprocess.run(
+        _cmd([*args, "--out", str(tmp_path / "full")], 2), env=ENV, capture_output=True, text=True
+    )
+    assert full.returncode == 0, full.stderr[-3000:]
+    a = json.loads((run_dir / "record.json").read_text())
+    (full_dir,) = list((tmp_path / "full").iterdir())
+    b = json.loads((full_dir / "record.json").read_text())
+    assert a["curves"]["loss"] == b["curves"]["loss"] and len(a["curves"]["loss"]) == 30
+    assert a["metrics"] == b["metrics"]
