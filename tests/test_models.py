@@ -489,3 +489,14 @@ def test_two_processes_racing_to_build(tmp_path: Path) -> None:
     assert results[1] == ("miss", "True") or results == [("hit", "False"), ("miss", "False")]
     assert atomic.verify_manifest(target) is None
     assert sorted(p.name for p in target.parent.iterdir()) == ["tiny"]
+
+
+def test_pickled_weights_are_refused(tmp_path: Path) -> None:
+    """Safetensors only: a directory of pickled *.bin weights is a clear error, never loaded."""
+    lm = load_model("tiny-llama")
+    lm.model.config.architectures = ["LlamaForCausalLM"]
+    lm.model.config.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    torch.save(lm.model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(GradguideError, match="safetensors weights only"):
+        load_model(str(tmp_path))

@@ -300,7 +300,7 @@ def _load_model_dir(
     """Load a saved model directory (local files only) with the class matching ``kind``."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "use_safetensors": True}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     auto = AutoModelForCausalLM if kind == "causal" else AutoModel
@@ -473,6 +473,13 @@ def _load_local_dir(
     """Load a local transformers model directory (config.json + weights + tokenizer)."""
     from transformers import AutoConfig
 
+    if not list(folder.glob("*.safetensors")) and list(folder.glob("*.bin")):
+        raise GradguideError(
+            "gradguide loads safetensors weights only, and this directory holds pickled *.bin "
+            "weights (loading them can run code); re-save the model with save_pretrained, which "
+            "writes model.safetensors",
+            file=folder,
+        )
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
         kind = _kind_from_config(config)
@@ -513,7 +520,7 @@ def _load_hub(
     try:
         config = AutoConfig.from_pretrained(name, **kwargs)
         kind = _kind_from_config(config)
-        model_kwargs: dict[str, Any] = {"dtype": dtype, **kwargs}
+        model_kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, **kwargs}
         if attn_implementation is not None:
             model_kwargs["attn_implementation"] = attn_implementation
         auto = AutoModelForCausalLM if kind == "causal" else AutoModel
