@@ -80,3 +80,10 @@ def test_read_only_output_directory_error_is_clear(tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod.Path, "mkdir", refuse)
     with pytest.raises(GradguideError, match="Read-only file system"):
         train_mod.new_run_dir(tmp_path / "runs", "x")
+
+
+@pytest.mark.parametrize("name", ["../../escape", "/abs/path", "a/../../b", "..", "~/x"])
+def test_run_directory_names_cannot_leave_the_output_directory(tmp_path, name):
+    """Run names come from model/task names (user files included); they stay under --out."""
+    run = train_mod.new_run_dir(tmp_path / "out", f"train-{name}")
+    assert run.resolve().parent == (tmp_path / "out").resolve()
