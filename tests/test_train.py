@@ -228,6 +228,7 @@ def test_kill_and_resume_reaches_the_uninterrupted_result(tmp_path):
         log = (run_dir / "log.jsonl").read_text().splitlines()
         assert [json.loads(x)["step"] for x in log] == list(range(24))
         outcomes.append(f"killed after step {done_at_kill}, resumed exactly")
+    print("kill/resume trials:", outcomes)  # shown with -s
     assert sum("resumed exactly" in o for o in outcomes) >= 2, outcomes
 
 
