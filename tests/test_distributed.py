@@ -54,11 +54,11 @@ def _run(out: Path, *extra: str, procs: int = 1) -> dict[str, torch.Tensor]:
     return load_file(run / "adapter" / "adapter_model.safetensors")
 
 
-def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rel: float) -> None:
     assert a.keys() == b.keys() and a
     for k in a:
         diff = float((a[k] - b[k]).norm())
-        assert diff <= 1e-5 * float(b[k].norm()) + 1e-8, (k, diff)
+        assert diff <= rel * float(b[k].norm()) + 1e-8, (k, diff)
 
 
 needs_torchrun = pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
@@ -66,14 +66,20 @@ needs_torchrun = pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchru
 
 @needs_torchrun
 @pytest.mark.parametrize(
-    "extra",
-    [(), ("--guidance", "sgg-dir,sgg-mag", "--prior", "ema:0.9", "--hvp", "exact")],
-    ids=["plain", "sgg"],
+    ("extra", "rel"),
+    [
+        ((), 1e-5),
+        (("--guidance", "sgg-dir,sgg-mag", "--prior", "ema:0.9", "--hvp", "exact"), 1e-5),
+        # the filter's U h(Λ) Uᵀ adds rounding that Adam's per-coordinate normalisation
+        # magnifies in near-zero coordinates: measured 1.5e-5 relative on one LoRA B tensor
+        (("--guidance", "spectral", "--set", "guidance.spectral.knn=3"), 5e-5),
+    ],
+    ids=["plain", "sgg", "spectral"],
 )
-def test_two_processes_match_one_on_the_union(tmp_path, extra):
+def test_two_processes_match_one_on_the_union(tmp_path, extra, rel):
     one = _run(tmp_path / "one", *extra)
     two = _run(tmp_path / "two", *extra, procs=2)
-    _assert_close(two, one)
+    _assert_close(two, one, rel)
     if extra:  # the guidance really acted: the guided run is not the plain one
         plain = _run(tmp_path / "plain")
         assert any(not torch.allclose(plain[k], one[k], rtol=1e-3) for k in one)
