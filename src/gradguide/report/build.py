@@ -36,7 +36,7 @@ from gradguide.report.analysis import (
     mean_curve,
     method_rank,
 )
-from gradguide.report.claims import RULES, evaluate_claims
+from gradguide.report.claims import PAPERS
 from gradguide.report.data import BenchData, RunData, cells, load_bench
 from gradguide.report.render import (
     FIGURES_DIR,
@@ -127,20 +127,23 @@ def _claims(doc: _Doc, data: BenchData) -> None:
     doc.add(Heading("Claims of the papers"))
     doc.add(
         Paragraph(
-            "Each claim of the SGG paper (Structured Gradient Guidance, arXiv 2506.00726) with a "
-            "verdict decided by code from the stored runs. Absolute numbers are not expected to "
-            "match the paper (other models, a CPU budget); the verdicts test its comparative "
-            "statements. Rules: " + " ".join(RULES)
+            "Each claim of the seed papers with a verdict decided by code from the stored runs. "
+            "Absolute numbers are not expected to match the papers (other models, a CPU budget); "
+            "the verdicts test their comparative statements."
         )
     )
-    doc.add(
-        BulletList(
-            tuple(
-                f"**{c.claim}** ({c.where}): **{c.status}**. Paper: {c.paper}. Here: {c.evidence}."
-                for c in evaluate_claims(data)
+    for paper in PAPERS:
+        doc.add(Heading(paper.title, 3))
+        doc.add(Paragraph("Rules: " + " ".join(paper.rules)))
+        doc.add(
+            BulletList(
+                tuple(
+                    f"**{c.claim}** ({c.where}): **{c.status}**. Paper: {c.paper}. "
+                    f"Here: {c.evidence}."
+                    for c in paper.evaluate(data)
+                )
             )
         )
-    )
 
 
 def _eval_sizes(cond: Condition) -> str:

@@ -1,337 +1,69 @@
-"""The SGG paper's claims, each checked by code against the stored runs.
+"""The seed papers' claims, each checked by code against the stored runs: the registry.
 
-The paper's numbers below are *its* claims (arXiv 2506.00726: Table 1, Figures 2–4), the only
-numbers typed here; every number a verdict cites comes from the store and the run records. The
-verdict rules are stated in ``RULES`` and printed in the report:
-
-- Table 1 claims (accuracy, gradient stability, directional alignment): **reproduced** when SGG's
-  mean is higher than each of the paper's baselines (full, adapter, lora, prompt) and the
-  paired t-test over matched (task, seed) cells gives p < 0.05 for each; **not reproduced** when
-  some baseline that ran is not beaten that way; **not testable here** otherwise (a baseline not
-  run, fewer than 2 matched pairs, the measure not recorded, no SGG runs).
-- Sample size (Figure 2): the curve of SGG's task-averaged accuracy over shots is monotone (no
-  consecutive step with a decrease whose paired bootstrap interval over seeds excludes 0), the
-  largest consecutive gain is the one from 64 to 128 shots, and the gain from 256 to 512 is
-  under 1 percentage point (plateau). Each part needs its shot counts.
-- Domains (Figure 3): SGG's mean accuracy is above 75% on every domain task that was run.
-- Loss (Figure 4): SGG's mean training-loss curve drops by at least half of its total decrease
-  within the first 20% of training.
+One module per paper holds its claims, their rules (``RULES``) and an ``evaluate`` function:
+gradguide.report.claims_sgg (SGG, arXiv 2506.00726), claims_ofa (OFA, arXiv 2505.19107) and
+claims_spectral (spectral parameter coordination, arXiv 2504.19583). Each claim comes out
+**reproduced**, **not reproduced** or **not testable here** with the numbers behind it
+(gradguide.report.verdict); the report prints them paper by paper, in ``PAPERS`` order.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
-from collections.abc import Sequence
+from collections.abc import Callable
 
-from gradguide.bench.stats import mean_ci, paired_bootstrap, task_average_by_seed
-from gradguide.report.analysis import (
-    ALIGNMENT,
-    METRIC,
-    STABILITY,
-    Comparison,
-    Condition,
-    average,
-    compare,
-    conditions,
-    fmt_diff,
-    fmt_interval,
-    fmt_p,
-    mean_curve,
-)
-from gradguide.report.data import BenchData, RunData, cells
-
-REPRODUCED = "reproduced"
-NOT_REPRODUCED = "not reproduced"
-NOT_TESTABLE = "not testable here"
-SGG = "sgg"
-PAPER_BASELINES = ("full", "adapter", "lora", "prompt")
-#: The paper's Table 1 (accuracy as a fraction; stability and alignment as printed).
-PAPER_TABLE1: dict[str, dict[str, float]] = {
-    METRIC: {"full": 0.743, "adapter": 0.765, "lora": 0.772, "prompt": 0.780, SGG: 0.801},
-    STABILITY: {"full": 0.61, "adapter": 0.67, "lora": 0.69, "prompt": 0.71, SGG: 0.78},
-    ALIGNMENT: {"full": 0.52, "adapter": 0.58, "lora": 0.60, "prompt": 0.61, SGG: 0.73},
-}
-DOMAIN_THRESHOLD = 0.75
-PLATEAU_GAIN = 0.01
-STEEP_FROM, STEEP_TO = 64, 128
-PLATEAU_FROM, PLATEAU_TO = 256, 512
-EARLY_FRACTION = 0.2
-EARLY_SHARE = 0.5
-RULES = (
-    "Table 1 claims: reproduced when SGG's mean beats each paper baseline (full, adapter, lora, "
-    "prompt) with a paired t-test p < 0.05 over matched (task, seed) cells; not reproduced when "
-    "one that ran is not beaten that way; not testable otherwise (a baseline not run, under 2 "
-    "pairs, the measure not recorded).",
-    "Sample size: monotone (no decrease whose paired bootstrap interval over seeds excludes 0), "
-    "largest consecutive gain from 64 to 128 shots, gain from 256 to 512 under 1 point.",
-    "Domains: SGG's mean accuracy above 75% on every domain task run.",
-    "Loss: SGG's mean loss curve loses at least half of its total decrease in the first 20% of "
-    "training.",
-)
+from gradguide.report import claims_ofa, claims_sgg, claims_spectral
+from gradguide.report.claims_sgg import PAPER_TABLE1
+from gradguide.report.data import BenchData
+from gradguide.report.verdict import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, ClaimResult
 
 
 @dataclasses.dataclass(frozen=True)
-class ClaimResult:
-    """One claim checked in one setting: the verdict and the numbers behind it."""
+class Paper:
+    """One seed paper: how the report names it, its verdict rules, and its claims' checks."""
 
-    claim: str
-    paper: str
-    where: str
-    status: str
-    evidence: str
+    name: str
+    arxiv: str
+    rules: tuple[str, ...]
+    evaluate: Callable[[BenchData], list[ClaimResult]]
 
-
-def _sgg_conditions(data: BenchData) -> list[Condition]:
-    return [c for c in conditions(data.runs) if SGG in c.variants()]
-
-
-def _paper_range(metric: str, percent: bool) -> str:
-    table = PAPER_TABLE1[metric]
-    base = [table[b] for b in PAPER_BASELINES]
-    if percent:
-        return f"{100 * table[SGG]:.1f}% vs {100 * min(base):.1f}–{100 * max(base):.1f}%"
-    return f"{table[SGG]:.2f} vs {min(base):.2f}–{max(base):.2f}"
+    @property
+    def title(self) -> str:
+        return f"{self.name} (arXiv {self.arxiv})"
 
 
-def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
-    """SGG against the paper's baselines on ``metric`` in every condition that has SGG runs."""
-    percent = metric == METRIC
-    paper = _paper_range(metric, percent)
-    conds = _sgg_conditions(data)
-    if not conds:
-        return [ClaimResult(claim, paper, "all runs", NOT_TESTABLE, "no sgg runs are stored")]
-    with_baselines = [c for c in conds if any(b in c.variants() for b in PAPER_BASELINES)]
-    conds = with_baselines or conds[:1]
-    out = []
-    for cond in conds:
-        variants = cond.variants()
-        baselines = [b for b in PAPER_BASELINES if b in variants]
-        if not cond.cells(SGG, metric):
-            out.append(
-                ClaimResult(claim, paper, cond.title, NOT_TESTABLE, f"no sgg run records {metric}")
-            )
-            continue
-        if not baselines:
-            out.append(
-                ClaimResult(
-                    claim,
-                    paper,
-                    cond.title,
-                    NOT_TESTABLE,
-                    "no run of " + ", ".join(PAPER_BASELINES) + " to compare with",
-                )
-            )
-            continue
-        tasks = cond.common_tasks([SGG, *baselines])
-        means = [
-            f"{v} {fmt_interval(average(cond, v, metric, tasks), percent=percent)}"
-            for v in [SGG, *baselines]
-        ]
-        comparisons: list[tuple[str, Comparison | None]] = [
-            (b, compare(cond, SGG, b, metric, tasks)) for b in baselines
-        ]
-        testable = [(b, c) for b, c in comparisons if c is not None and c.result.n >= 2]
-        untestable = [b for b, c in comparisons if (b, c) not in testable]
-        failed = [b for b, c in testable if c is not None and not c.better_and_significant]
-        missing = [b for b in PAPER_BASELINES if b not in variants]
-        if failed:
-            status = NOT_REPRODUCED
-        elif untestable or missing:
-            status = NOT_TESTABLE
-        else:
-            status = REPRODUCED
-        tests = "; ".join(
-            f"vs {b}: {fmt_diff(c.result.mean_diff, percent=percent)}, t-test p "
-            f"{fmt_p(c.result.ttest.p)}, Wilcoxon p {fmt_p(c.result.wilcoxon.p)}, "
-            f"{c.result.n} pairs"
-            for b, c in testable
-            if c is not None
-        )
-        parts = [
-            f"mean over seeds of the average over {len(tasks)} tasks: " + ", ".join(means),
-            tests or "no baseline with 2 matched pairs",
-        ]
-        if untestable:
-            parts.append("too few matched pairs against " + ", ".join(untestable))
-        if missing:
-            parts.append("not run: " + ", ".join(missing))
-        out.append(ClaimResult(claim, paper, cond.title, status, ". ".join(parts)))
-    decided = [c for c in out if c.status != NOT_TESTABLE]
-    if decided or len(out) < 2:
-        return decided or out
-    where = "; ".join(c.where for c in out)
-    return [ClaimResult(claim, paper, where, NOT_TESTABLE, out[0].evidence)]
-
-
-def _seed_averages(runs: Sequence[RunData], tasks: Sequence[str]) -> dict[int, float]:
-    return task_average_by_seed(cells(runs, METRIC), tasks)
-
-
-def sample_size_claim(data: BenchData) -> list[ClaimResult]:
-    """Figure 2: monotone curve, steepest between 64 and 128 shots, plateau beyond 256."""
-    claim = "Accuracy rises monotonically with shots, most from 64 to 128, plateau beyond 256"
-    paper = "Figure 2 (16–512 shots)"
-    sgg_runs = [r for r in data.runs if r.variant == SGG]
-    out = []
-    for model in sorted({r.model for r in sgg_runs}):
-        runs = [r for r in sgg_runs if r.model == model]
-        shots = sorted({r.shots for r in runs})
-        if len(shots) < 2:
-            continue
-        by_shots = {k: [r for r in runs if r.shots == k] for k in shots}
-        tasks = [
-            t
-            for t in dict.fromkeys(r.task for r in runs)
-            if all(any(r.task == t for r in by_shots[k]) for k in shots)
-        ]
-        seeds = {k: _seed_averages(by_shots[k], tasks) for k in shots}
-        shots = [k for k in shots if seeds[k]]
-        if len(shots) < 2:
-            continue
-        means = {k: sum(seeds[k].values()) / len(seeds[k]) for k in shots}
-        curve = ", ".join(
-            f"{k}: {fmt_interval(mean_ci(list(seeds[k].values())), percent=True)}" for k in shots
-        )
-        verdicts: list[bool | None] = []
-        notes = []
-        drops = []
-        for lo, hi in itertools.pairwise(shots):
-            common = sorted(set(seeds[lo]) & set(seeds[hi]))
-            if means[hi] < means[lo] and common:
-                boot = paired_bootstrap(
-                    [seeds[hi][s] for s in common], [seeds[lo][s] for s in common]
-                )
-                if boot.high < 0:
-                    drops.append(f"{lo}→{hi} ({fmt_diff(boot.mean_diff, percent=True)})")
-        verdicts.append(not drops)
-        notes.append(
-            "monotone: " + ("yes" if not drops else "no, significant drop " + ", ".join(drops))
-        )
-        gains = {(lo, hi): means[hi] - means[lo] for lo, hi in itertools.pairwise(shots)}
-        if (STEEP_FROM, STEEP_TO) in gains and len(gains) >= 2:
-            best = max(gains, key=lambda g: gains[g])
-            steep = best == (STEEP_FROM, STEEP_TO)
-            verdicts.append(steep)
-            notes.append(
-                f"gain 64→128 {fmt_diff(gains[(STEEP_FROM, STEEP_TO)], percent=True)}, largest "
-                f"gain {best[0]}→{best[1]} {fmt_diff(gains[best], percent=True)}"
-            )
-        else:
-            verdicts.append(None)
-            notes.append("steepest 64→128: not testable (needs 64, 128 and another step)")
-        if (PLATEAU_FROM, PLATEAU_TO) in gains:
-            gain = gains[(PLATEAU_FROM, PLATEAU_TO)]
-            verdicts.append(gain < PLATEAU_GAIN)
-            notes.append(f"gain 256→512 {fmt_diff(gain, percent=True)} (plateau if < +1.0 pp)")
-        else:
-            verdicts.append(None)
-            notes.append("plateau: not testable (needs 256 and 512 shots)")
-        if any(v is False for v in verdicts):
-            status = NOT_REPRODUCED
-        elif all(v is True for v in verdicts):
-            status = REPRODUCED
-        else:
-            status = NOT_TESTABLE
-        evidence = (
-            f"sgg accuracy averaged over {', '.join(tasks)} (mean ± 95% interval over seeds): "
-            f"{curve}. " + "; ".join(notes)
-        )
-        out.append(ClaimResult(claim, paper, model, status, evidence))
-    if not out:
-        out.append(
-            ClaimResult(claim, paper, "all runs", NOT_TESTABLE, "no sgg runs at 2 or more shots")
-        )
-    return out
-
-
-def domain_claim(data: BenchData) -> list[ClaimResult]:
-    """Figure 3: SGG above 75% accuracy on every domain task."""
-    claim = "Accuracy stays above 75% on domain-specific tasks"
-    paper = "Figure 3 (75.9–79.0%)"
-    out = []
-    for cond in conditions(r for r in data.runs if r.suite == "domain"):
-        runs = cond.runs_of(SGG)
-        if not runs:
-            continue
-        values = cells(runs, METRIC)
-        by_task = {
-            t: mean_ci([v for (task, _), v in values.items() if task == t])
-            for t in dict.fromkeys(task for task, _ in values)
-        }
-        if not by_task:
-            continue
-        below = [t for t, iv in by_task.items() if iv.mean <= DOMAIN_THRESHOLD]
-        status = NOT_REPRODUCED if below else REPRODUCED
-        shown = ", ".join(f"{t} {fmt_interval(iv, percent=True)}" for t, iv in by_task.items())
-        evidence = f"sgg accuracy (mean ± 95% interval over seeds): {shown}"
-        if below:
-            evidence += ". At or below 75%: " + ", ".join(below)
-        out.append(ClaimResult(claim, paper, cond.title, status, evidence))
-    if not out:
-        out.append(
-            ClaimResult(claim, paper, "all runs", NOT_TESTABLE, "no sgg runs on domain tasks")
-        )
-    return out
-
-
-def loss_claim(data: BenchData) -> list[ClaimResult]:
-    """Figure 4: the loss falls fast early (half of the total decrease in the first 20%)."""
-    claim = "Training loss declines rapidly early in training"
-    paper = "Figure 4 (rapid decline in the first 20 of ~100 epochs)"
-    out = []
-    for cond in _sgg_conditions(data):
-        runs = cond.runs_of(SGG)
-        curve = mean_curve(runs, "loss")
-        if curve is None:
-            continue
-        xs, ys = curve
-        n_runs = sum(1 for r in runs if len(r.curves.get("loss") or []) >= 2)
-        start = _mean([y for x, y in zip(xs, ys, strict=True) if x <= 5.0])
-        early = _mean(
-            [y for x, y in zip(xs, ys, strict=True) if abs(x - 100 * EARLY_FRACTION) <= 2.5]
-        )
-        end = _mean([y for x, y in zip(xs, ys, strict=True) if x >= 90.0])
-        total, first = start - end, start - early
-        ok = total > 0 and first >= EARLY_SHARE * total
-        share = f"{100 * first / total:.0f}%" if total > 0 else "n/a"
-        evidence = (
-            f"mean sgg loss over {n_runs} runs: {start:.3f} at the start, {early:.3f} at 20% of "
-            f"training, {end:.3f} at the end; share of the decrease in the first 20%: {share}"
-        )
-        out.append(
-            ClaimResult(claim, paper, cond.title, REPRODUCED if ok else NOT_REPRODUCED, evidence)
-        )
-    if not out:
-        out.append(
-            ClaimResult(claim, paper, "all runs", NOT_TESTABLE, "no sgg runs with loss curves")
-        )
-    return out
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
+PAPERS = (
+    Paper("SGG: Structured Gradient Guidance", "2506.00726", claims_sgg.RULES, claims_sgg.evaluate),
+    Paper(
+        "OFA: optimisation-inspired few-shot adaptation",
+        "2505.19107",
+        claims_ofa.RULES,
+        claims_ofa.evaluate,
+    ),
+    Paper(
+        "Spectral parameter coordination",
+        "2504.19583",
+        claims_spectral.RULES,
+        claims_spectral.evaluate,
+    ),
+)
+#: Every paper's verdict rules, in PAPERS order.
+RULES = tuple(rule for paper in PAPERS for rule in paper.rules)
 
 
 def evaluate_claims(data: BenchData) -> list[ClaimResult]:
-    """Every claim of the SGG paper, checked against the stored runs."""
-    return [
-        *table1_claim(data, METRIC, "SGG has the highest average accuracy (Table 1)"),
-        *table1_claim(data, STABILITY, "SGG has the highest gradient stability (Table 1)"),
-        *table1_claim(data, ALIGNMENT, "SGG has the highest directional alignment (Table 1)"),
-        *sample_size_claim(data),
-        *domain_claim(data),
-        *loss_claim(data),
-    ]
+    """Every claim of every seed paper, checked against the stored runs (in PAPERS order)."""
+    return [result for paper in PAPERS for result in paper.evaluate(data)]
 
 
 __all__ = [
     "NOT_REPRODUCED",
     "NOT_TESTABLE",
+    "PAPERS",
     "PAPER_TABLE1",
     "REPRODUCED",
     "RULES",
     "ClaimResult",
+    "Paper",
     "evaluate_claims",
 ]

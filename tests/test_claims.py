@@ -1,0 +1,294 @@
+"""The OFA and spectral papers' claims on constructed runs: each verdict, and the registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gradguide.report.build import build_report
+from gradguide.report.claims import (
+    NOT_REPRODUCED,
+    NOT_TESTABLE,
+    PAPERS,
+    REPRODUCED,
+    RULES,
+    ClaimResult,
+    evaluate_claims,
+)
+from gradguide.report.claims_ofa import evaluate as ofa_claims
+from gradguide.report.claims_spectral import evaluate as spectral_claims
+from gradguide.report.data import BenchData, RunData
+from gradguide.report.render import BulletList, Heading
+
+TASKS = ("sst2", "trec", "emo")
+SEEDS = (1, 2, 3, 4)
+WHERE = "tiny, 16 shots"
+OFA_ACC = "OFA beats ICL and LayerNorm tuning with cross entropy on accuracy"
+SHARP = "OFA lowers the sharpness per layer (vs cross entropy only)"
+STEP = "OFA lowers the step ratio per layer (vs cross entropy only)"
+PROBE = "OFA's probe accuracy at the last layers is at least that of cross entropy only"
+
+
+def run(
+    method: str,
+    task: str,
+    seed: int,
+    accuracy: float,
+    *,
+    layers: dict[str, Any] | None = None,
+    loss: list[float] | None = None,
+    dynamics: dict[str, float | None] | None = None,
+) -> RunData:
+    return RunData(
+        key=f"{method}-{task}-{seed}",
+        grid="g",
+        model="tiny",
+        task=task,
+        suite="superglue",
+        method=method,
+        shots=16,
+        seed=seed,
+        settings={},
+        config={},
+        metrics={"accuracy": accuracy},
+        dynamics=dict(dynamics or {}),
+        curves={"loss": list(loss)} if loss else {},
+        train_ids=(f"{task}-{seed}",),
+        eval_digest=task,
+        eval_size=100,
+        wall_s=1.0,
+        environment={},
+        has_record=True,
+        layers=dict(layers or {}),
+    )
+
+
+def bench(runs: list[RunData]) -> BenchData:
+    return BenchData(Path("synthetic"), runs, {}, [], [])
+
+
+def status(results: list[ClaimResult], claim: str, where: str = WHERE) -> ClaimResult:
+    (found,) = [c for c in results if c.claim == claim and c.where == where]
+    return found
+
+
+def jitter(rng: random.Random, size: float = 0.004) -> float:
+    return size * (rng.random() - 0.5)
+
+
+def layers(probe_top: float, sharp: float, ratio: float, rng: random.Random) -> dict[str, Any]:
+    """Diagnostics of a 7-block model: probe accuracy rising to ``probe_top`` at the last layers."""
+    probe = [0.3 + 0.02 * i for i in range(6)] + [probe_top] * 2
+    return {
+        "n_examples": 100,
+        "probe_accuracy": [p + jitter(rng) for p in probe],
+        "probe_loss": [1.0] * 8,
+        "sharpness": [sharp * (1 + 0.1 * i) + jitter(rng, 0.01) for i in range(7)],
+        "step_ratio": [ratio + jitter(rng, 0.01) for _ in range(6)],
+        "step_norm": [1.0] * 7,
+    }
+
+
+# per arm: accuracy, last-layer probe accuracy, sharpness, step ratio
+OFA_WINS = {
+    "icl": (0.55, 0.55, 0.9, 1.2),
+    "layernorm": (0.60, 0.62, 0.8, 1.1),
+    "ofa": (0.66, 0.63, 0.5, 0.9),
+}
+
+
+def ofa_runs(arms: dict[str, tuple[float, float, float, float]], diagnostics: bool = True):
+    rng = random.Random(0)
+    out = []
+    for seed in SEEDS:
+        for i, task in enumerate(TASKS):
+            for method, (acc, top, sharp, ratio) in arms.items():
+                diag = layers(top, sharp, ratio, rng) if diagnostics else None
+                out.append(run(method, task, seed, acc + 0.03 * i + jitter(rng), layers=diag))
+    return out
+
+
+def test_ofa_claims_reproduced_when_ofa_wins_everywhere():
+    results = ofa_claims(bench(ofa_runs(OFA_WINS)))
+    for claim in (OFA_ACC, SHARP, STEP, PROBE):
+        assert status(results, claim).status == REPRODUCED, claim
+    acc = status(results, OFA_ACC)
+    assert "vs icl:" in acc.evidence and "vs layernorm:" in acc.evidence
+    assert "sst2: ofa" in acc.evidence and "on 3 of 3 tasks" in acc.evidence  # per task
+    assert "12 pairs" in acc.evidence  # 3 tasks x 4 seeds, paired
+    assert "numbers not recovered" in acc.paper
+
+
+def test_ofa_claims_not_reproduced_when_ofa_loses():
+    arms = {
+        "icl": (0.55, 0.55, 0.9, 1.2),
+        "layernorm": (0.66, 0.70, 0.5, 0.9),  # CE ahead on accuracy, lower sharpness and ratio
+        "ofa": (0.60, 0.60, 0.8, 1.1),  # and a clearly lower probe accuracy at the last layers
+    }
+    results = ofa_claims(bench(ofa_runs(arms)))
+    for claim in (OFA_ACC, SHARP, STEP, PROBE):
+        assert status(results, claim).status == NOT_REPRODUCED, claim
+    assert "on 0 of 3 tasks" in status(results, OFA_ACC).evidence
+
+
+def test_ofa_probe_reads_only_the_last_layers():
+    # OFA far behind CE at the early layers but level at the last quarter: still reproduced.
+    rng = random.Random(1)
+    runs = []
+    for seed in SEEDS:
+        for task in TASKS:
+            for method, early in (("layernorm", 0.6), ("ofa", 0.2)):
+                probe = [early] * 6 + [0.7 + jitter(rng, 0.02)] * 2
+                runs.append(run(method, task, seed, 0.6, layers={"probe_accuracy": probe}))
+    assert status(ofa_claims(bench(runs)), PROBE).status == REPRODUCED
+
+
+def test_ahead_on_average_but_not_significantly_is_not_reproduced():
+    # OFA ahead of CE by +0.5 pp on average, the paired differences all over the place
+    diffs = (0.06, -0.05, 0.05, -0.04)
+    runs = []
+    for seed, d in zip(SEEDS, diffs, strict=True):
+        runs += [run("icl", "sst2", seed, 0.4), run("layernorm", "sst2", seed, 0.6)]
+        runs.append(run("ofa", "sst2", seed, 0.6 + d))
+    acc = status(ofa_claims(bench(runs)), OFA_ACC)
+    assert acc.status == NOT_REPRODUCED and "vs layernorm: +0.5 pp" in acc.evidence
+
+
+def test_ofa_claims_not_testable_without_the_runs_they_need():
+    results = evaluate_claims(bench([run("lora", "sst2", s, 0.6) for s in SEEDS]))
+    ofa = [c for c in results if c.claim in (OFA_ACC, SHARP, STEP, PROBE)]
+    assert len(ofa) == 4
+    assert all(c.status == NOT_TESTABLE and c.evidence == "no ofa runs are stored" for c in ofa)
+    # OFA and CE ran, without layer diagnostics: the per-layer claims cannot be decided,
+    # while the accuracy claim still is.
+    results = ofa_claims(bench(ofa_runs(OFA_WINS, diagnostics=False)))
+    assert status(results, OFA_ACC).status == REPRODUCED
+    for claim in (SHARP, STEP, PROBE):
+        c = status(results, claim)
+        assert c.status == NOT_TESTABLE and c.evidence.startswith("no ofa run records"), claim
+    # a baseline that did not run leaves the accuracy claim open even though OFA beats CE
+    results = ofa_claims(bench(ofa_runs({k: OFA_WINS[k] for k in ("layernorm", "ofa")})))
+    acc = status(results, OFA_ACC)
+    assert acc.status == NOT_TESTABLE and "not run: icl" in acc.evidence
+    # a single seed: no pairs to test with
+    one = [r for r in ofa_runs(OFA_WINS) if r.seed == 1 and r.task == "sst2"]
+    sharp = status(ofa_claims(bench(one)), SHARP)
+    assert sharp.status == NOT_TESTABLE and "too few matched pairs" in sharp.evidence
+
+
+def test_ofa_pairs_on_matching_seeds_only():
+    # CE's seeds differ from OFA's: nothing pairs, whatever the means.
+    runs = [r for r in ofa_runs(OFA_WINS) if r.method != "layernorm" or r.seed == 99]
+    runs += [run("layernorm", t, 10 + s, 0.1) for t in TASKS for s in SEEDS]
+    acc = status(ofa_claims(bench(runs)), OFA_ACC)
+    assert acc.status == NOT_TESTABLE and "too few matched pairs against layernorm" in acc.evidence
+
+
+def decaying(rate: float, steps: int = 40) -> list[float]:
+    return [math.exp(-rate * i) + 0.1 for i in range(steps)]
+
+
+def spectral_runs(levels: dict[str, tuple[float, float]]) -> list[RunData]:
+    """Per arm: accuracy and the decay rate of its loss curve (faster = lower loss AUC)."""
+    rng = random.Random(2)
+    out = []
+    for seed in SEEDS:
+        for i, task in enumerate(("sst2", "rte")):
+            for method, (acc, rate) in levels.items():
+                loss = decaying(rate * (1 + jitter(rng, 0.1)))
+                out.append(run(method, task, seed, acc + 0.05 * i + jitter(rng), loss=loss))
+    return out
+
+
+def test_spectral_claims_per_arm():
+    runs = spectral_runs(
+        {
+            "lora": (0.60, 0.10),
+            "spectral": (0.65, 0.25),  # better and faster: reproduced, both claims
+            "spectral-reg": (0.60, 0.10),  # the same as LoRA: not reproduced
+            "spectral-filter": (0.55, 0.05),  # worse and slower: not reproduced
+        }
+    )
+    results = spectral_claims(bench(runs))
+    acc = "LoRA + {} beats LoRA on accuracy"
+    fast = "LoRA + {} converges faster than LoRA (loss AUC)"
+    for arm, adds, verdict in (
+        ("spectral", "regulariser and filter", REPRODUCED),
+        ("spectral-reg", "regulariser only", NOT_REPRODUCED),
+        ("spectral-filter", "filter only", NOT_REPRODUCED),
+    ):
+        name = f"{arm} ({adds})"
+        assert status(results, acc.format(name)).status == verdict, arm
+        assert status(results, fast.format(name)).status == verdict, arm
+    evidence = status(results, fast.format("spectral (regulariser and filter)")).evidence
+    assert "normalised loss AUC" in evidence and "8 pairs" in evidence
+    assert "steps to the loss threshold (evidence only): spectral" in evidence
+    assert "8/8 runs reached it" in evidence
+    assert (
+        "rte: spectral" in status(results, acc.format("spectral (regulariser and filter)")).evidence
+    )
+
+
+def test_spectral_convergence_uses_recorded_loss_auc_first():
+    # the recorded dynamics say spectral is slower, although its curve says faster
+    runs = spectral_runs({"lora": (0.6, 0.10), "spectral": (0.6, 0.25)})
+    rng = random.Random(3)
+    runs = [
+        dataclasses.replace(
+            r, dynamics={"loss_auc": (0.8 if r.method == "spectral" else 0.5) + jitter(rng)}
+        )
+        for r in runs
+    ]
+    c = status(
+        spectral_claims(bench(runs)),
+        "LoRA + spectral (regulariser and filter) converges faster than LoRA (loss AUC)",
+    )
+    assert c.status == NOT_REPRODUCED
+
+
+def test_spectral_claims_not_testable_without_lora_or_arms():
+    results = spectral_claims(bench([run("lora", "sst2", s, 0.6) for s in SEEDS]))
+    assert [c.status for c in results] == [NOT_TESTABLE, NOT_TESTABLE]
+    assert "no spectral, spectral-reg, spectral-filter runs" in results[0].evidence
+    results = spectral_claims(bench(spectral_runs({"spectral": (0.65, 0.25)})))
+    assert {c.status for c in results} == {NOT_TESTABLE}
+    assert all("not run: lora" in c.evidence for c in results)
+    # trained without loss curves: the convergence claim has nothing to compare
+    runs = [run(m, "sst2", s, 0.6 + 0.01 * s) for m in ("lora", "spectral") for s in SEEDS]
+    results = spectral_claims(bench(runs))
+    conv = status(
+        results, "LoRA + spectral (regulariser and filter) converges faster than LoRA (loss AUC)"
+    )
+    assert conv.status == NOT_TESTABLE and "no spectral run records" in conv.evidence
+
+
+def test_registry_and_report_list_every_paper():
+    assert [p.arxiv for p in PAPERS] == ["2506.00726", "2505.19107", "2504.19583"]
+    assert tuple(r for p in PAPERS for r in p.rules) == RULES
+    runs = ofa_runs(OFA_WINS) + spectral_runs({"lora": (0.6, 0.1), "spectral": (0.65, 0.25)})
+    data = bench([r for r in runs if r.task == "sst2"])  # one task: fewer figures to draw
+    results = evaluate_claims(data)
+    assert len(results) == sum(len(p.evaluate(data)) for p in PAPERS)
+    _, blocks = build_report(data)
+    start = blocks.index(Heading("Claims of the papers"))
+    titles = [b.text for b in blocks[start:] if isinstance(b, Heading) and b.level == 3][:3]
+    assert titles == [p.title for p in PAPERS]
+    items = [i for b in blocks if isinstance(b, BulletList) for i in b.items]
+    assert any(i.startswith(f"**{OFA_ACC}** ({WHERE}): **reproduced**.") for i in items)
+
+
+@pytest.mark.parametrize("drop", ["sharpness", "step_ratio", "probe_accuracy"])
+def test_each_layer_claim_needs_its_own_diagnostic(drop):
+    runs = ofa_runs(OFA_WINS)
+    for r in runs:
+        r.layers.pop(drop)
+    results = ofa_claims(bench(runs))
+    claim = {"sharpness": SHARP, "step_ratio": STEP, "probe_accuracy": PROBE}[drop]
+    assert status(results, claim).status == NOT_TESTABLE
+    others = {SHARP, STEP, PROBE} - {claim}
+    assert all(status(results, c).status == REPRODUCED for c in others)
