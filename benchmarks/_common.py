@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Hashable, Mapping
+from typing import TypeVar
 
 import psutil
 
@@ -44,3 +46,26 @@ def batch_of(n: int) -> list[Instance]:
         text = " ".join(x.prompt for x in xs[3 * i : 3 * i + 3])
         out.append(Instance(f"b:{i}", text, xs[0].candidates, xs[3 * i].gold, xs[3 * i].label))
     return out
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def time_interleaved(
+    arms: Mapping[K, Callable[[int], object]], steps: int
+) -> tuple[dict[K, list[float]], dict[K, list[float]]]:
+    """Run each arm's step function in turn, ``steps`` + 1 rounds, so machine noise hits every arm
+    alike; round 0 warms up (allocates optimiser state) and is dropped. Returns the seconds and the
+    peak RSS growth (MB, see PeakRSS) of every measured step, by arm."""
+    times: dict[K, list[float]] = {k: [] for k in arms}
+    peaks: dict[K, list[float]] = {k: [] for k in arms}
+    for step in range(steps + 1):
+        for name, step_fn in arms.items():
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                step_fn(step)
+                dt = time.perf_counter() - t0
+            if step:
+                times[name].append(dt)
+                peaks[name].append(mem.growth_mb)
+    return times, peaks

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from _common import PeakRSS, batch_of
+from _common import batch_of, time_interleaved
 
 from gradguide.guidance.ofa import OfaOptions, OfaSharpness, OfaStepRatio
 from gradguide.methods import MethodOptions, get_method
@@ -60,24 +59,21 @@ def main() -> None:
     if a.exact:
         arms["layernorm eager"] = make_arm(a.model, "eager", ())
         arms["ofa exact"] = make_arm(a.model, "eager", ("step", "sharp"), "exact")
-    times: dict[str, list[float]] = {k: [] for k in arms}
-    peaks: dict[str, list[float]] = {k: [] for k in arms}
-    for step in range(a.steps + 1):  # step 0 warms up every arm and is not counted
-        for name, (lm, params, terms, opt) in arms.items():
-            with PeakRSS() as mem:
-                t0 = time.perf_counter()
-                for term in terms:
-                    term.begin_step(step)
-                loss = F.cross_entropy(candidate_scores(lm, batch, "", options), gold)
-                for term in terms:
-                    loss = loss + term.loss(params)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                dt = time.perf_counter() - t0
-            if step:
-                times[name].append(dt)
-                peaks[name].append(mem.growth_mb)
+
+    def step_of(lm, params, terms, opt):
+        def step(i: int) -> None:
+            for term in terms:
+                term.begin_step(i)
+            loss = F.cross_entropy(candidate_scores(lm, batch, "", options), gold)
+            for term in terms:
+                loss = loss + term.loss(params)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+
+    times, peaks = time_interleaved({k: step_of(*arm) for k, arm in arms.items()}, a.steps)
     base_t = statistics.median(times["layernorm"])
     n_blocks = len(arms["ofa (fd)"][2][0].capture.stack.blocks)
     print(

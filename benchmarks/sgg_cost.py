@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from _common import PeakRSS, batch_of
+from _common import batch_of, time_interleaved
 
 from gradguide.guidance.engine import GuidedGradient
 from gradguide.guidance.priors import FixedPrior, unit
@@ -56,23 +55,19 @@ def main() -> None:
         "plain eager": make_arm(a.model, "eager", [], "fd", 1),
         "sgg exact": make_arm(a.model, "eager", sgg(), "exact", 1),
     }
-    times: dict[str, list[float]] = {k: [] for k in arms}
-    peaks: dict[str, list[float]] = {k: [] for k in arms}
-    for step in range(a.steps + 1):  # step 0 warms up every arm and is not counted
-        for name, (lm, params, engine, opt) in arms.items():
 
-            def loss_fn(lm=lm) -> torch.Tensor:
-                return F.cross_entropy(candidate_scores(lm, batch, "", options), gold)
+    def step_of(lm, params, engine, opt):
+        def loss_fn() -> torch.Tensor:
+            return F.cross_entropy(candidate_scores(lm, batch, "", options), gold)
 
-            with PeakRSS() as mem:
-                t0 = time.perf_counter()
-                engine.backward(loss_fn, params, step)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                dt = time.perf_counter() - t0
-            if step:
-                times[name].append(dt)
-                peaks[name].append(mem.growth_mb)
+        def step(i: int) -> None:
+            engine.backward(loss_fn, params, i)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+
+    times, peaks = time_interleaved({k: step_of(*arm) for k, arm in arms.items()}, a.steps)
     base_t = statistics.median(times["plain"])
     print(
         f"{a.model} + LoRA, batch 8 x 64 tokens, {a.steps} steps per arm, "

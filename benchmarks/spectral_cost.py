@@ -21,7 +21,7 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
-from _common import batch_of
+from _common import batch_of, time_interleaved
 
 from gradguide.guidance.spectral import SpectralGraphs, SpectralOptions
 from gradguide.methods import MethodOptions, get_method
@@ -85,12 +85,13 @@ def main() -> None:
         "+ both": make_arm(a.model, True, True),
     }
     uses = {"lora": (0, 0), "+ spectral-reg": (1, 0), "+ spectral-filter": (0, 1), "+ both": (1, 1)}
-    times: dict[str, list[float]] = {k: [] for k in arms}
-    last: dict[str, tuple[float, float]] = {}
-    for step in range(a.steps + 1):  # step 0 warms up every arm and is not counted
-        for name, (lm, params, graphs, opt) in arms.items():
-            reg, filt = uses[name]
-            t0 = time.perf_counter()
+    task_loss: dict[str, float] = {}
+
+    def step_of(name: str):
+        lm, params, graphs, opt = arms[name]
+        reg, filt = uses[name]
+
+        def step(_: int) -> None:
             task = F.cross_entropy(candidate_scores(lm, batch, "", options), gold)
             loss = task + lam * graphs.energy(params) if reg and graphs is not None else task
             loss.backward()
@@ -98,12 +99,16 @@ def main() -> None:
                 graphs.filter_(params)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            dt = time.perf_counter() - t0
-            if step:
-                times[name].append(dt)
-            with torch.no_grad():
-                energy = float(graphs.energy(params)) if graphs is not None else float("nan")
-            last[name] = (float(task.detach()), energy)
+            task_loss[name] = float(task.detach())
+
+        return step
+
+    times, _ = time_interleaved({k: step_of(k) for k in arms}, a.steps)
+    last: dict[str, tuple[float, float]] = {}
+    for name, (_, params, graphs, _) in arms.items():
+        with torch.no_grad():
+            energy = float(graphs.energy(params)) if graphs is not None else float("nan")
+        last[name] = (task_loss[name], energy)
     base = statistics.median(times["lora"])
     print(f"\n{a.model} + LoRA step, batch 8 x 64 tokens, {a.steps} steps per arm (interleaved)")
     print(f"{'arm':<19}{'median s':>10}{'x lora':>8}{'task loss':>11}{'energy':>11}")

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from _common import PeakRSS, batch_of
+from _common import batch_of, time_interleaved
 
 from gradguide.methods import MethodOptions, get_method
 from gradguide.models import load_model
@@ -41,21 +40,20 @@ def main() -> None:
             params = list(adapted.trainable.values())
             opt = torch.optim.AdamW(params, lr=method.default_lr)
             arms[(name, bf16)] = (adapted.as_lm(lm), params, opt, adapted.n_trainable())
-    times: dict[tuple[str, bool], list[float]] = {k: [] for k in arms}
-    peaks: dict[tuple[str, bool], list[float]] = {k: [] for k in arms}
-    for step in range(a.steps + 1):  # step 0 warms up (allocates optimiser state) and is dropped
-        for key, (lm, _, opt, _) in arms.items():
-            with PeakRSS() as mem:
-                t0 = time.perf_counter()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=key[1]):
-                    loss = F.cross_entropy(candidate_scores(lm, batch, "", options), gold)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                dt = time.perf_counter() - t0
-            if step:
-                times[key].append(dt)
-                peaks[key].append(mem.growth_mb)
+
+    def step_of(key: tuple[str, bool]):
+        lm, _, opt, _ = arms[key]
+
+        def step(_: int) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=key[1]):
+                loss = F.cross_entropy(candidate_scores(lm, batch, "", options), gold)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+
+    times, peaks = time_interleaved({k: step_of(k) for k in arms}, a.steps)
     ref_t = statistics.median(times[("lora", False)]) if ("lora", False) in times else 1.0
     threads = torch.get_num_threads()
     print(f"{a.model}, batch 8 x 64 tokens, {a.steps} steps per arm, threads {threads}")

@@ -592,11 +592,10 @@ class _Guide:
         for term in self.loss_terms:
             term.begin_step(step)
         first: dict[str, float] = {}
-        local = self.dist.shard(batch)
-        share = self.dist.share(len(local), len(batch))
+        local, share = self._shard(batch)
 
         def loss() -> torch.Tensor:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            with self._autocast():
                 task = rank_loss(self.lm, local, self.scoring) * share
                 total = task
                 for term in self.loss_terms:
@@ -622,14 +621,21 @@ class _Guide:
         """Loss closure on this step's source-task batch (None without a source task)."""
         if self.source_batches is None:
             return None
-        batch = self.dist.shard(self.source_batches[step])
-        share = self.dist.share(len(batch), len(self.source_batches[step]))
+        local, share = self._shard(self.source_batches[step])
 
         def loss() -> torch.Tensor:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                return rank_loss(self.lm, batch, self.scoring) * share
+            with self._autocast():
+                return rank_loss(self.lm, local, self.scoring) * share
 
         return loss
+
+    def _shard(self, batch: list[Instance]) -> tuple[list[Instance], float]:
+        """This rank's part of a global batch and its weight in the batch's mean loss."""
+        local = self.dist.shard(batch)
+        return local, self.dist.share(len(local), len(batch))
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
 
     def tau(self) -> float | None:
         """The magnitude target in force (set at the first step when not configured)."""

@@ -11,7 +11,7 @@ comparison names only the guidance.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ class BuildContext:
     config: Any  # gradguide.train.GuidanceConfig
     seed: int
     run_dir: Path | None = None
+    #: what terms of one run build once and share (e.g. the spectral graphs of reg and filter)
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 #: term name → builder of a loss term (the term validates its options and raises GradguideError)

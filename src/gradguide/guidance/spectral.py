@@ -33,7 +33,6 @@ import json
 import os
 import tempfile
 import time
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -413,24 +412,18 @@ def _load(
     return graphs, [float(t) for t in json.loads(meta.get("build_s", "[]"))]
 
 
-# Both terms of one run share one set of graphs (built once, whichever term is built first).
-_SHARED: weakref.WeakKeyDictionary[torch.nn.Module, tuple[Any, SpectralGraphs]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def shared_graphs(ctx: BuildContext) -> SpectralGraphs:
-    """The run's graphs, built (or loaded from the run directory) on first use."""
-    options: SpectralOptions = ctx.config.spectral
-    model = ctx.adapted.model
-    key = (dataclasses.astuple(options), str(ctx.run_dir), ctx.adapted.method)
-    cached = _SHARED.get(model)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    graphs = SpectralGraphs.build(
-        model, ctx.adapted.trainable, ctx.adapted.method, options, ctx.run_dir
-    )
-    _SHARED[model] = (key, graphs)
+    """The run's graphs, built (or loaded from the run directory) once for all its terms."""
+    graphs = ctx.shared.get("spectral_graphs")
+    if graphs is None:
+        graphs = SpectralGraphs.build(
+            ctx.adapted.model,
+            ctx.adapted.trainable,
+            ctx.adapted.method,
+            ctx.config.spectral,
+            ctx.run_dir,
+        )
+        ctx.shared["spectral_graphs"] = graphs
     return graphs
 
 

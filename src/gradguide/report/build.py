@@ -13,12 +13,7 @@ from typing import Any
 
 from gradguide.atomic import write_bytes_atomic, write_text_atomic
 from gradguide.bench.stats import Interval, across_tasks, mean_ci, per_task
-from gradguide.metrics import (
-    CONVERGENCE_FRACTION,
-    CONVERGENCE_WINDOW,
-    normalised_loss_auc,
-    steps_to_threshold,
-)
+from gradguide.metrics import CONVERGENCE_FRACTION, CONVERGENCE_WINDOW
 from gradguide.report import figures
 from gradguide.report.analysis import (
     ALIGNMENT,
@@ -437,8 +432,7 @@ def _convergence(doc: _Doc, data: BenchData) -> None:
             step_s: dict[tuple[str, int], float] = {}
             reached, trained = [], 0
             for r in cond.runs_of(v):
-                losses = r.curves.get("loss") or []
-                a = normalised_loss_auc(losses)
+                a = r.loss_auc()
                 if a is None:
                     continue
                 trained += 1
@@ -446,7 +440,7 @@ def _convergence(doc: _Doc, data: BenchData) -> None:
                 times = [t for t in r.curves.get("step_seconds") or [] if t is not None]
                 if times:
                     step_s[(r.task, r.seed)] = sorted(times)[len(times) // 2]
-                s = steps_to_threshold(losses)
+                s = r.steps_to_loss_threshold()
                 if s is not None:
                     reached.append(s)
             if not trained:

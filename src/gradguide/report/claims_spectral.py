@@ -19,7 +19,6 @@ gradguide.report.verdict):
 from __future__ import annotations
 
 from gradguide.bench.stats import paired_compare
-from gradguide.metrics import normalised_loss_auc, steps_to_threshold
 from gradguide.report.analysis import METRIC, Condition, conditions, fmt_p
 from gradguide.report.data import BenchData, RunData
 from gradguide.report.verdict import (
@@ -49,24 +48,9 @@ RULES = (
 )
 
 
-def loss_auc(r: RunData) -> float | None:
-    """The run's normalised loss AUC: recorded in its dynamics, else from its loss curve."""
-    recorded = r.value("loss_auc")
-    return recorded if recorded is not None else normalised_loss_auc(r.curves.get("loss") or [])
-
-
-def steps_to_loss_threshold(r: RunData) -> float | None:
-    """Steps until the loss reached the convergence threshold (None: never, or no curve)."""
-    recorded = r.value("steps_to_loss_threshold")
-    if recorded is not None:
-        return recorded
-    steps = steps_to_threshold(r.curves.get("loss") or [])
-    return float(steps) if steps is not None else None
-
-
 ACCURACY = Measure(METRIC, metric_value(METRIC), percent=True)
-LOSS_AUC = Measure("normalised loss AUC", loss_auc, higher_is_better=False)
-STEPS = Measure("steps to the loss threshold", steps_to_loss_threshold, unit="steps")
+LOSS_AUC = Measure("normalised loss AUC", RunData.loss_auc, higher_is_better=False)
+STEPS = Measure("steps to the loss threshold", RunData.steps_to_loss_threshold, unit="steps")
 
 
 def _steps_evidence(cond: Condition, arm: str) -> str:
@@ -74,8 +58,8 @@ def _steps_evidence(cond: Condition, arm: str) -> str:
     shown = []
     for v in (arm, LORA):
         runs = cond.runs_of(v)
-        trained = [r for r in runs if loss_auc(r) is not None]
-        reached = [s for r in trained if (s := steps_to_loss_threshold(r)) is not None]
+        trained = [r for r in runs if r.loss_auc() is not None]
+        reached = [s for r in trained if (s := r.steps_to_loss_threshold()) is not None]
         mean = f"{sum(reached) / len(reached):.1f}" if reached else "n/a"
         shown.append(f"{v} {mean} ({len(reached)}/{len(trained)} runs reached it)")
     text = "steps to the loss threshold (evidence only): " + ", ".join(shown)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gradguide.bench.store import Failure, RunRow, Store
+from gradguide.metrics import normalised_loss_auc, steps_to_threshold
 from gradguide.record import RECORD_NAME
 
 Cells = dict[tuple[str, int], float]
@@ -65,6 +66,21 @@ class RunData:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             return None
         return float(v)
+
+    def loss_auc(self) -> float | None:
+        """The normalised loss AUC: recorded in the dynamics, else computed from the loss curve."""
+        recorded = self.value("loss_auc")
+        if recorded is not None:
+            return recorded
+        return normalised_loss_auc(self.curves.get("loss") or [])
+
+    def steps_to_loss_threshold(self) -> float | None:
+        """Steps until the loss reached the convergence threshold (None: never, or no curve)."""
+        recorded = self.value("steps_to_loss_threshold")
+        if recorded is not None:
+            return recorded
+        steps = steps_to_threshold(self.curves.get("loss") or [])
+        return float(steps) if steps is not None else None
 
 
 @dataclasses.dataclass
