@@ -14,27 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_cli import tiny_train
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-COMMON = [
-    "train",
-    "--model",
-    "tiny-llama",
-    "--task",
-    "demo-sentiment",
-    "--shots",
-    "8",
-    "--batch-size",
-    "8",
-    "--steps",
-    "3",
-    "--method",
-    "lora",
-    "--lr",
-    "5e-3",
-    "--seed",
-    "1",
-]
+COMMON = tiny_train("--method", "lora", "--lr", "5e-3", "--seed", "1", batch_size=8)
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

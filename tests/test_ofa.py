@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_cli import tiny_train
 
 from gradguide.bench.compare import recipe
 from gradguide.bench.grid import expand_grid, parse_grid
@@ -393,29 +394,19 @@ def test_icl_run_records_layer_diagnostics_whose_last_layer_is_the_model(tmp_pat
 
 def test_cli_layernorm_with_ofa_guidance_and_comparison_recipes(tmp_path):
     code = main(
-        [
-            "train",
-            "--model",
-            "tiny-llama",
-            "--task",
-            "demo-sentiment",
+        tiny_train(
             "--method",
             "layernorm",
             "--guidance",
             "ofa-step,ofa-sharp",
-            "--shots",
-            "8",
-            "--steps",
-            "2",
-            "--batch-size",
-            "4",
             "--out",
             str(tmp_path),
             "--set",
             "guidance.ofa.probes=2",
             "--set",
             "guidance.measure_alignment=false",
-        ]
+            steps=2,
+        )
     )
     assert code == 0
     (run_dir,) = list(tmp_path.iterdir())

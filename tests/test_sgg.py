@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_cli import tiny_train
 
 from gradguide.errors import GradguideError
 from gradguide.guidance import build_penalties, parse_guidance
@@ -291,18 +292,7 @@ def test_compare_accepts_sgg_and_ablations_on_the_same_samples(tmp_path):
 def test_cli_train_with_guidance_flags(tmp_path, capsys):
     from gradguide.cli import main
 
-    args = [
-        "train",
-        "--model",
-        "tiny-llama",
-        "--task",
-        "demo-sentiment",
-        "--shots",
-        "8",
-        "--steps",
-        "3",
-        "--batch-size",
-        "4",
+    args = tiny_train(
         "--guidance",
         "sgg",
         "--lambda-dir",
@@ -317,7 +307,7 @@ def test_cli_train_with_guidance_flags(tmp_path, capsys):
         "demo-sentiment",
         "--out",
         str(tmp_path),
-    ]
+    )
     assert main(args) == 0
     (run_dir,) = list(tmp_path.iterdir())
     cfg = json.loads((run_dir / "record.json").read_text())["config"]["guidance"]

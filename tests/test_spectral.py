@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from tiny_cli import tiny_train
 
 from gradguide import train as train_mod
 from gradguide.errors import GradguideError
@@ -409,25 +410,15 @@ def test_cli_compare_recipe_preset_and_run_keys(tmp_path):
         base, guidance=GuidanceConfig(use="spectral", spectral=SpectralOptions(knn=5))
     )
     assert run_key(used) != run_key(used5)
-    args = [
-        "train",
-        "--model",
-        "tiny-llama",
-        "--task",
-        "demo-sentiment",
-        "--shots",
-        "8",
-        "--steps",
-        "2",
-        "--batch-size",
-        "4",
+    args = tiny_train(
         "--guidance",
         "spectral-reg,spectral-filter",
         "--set",
         "guidance.spectral.knn=3,guidance.spectral.response=exp",
         "--out",
         str(tmp_path / "cli"),
-    ]
+        steps=2,
+    )
     assert main(args) == 0
     (run_dir,) = list((tmp_path / "cli").iterdir())
     rec = json.loads((run_dir / "record.json").read_text())

@@ -7,27 +7,14 @@ import json
 import os
 
 import pytest
+from tiny_cli import tiny_train
 
 from gradguide import atomic
 from gradguide import train as train_mod
 from gradguide.cli import main
 from gradguide.errors import GradguideError
 
-TINY = [
-    "train",
-    "--model",
-    "tiny-llama",
-    "--task",
-    "demo-sentiment",
-    "--shots",
-    "8",
-    "--batch-size",
-    "4",
-    "--steps",
-    "4",
-    "--checkpoint-every",
-    "2",
-]
+TINY = tiny_train("--checkpoint-every", "2", steps=4)
 
 
 def _full(*_args, **_kw):
