@@ -340,6 +340,66 @@ def test_kill_the_grid_mid_run_and_resume(tmp_path):
     assert any(run_dirs(out, k)[1] for k in running)
 
 
+def test_a_killed_run_continues_from_its_checkpoint_to_the_same_result(tmp_path, monkeypatch):
+    import gradguide.train as train_module
+
+    plain = parse_grid(_grid(methods=["lora"], seeds=[1], base=_fast_base(steps=6)), source="a")
+    base = {**_fast_base(steps=6), "checkpoint_every": 2}
+    checkpointed = parse_grid(_grid(methods=["lora"], seeds=[1], base=base), source="b")
+    key = expand_grid(plain)[0].key
+    assert expand_grid(checkpointed)[0].key == key  # where checkpoints go changes no result
+    reference = run_grid(plain, tmp_path / "a", workers=0, show_progress=False)
+    assert reference.ok
+
+    saved = train_module.save_checkpoint
+    calls = []
+
+    def die_after_second_checkpoint(*args: Any, **kw: Any) -> None:
+        saved(*args, **kw)
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(train_module, "save_checkpoint", die_after_second_checkpoint)
+    out = tmp_path / "b"
+    assert len(run_grid(checkpointed, out, workers=0, show_progress=False).failed) == 1
+    monkeypatch.setattr(train_module, "save_checkpoint", saved)
+    lines: list[str] = []
+    again = run_grid(checkpointed, out, workers=0, show_progress=False, on_line=lines.append)
+    assert again.ok and again.abandoned == 1
+    assert any("1 of them continue from their last checkpoint" in line for line in lines)
+    done, left = run_dirs(out, key)
+    assert len(done) == 1 and left == []  # continued in place, not started afresh
+    record = json.loads((done[0] / "record.json").read_text())
+    expected = json.loads((run_dirs(tmp_path / "a", key)[0][0] / "record.json").read_text())
+    assert record["curves"]["loss"] == expected["curves"]["loss"]
+    assert record["metrics"] == expected["metrics"]
+
+
+def test_one_key_is_trained_once_across_grids_sharing_a_directory(tmp_path):
+    import fcntl
+    import threading
+
+    from gradguide.bench.runner import LOCK_NAME, _payload, execute_run
+
+    spec = parse_grid(_grid(methods=["zero-shot"], seeds=[1]), source="g.yaml")
+    out = tmp_path / "bench"
+    assert run_grid(spec, out, workers=0, show_progress=False).ok
+    run = expand_grid(spec)[0]
+    first = run_dirs(out, run.key)[0]
+    results: list[dict[str, Any]] = []
+    with open(out / RUNS_DIR / run.key / LOCK_NAME, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another grid is training this key
+        worker = threading.Thread(target=lambda: results.append(execute_run(_payload(run, out))))
+        worker.start()
+        worker.join(timeout=1.0)
+        assert worker.is_alive() and not results  # it waits instead of training it too
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    worker.join()
+    assert results[0]["ok"] and results[0]["reused"]  # the other grid's run, not a new one
+    assert run_dirs(out, run.key) == (first, [])
+
+
 def test_ray_backend_missing_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     spec = parse_grid(_grid(methods=["zero-shot"], seeds=[1]), source="g.yaml")

@@ -46,6 +46,14 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="list the runs and the time estimate, run nothing"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a grid field, value as YAML: tasks=[rte], seeds=[2,3], "
+        "base.checkpoint_every=10 (repeatable)",
+    )
 
 
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -113,7 +121,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from gradguide.bench.runner import run_grid, summarize
     from gradguide.bench.store import DB_NAME
 
-    spec = load_grid(a.grid)
+    spec = load_grid(a.grid, a.set)
     out = Path(a.out) if a.out else Path(DEFAULT_ROOT) / spec.name
     if a.dry_run:
         return _dry_run(spec, out, a.workers)

@@ -37,6 +37,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from gradguide.bench.compare import is_guidance_arm, recipe
 from gradguide.bench.store import arm_name
 from gradguide.config import EvalConfig, from_dict, merge, nest, read_yaml, to_dict
@@ -170,14 +172,28 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def load_grid(name_or_path: str | Path) -> GridSpec:
-    """Read a grid file, or a preset by name, into a GridSpec (structure checked, not runs)."""
+def load_grid(name_or_path: str | Path, overrides: Sequence[str] = ()) -> GridSpec:
+    """Read a grid file, or a preset by name, into a GridSpec (structure checked, not runs).
+
+    ``overrides`` are ``KEY=VALUE`` strings (``tasks=[rte]``, ``seeds=[2,3]``,
+    ``base.checkpoint_every=10``) applied on top of the file, each value read as YAML.
+    """
     path = Path(name_or_path)
     if not path.is_file():
         if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
             raise GradguideError("grid file not found", file=path)
         path = preset_path(str(name_or_path))
-    return parse_grid(read_yaml(path), source=str(path))
+    data = read_yaml(path)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise GradguideError(f"expected KEY=VALUE, got {item!r}", field="--set")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise GradguideError(f"{key.strip()}: not a YAML value ({e})", field="--set") from None
+        data = merge(data, nest({key.strip(): value}))
+    return parse_grid(data, source=str(path))
 
 
 def _as_list(value: Any, field: str, source: str, kind: type) -> list[Any]:
@@ -442,6 +458,7 @@ def run_key(config: TrainConfig) -> str:
     data = to_dict(config)
     for name in _NOT_HASHED:
         data.pop(name, None)
+    data["checkpoint_every"] = 0  # where checkpoints are taken changes no result
     if not any(t in SPECTRAL_TERMS for t in expand_terms(parse_guidance(config.guidance.use))):
         # options of unused spectral terms change nothing (and runs stored before they existed
         # keep their keys)

@@ -4,14 +4,20 @@ Each run is an ordinary training run (``gradguide.train.train``) writing its rec
 ``OUT/runs/<key>/``. Workers only train; the parent process alone writes the database, one row per
 finished run, after checking that the run's record exists. Killing the whole thing at any moment
 loses at most the runs in progress: the same command skips every stored run, stores a run whose
-record was written just before the kill, and starts the others again in a fresh run directory
-(a directory without ``record.json`` is abandoned and left for inspection).
+record was written just before the kill, continues a killed run from its last checkpoint (when the
+grid sets ``checkpoint_every``) and starts the others again in a fresh run directory (a directory
+without ``record.json`` or a usable checkpoint is abandoned and left for inspection).
+
+Several grids may write into one bench directory at once (runs they share have one key): a worker
+holds an exclusive lock on ``runs/<key>/.lock`` while it trains, so a run is never trained twice at
+the same time, and a run another grid finished meanwhile is reused instead of trained again.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import fcntl
 import json
 import multiprocessing
 import os
@@ -31,6 +37,7 @@ from gradguide.train import TrainConfig
 
 BACKENDS = ("local", "ray")
 RUNS_DIR = "runs"
+LOCK_NAME = ".lock"
 Result = dict[str, Any]
 
 
@@ -76,26 +83,78 @@ def run_dirs(out_dir: Path, key: str) -> tuple[list[Path], list[Path]]:
     ]
 
 
+def _finished_result(key: str, run_dir: Path) -> Result | None:
+    """The result of a run directory that already holds this key's record (else None)."""
+    try:
+        record = json.loads((run_dir / RECORD_NAME).read_text())
+        if run_key(from_dict(TrainConfig, record["config"])) != key:
+            return None
+        wall = record["timings"]["total_s"]
+        return {"key": key, "ok": True, "run_dir": str(run_dir), "metrics": record["metrics"],
+                "wall_s": wall, "reused": True}  # fmt: skip
+    except (OSError, ValueError, KeyError, GradguideError):
+        return None
+
+
+def _resumable(key: str, run_dir: Path) -> bool:
+    """Whether an abandoned run directory of this key holds a checkpoint to continue from."""
+    from gradguide.train import load_run_config
+
+    if not (run_dir / "checkpoint" / "state.json").is_file():
+        return False
+    try:
+        return run_key(load_run_config(run_dir)) == key
+    except GradguideError:
+        return False
+
+
+def _train_key(key: str, config: TrainConfig, out: Path) -> Result:
+    """Reuse a finished run of ``key``, else continue its newest checkpoint, else train afresh."""
+    from gradguide.train import train
+
+    finished, abandoned = run_dirs(out.parent.parent, key)
+    for d in finished:
+        if (done := _finished_result(key, d)) is not None:
+            return done
+    for d in sorted(abandoned, reverse=True):
+        if _resumable(key, d):
+            try:
+                result = train(config, resume=d, show_progress=False)
+                break
+            except GradguideError:  # a damaged checkpoint: it stays for inspection
+                continue
+    else:
+        result = train(config, show_progress=False)
+    return {
+        "key": key,
+        "ok": True,
+        "run_dir": str(result.run_dir),
+        "metrics": result.metrics,
+        "wall_s": result.record["timings"]["total_s"],
+    }
+
+
 def execute_run(payload: dict[str, Any], threads: int | None = None) -> Result:
-    """Train one grid run in this process; never raises (a failure comes back as data)."""
+    """Train one grid run in this process; never raises (a failure comes back as data).
+
+    Holds ``runs/<key>/.lock`` meanwhile (waiting for it if another process trains this key).
+    """
     key = payload["key"]
     try:
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        from gradguide.train import train
-
         config = from_dict(TrainConfig, payload["config"])
         config.out = payload["out"]
-        result = train(config, show_progress=False)
-        return {
-            "key": key,
-            "ok": True,
-            "run_dir": str(result.run_dir),
-            "metrics": result.metrics,
-            "wall_s": result.record["timings"]["total_s"],
-        }
+        out = Path(payload["out"])
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / LOCK_NAME, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this process dies
+            try:
+                return _train_key(key, config, out)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
     except Exception as e:  # a failed run must not take the grid down
         message = " ".join(str(e).split()) or type(e).__name__
         return {"key": key, "ok": False, "error": f"{type(e).__name__}: {message}"}
@@ -201,7 +260,8 @@ def _result_line(run: GridRun, result: Result) -> str:
     if not result["ok"]:
         return f"FAILED {run.label()}: {result['error']}"
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
-    return f"{run.label()}: {shown} ({result['wall_s']:.1f} s)"
+    reused = ", finished by another grid" if result.get("reused") else ""
+    return f"{run.label()}: {shown} ({result['wall_s']:.1f} s{reused})"
 
 
 def pending_runs(spec: GridSpec, out_dir: str | Path) -> tuple[list[GridRun], set[str]]:
@@ -246,7 +306,7 @@ def run_grid(
         store.save_grid(spec.name, spec.to_dict())
         done = store.finished_keys()
         already = sum(r.key in done for r in runs)
-        recovered, abandoned = 0, 0
+        recovered, abandoned, resumable = 0, 0, 0
         todo: list[GridRun] = []
         for r in runs:
             if r.key in done:
@@ -254,7 +314,9 @@ def run_grid(
             if _recover(store, r, spec.name, out):
                 recovered += 1
                 continue
-            abandoned += len(run_dirs(out, r.key)[1])
+            left = run_dirs(out, r.key)[1]
+            abandoned += len(left)
+            resumable += any(_resumable(r.key, d) for d in left)
             todo.append(r)
         by_key = {r.key: r for r in todo}
         failed: list[tuple[str, str]] = []
@@ -263,7 +325,10 @@ def run_grid(
             total=len(todo), desc=f"bench {spec.name}", unit="run", disable=not show_progress
         )
         if abandoned:
-            say(f"{abandoned} unfinished run directories abandoned; those runs start afresh")
+            say(
+                f"{abandoned} unfinished run directories: {resumable} of them continue from their "
+                "last checkpoint, the others start afresh"
+            )
 
         def on_result(result: Result) -> None:
             run = by_key[result["key"]]
