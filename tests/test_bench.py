@@ -214,6 +214,28 @@ def test_every_preset_expands_or_names_what_is_missing():
             assert expand_grid(load_grid(name))
 
 
+def test_dry_run_estimates_learn_from_stored_runs():
+    from gradguide.bench.estimate import Calibration, estimate_config_seconds
+    from gradguide.config import to_dict
+
+    runs = expand_grid(parse_grid(_grid(seeds=[1, 2]), source="g.yaml"))
+    lora1, lora2, zero = (next(r for r in runs if (r.arm, r.config.seed) == a)
+                          for a in (("lora", 1), ("lora", 2), ("zero-shot", 1)))  # fmt: skip
+    sizes = {"demo-sentiment": 8}
+    assert Calibration.from_rows([], sizes).seconds(lora1, 8) == (
+        estimate_config_seconds(lora1.config, 8),
+        "formula",
+    )
+    record = {"config": to_dict(lora1.config), "metrics": {}, "timings": {"total_s": 120.0}}
+    row = row_from_record(lora1.key, "g", {}, "runs/x", record)
+    calibration = Calibration.from_rows([row], sizes)
+    assert calibration.seconds(lora2, 8) == (120.0, "measured")  # like a stored run
+    ratio = 120.0 / estimate_config_seconds(lora1.config, 8)
+    seconds, how = calibration.seconds(zero, 8)  # same model and task, another method
+    assert how == "scaled"
+    assert seconds == pytest.approx(estimate_config_seconds(zero.config, 8) * ratio)
+
+
 # --------------------------------------------------------------------------------------------
 # Store
 

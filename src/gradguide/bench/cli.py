@@ -65,19 +65,23 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 
 
 def _dry_run(spec: Any, out: Path, workers: int) -> int:
-    from gradguide.bench.estimate import (
-        estimate_grid_seconds,
-        estimate_run_seconds,
-        format_duration,
-    )
+    from gradguide.bench.estimate import Calibration, estimate_grid_seconds, format_duration
     from gradguide.bench.grid import check_data, check_models
     from gradguide.bench.runner import pending_runs
+    from gradguide.bench.store import DB_NAME, Store
 
     runs, done = pending_runs(spec, out)
     data = check_data(runs, spec.source)
+    stored = []
+    if (out / DB_NAME).is_file():
+        with Store(out) as store:
+            stored = store.runs()
+    calibration = Calibration.from_rows(stored, data.eval_sizes)
     rows = []
+    how_many = {"measured": 0, "scaled": 0, "formula": 0}
     for r in runs:
-        s = estimate_run_seconds(r, data.eval_sizes.get(r.config.task))
+        s, how = calibration.seconds(r, data.eval_sizes.get(r.config.task))
+        how_many[how] += 1
         state = "done" if r.key in done else "to run"
         settings = " ".join(f"{k}={v}" for k, v in r.settings.items())
         c = r.config
@@ -92,7 +96,7 @@ def _dry_run(spec: Any, out: Path, workers: int) -> int:
                 c.seed,
                 settings,
                 state,
-                format_duration(s),
+                format_duration(s) + ("" if how == "formula" else f" ({how})"),
             ]
         )
     print(
@@ -103,12 +107,15 @@ def _dry_run(spec: Any, out: Path, workers: int) -> int:
     )
     todo = [r for r in runs if r.key not in done]
     n_todo = len(todo)
-    todo_s = estimate_grid_seconds(todo, data.eval_sizes, workers)
-    total = estimate_grid_seconds(runs, data.eval_sizes, workers)
+    todo_s = estimate_grid_seconds(todo, data.eval_sizes, workers, calibration)
+    total = estimate_grid_seconds(runs, data.eval_sizes, workers, calibration)
     print(
         f"\n{spec.name}: {len(runs)} runs, {len(runs) - n_todo} already stored in {out}, "
         f"{n_todo} to run; estimated {format_duration(todo_s)} on a 2-core CPU "
-        f"(whole grid {format_duration(total)}; an estimate, see gradguide.bench.estimate)"
+        f"(whole grid {format_duration(total)}; an estimate, see gradguide.bench.estimate: "
+        f"{how_many['measured']} runs like stored ones at their measured time, "
+        f"{how_many['scaled']} scaled by stored runs of their model and task, "
+        f"{how_many['formula']} by the formula alone)"
     )
     for problem in check_models(runs, spec.source) + data.problems:
         print(f"warning: {problem}")

@@ -6,17 +6,25 @@ examples/s (measured during development); the other models are scaled from those
 methods by the extra passes they make (an SGG step adds one Hessian-vector product, in-context
 learning lengthens every prompt). With 2 cores, more workers do not shorten the total: each one
 gets fewer threads. Treat every number as an order of magnitude.
+
+Runs already stored in the bench directory correct the formula (``Calibration``): a run like a
+stored one (same model, task, method and shots) is estimated at their median wall time, and any
+other run on a stored (model, task) pair by the formula times the median measured/formula ratio
+of that pair, which carries what the formula cannot know (long RTE or BoolQ inputs, this CPU).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 
 from gradguide.bench.grid import GridRun
+from gradguide.bench.store import RunRow, arm_name
+from gradguide.config import from_dict, to_dict
 from gradguide.methods import get_method
-from gradguide.train import total_steps
+from gradguide.train import TrainConfig, total_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +70,11 @@ WORKER_START_S = 10.0
 
 def estimate_run_seconds(run: GridRun, eval_size: int | None) -> float:
     """Estimated wall time of one run (model load, training steps, evaluation)."""
-    c = run.config
+    return estimate_config_seconds(run.config, eval_size)
+
+
+def estimate_config_seconds(c: TrainConfig, eval_size: int | None) -> float:
+    """The formula estimate of one run's wall time, from its configuration alone."""
     cost = MODEL_COSTS.get(c.model, MODEL_COSTS["smollm2-135m"])
     seconds = cost.load_s
     try:
@@ -87,14 +99,63 @@ def estimate_run_seconds(run: GridRun, eval_size: int | None) -> float:
     return seconds
 
 
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """What the stored runs of a bench directory say about run times."""
+
+    #: median wall time of stored runs, by (model, task, method arm, shots)
+    same: Mapping[tuple[str, str, str, int], float]
+    #: median measured/formula ratio of stored runs, by (model, task)
+    ratio: Mapping[tuple[str, str], float]
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[RunRow], eval_sizes: Mapping[str, int]) -> Calibration:
+        """Calibrate on stored runs that recorded their wall time."""
+        walls: dict[tuple[str, str, str, int], list[float]] = {}
+        ratios: dict[tuple[str, str], list[float]] = {}
+        for row in rows:
+            if not row.wall_s:
+                continue
+            walls.setdefault((row.model, row.task, row.method, row.shots), []).append(row.wall_s)
+            if row.task not in eval_sizes:  # the formula needs the evaluation set's size
+                continue
+            try:
+                config = from_dict(TrainConfig, row.config)
+            except Exception:  # a row written by another version: its wall time still counts
+                continue
+            formula = estimate_config_seconds(config, eval_sizes.get(row.task))
+            ratios.setdefault((row.model, row.task), []).append(row.wall_s / formula)
+        return cls(
+            same={k: statistics.median(v) for k, v in walls.items()},
+            ratio={k: statistics.median(v) for k, v in ratios.items()},
+        )
+
+    def seconds(self, run: GridRun, eval_size: int | None) -> tuple[float, str]:
+        """Estimated wall time of ``run`` and how: ``measured``, ``scaled`` or ``formula``."""
+        c = run.config
+        same = self.same.get((c.model, c.task, arm_name(to_dict(c)), c.shots))
+        if same is not None:
+            return same, "measured"
+        formula = estimate_config_seconds(c, eval_size)
+        ratio = self.ratio.get((c.model, c.task))
+        if ratio is not None:
+            return formula * ratio, "scaled"
+        return formula, "formula"
+
+
 def estimate_grid_seconds(
-    runs: Sequence[GridRun], eval_sizes: Mapping[str, int], workers: int = 1
+    runs: Sequence[GridRun],
+    eval_sizes: Mapping[str, int],
+    workers: int = 1,
+    calibration: Calibration | None = None,
 ) -> float:
     """Estimated total wall time of ``runs`` on a 2-core CPU (workers do not divide it)."""
     if not runs:
         return 0.0
     start = WORKER_START_S * max(1, min(workers, len(runs)))
-    return start + sum(estimate_run_seconds(r, eval_sizes.get(r.config.task)) for r in runs)
+    if calibration is None:
+        return start + sum(estimate_run_seconds(r, eval_sizes.get(r.config.task)) for r in runs)
+    return start + sum(calibration.seconds(r, eval_sizes.get(r.config.task))[0] for r in runs)
 
 
 def format_duration(seconds: float) -> str:
