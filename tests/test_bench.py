@@ -216,24 +216,27 @@ def test_every_preset_expands_or_names_what_is_missing():
 
 def test_dry_run_estimates_learn_from_stored_runs():
     from gradguide.bench.estimate import Calibration, estimate_config_seconds
+    from gradguide.bench.grid import DataCheck
     from gradguide.config import to_dict
 
     runs = expand_grid(parse_grid(_grid(seeds=[1, 2]), source="g.yaml"))
     lora1, lora2, zero = (next(r for r in runs if (r.arm, r.config.seed) == a)
                           for a in (("lora", 1), ("lora", 2), ("zero-shot", 1)))  # fmt: skip
-    sizes = {"demo-sentiment": 8}
-    assert Calibration.from_rows([], sizes).seconds(lora1, 8) == (
-        estimate_config_seconds(lora1.config, 8),
-        "formula",
+    data = DataCheck({"demo-sentiment": 8}, [], {"demo-sentiment": (132.0, 132.0)})
+    longer = DataCheck({"demo-sentiment": 8}, [], {"demo-sentiment": (264.0, 132.0)})
+    formula = estimate_config_seconds(lora1.config, data)
+    assert Calibration.from_rows([], data).seconds(lora1) == (formula, "formula")
+    steps = estimate_config_seconds(lora1.config, longer) - formula  # twice the text to train on
+    assert steps > 0 and estimate_config_seconds(zero.config, longer) == pytest.approx(
+        estimate_config_seconds(zero.config, data)  # untrained: only evaluation counts
     )
     record = {"config": to_dict(lora1.config), "metrics": {}, "timings": {"total_s": 120.0}}
     row = row_from_record(lora1.key, "g", {}, "runs/x", record)
-    calibration = Calibration.from_rows([row], sizes)
-    assert calibration.seconds(lora2, 8) == (120.0, "measured")  # like a stored run
-    ratio = 120.0 / estimate_config_seconds(lora1.config, 8)
-    seconds, how = calibration.seconds(zero, 8)  # same model and task, another method
+    calibration = Calibration.from_rows([row], data)
+    assert calibration.seconds(lora2) == (120.0, "measured")  # like a stored run
+    seconds, how = calibration.seconds(zero)  # same model and task, another method
     assert how == "scaled"
-    assert seconds == pytest.approx(estimate_config_seconds(zero.config, 8) * ratio)
+    assert seconds == pytest.approx(estimate_config_seconds(zero.config, data) * 120.0 / formula)
 
 
 # --------------------------------------------------------------------------------------------

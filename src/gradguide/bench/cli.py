@@ -76,11 +76,11 @@ def _dry_run(spec: Any, out: Path, workers: int) -> int:
     if (out / DB_NAME).is_file():
         with Store(out) as store:
             stored = store.runs()
-    calibration = Calibration.from_rows(stored, data.eval_sizes)
+    calibration = Calibration.from_rows(stored, data)
     rows = []
     how_many = {"measured": 0, "scaled": 0, "formula": 0}
     for r in runs:
-        s, how = calibration.seconds(r, data.eval_sizes.get(r.config.task))
+        s, how = calibration.seconds(r)
         how_many[how] += 1
         state = "done" if r.key in done else "to run"
         settings = " ".join(f"{k}={v}" for k, v in r.settings.items())
@@ -107,8 +107,8 @@ def _dry_run(spec: Any, out: Path, workers: int) -> int:
     )
     todo = [r for r in runs if r.key not in done]
     n_todo = len(todo)
-    todo_s = estimate_grid_seconds(todo, data.eval_sizes, workers, calibration)
-    total = estimate_grid_seconds(runs, data.eval_sizes, workers, calibration)
+    todo_s = estimate_grid_seconds(todo, calibration, workers)
+    total = estimate_grid_seconds(runs, calibration, workers)
     print(
         f"\n{spec.name}: {len(runs)} runs, {len(runs) - n_todo} already stored in {out}, "
         f"{n_todo} to run; estimated {format_duration(todo_s)} on a 2-core CPU "

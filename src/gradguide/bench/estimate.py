@@ -7,6 +7,10 @@ methods by the extra passes they make (an SGG step adds one Hessian-vector produ
 learning lengthens every prompt). With 2 cores, more workers do not shorten the total: each one
 gets fewer threads. Treat every number as an order of magnitude.
 
+Training steps and evaluation scale with the task's mean text length (characters of prompt and
+longest answer) against SST-2's, on which the constants were measured: an RTE pair reads 2.8x the
+characters of an SST-2 sentence, a MultiRC paragraph 12x.
+
 Runs already stored in the bench directory correct the formula (``Calibration``): a run like a
 stored one (same model, task, method and shots) is estimated at their median wall time, and any
 other run on a stored (model, task) pair by the formula times the median measured/formula ratio
@@ -20,7 +24,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 
-from gradguide.bench.grid import GridRun
+from gradguide.bench.grid import DataCheck, GridRun
 from gradguide.bench.store import RunRow, arm_name
 from gradguide.config import from_dict, to_dict
 from gradguide.methods import get_method
@@ -62,19 +66,25 @@ STEP_FACTOR: dict[str, float] = {
 }
 #: In-context learning scores prompts that carry the demonstrations.
 ICL_EVAL_FACTOR = 3.0
+#: Mean characters of an SST-2 training instance (prompt and longest answer): the constants' scale.
+REFERENCE_CHARS = 132.0
 #: Evaluation examples assumed when the data could not be read.
 UNKNOWN_EVAL_SIZE = 1000
 #: Starting a worker process: importing torch and transformers, building the first model.
 WORKER_START_S = 10.0
 
 
-def estimate_run_seconds(run: GridRun, eval_size: int | None) -> float:
+def estimate_run_seconds(run: GridRun, data: DataCheck | None = None) -> float:
     """Estimated wall time of one run (model load, training steps, evaluation)."""
-    return estimate_config_seconds(run.config, eval_size)
+    return estimate_config_seconds(run.config, data)
 
 
-def estimate_config_seconds(c: TrainConfig, eval_size: int | None) -> float:
-    """The formula estimate of one run's wall time, from its configuration alone."""
+def estimate_config_seconds(c: TrainConfig, data: DataCheck | None = None) -> float:
+    """The formula estimate of one run's wall time, from its configuration and its task's data."""
+    eval_size = data.eval_sizes.get(c.task) if data else None
+    train_chars, eval_chars = data.chars.get(c.task, (0.0, 0.0)) if data else (0.0, 0.0)
+    train_scale = train_chars / REFERENCE_CHARS if train_chars else 1.0
+    eval_scale = eval_chars / REFERENCE_CHARS if eval_chars else 1.0
     cost = MODEL_COSTS.get(c.model, MODEL_COSTS["smollm2-135m"])
     seconds = cost.load_s
     try:
@@ -89,9 +99,9 @@ def estimate_config_seconds(c: TrainConfig, eval_size: int | None) -> float:
             factor *= STEP_FACTOR.get(name.strip(), 1.0)
         if c.guidance.source_task:
             factor += 1.0  # a forward and backward pass on the source batch
-        seconds += steps * step * factor
+        seconds += steps * step * factor * train_scale
     n_eval = eval_size if eval_size is not None else (c.eval_limit or UNKNOWN_EVAL_SIZE)
-    factor = ICL_EVAL_FACTOR if c.method == "icl" else 1.0
+    factor = (ICL_EVAL_FACTOR if c.method == "icl" else 1.0) * eval_scale
     seconds += n_eval / cost.eval_per_s * factor
     if c.layer_diagnostics:  # a forward per example, two block passes per probe (fd JVP)
         passes = 1 + (2 if c.guidance.ofa.jvp == "fd" else 3) * c.guidance.ofa.probes
@@ -108,35 +118,38 @@ class Calibration:
     #: median measured/formula ratio of stored runs, by (model, task)
     ratio: Mapping[tuple[str, str], float]
 
+    data: DataCheck | None = None
+
     @classmethod
-    def from_rows(cls, rows: Sequence[RunRow], eval_sizes: Mapping[str, int]) -> Calibration:
-        """Calibrate on stored runs that recorded their wall time."""
+    def from_rows(cls, rows: Sequence[RunRow], data: DataCheck | None = None) -> Calibration:
+        """Calibrate on stored runs that recorded their wall time (``data``: the grid's tasks)."""
         walls: dict[tuple[str, str, str, int], list[float]] = {}
         ratios: dict[tuple[str, str], list[float]] = {}
         for row in rows:
             if not row.wall_s:
                 continue
             walls.setdefault((row.model, row.task, row.method, row.shots), []).append(row.wall_s)
-            if row.task not in eval_sizes:  # the formula needs the evaluation set's size
+            if data is None or row.task not in data.eval_sizes:  # the formula needs the data
                 continue
             try:
                 config = from_dict(TrainConfig, row.config)
             except Exception:  # a row written by another version: its wall time still counts
                 continue
-            formula = estimate_config_seconds(config, eval_sizes.get(row.task))
+            formula = estimate_config_seconds(config, data)
             ratios.setdefault((row.model, row.task), []).append(row.wall_s / formula)
         return cls(
             same={k: statistics.median(v) for k, v in walls.items()},
             ratio={k: statistics.median(v) for k, v in ratios.items()},
+            data=data,
         )
 
-    def seconds(self, run: GridRun, eval_size: int | None) -> tuple[float, str]:
+    def seconds(self, run: GridRun) -> tuple[float, str]:
         """Estimated wall time of ``run`` and how: ``measured``, ``scaled`` or ``formula``."""
         c = run.config
         same = self.same.get((c.model, c.task, arm_name(to_dict(c)), c.shots))
         if same is not None:
             return same, "measured"
-        formula = estimate_config_seconds(c, eval_size)
+        formula = estimate_config_seconds(c, self.data)
         ratio = self.ratio.get((c.model, c.task))
         if ratio is not None:
             return formula * ratio, "scaled"
@@ -144,18 +157,13 @@ class Calibration:
 
 
 def estimate_grid_seconds(
-    runs: Sequence[GridRun],
-    eval_sizes: Mapping[str, int],
-    workers: int = 1,
-    calibration: Calibration | None = None,
+    runs: Sequence[GridRun], calibration: Calibration, workers: int = 1
 ) -> float:
     """Estimated total wall time of ``runs`` on a 2-core CPU (workers do not divide it)."""
     if not runs:
         return 0.0
     start = WORKER_START_S * max(1, min(workers, len(runs)))
-    if calibration is None:
-        return start + sum(estimate_run_seconds(r, eval_sizes.get(r.config.task)) for r in runs)
-    return start + sum(calibration.seconds(r, eval_sizes.get(r.config.task))[0] for r in runs)
+    return start + sum(calibration.seconds(r)[0] for r in runs)
 
 
 def format_duration(seconds: float) -> str:

@@ -524,6 +524,8 @@ class DataCheck:
 
     eval_sizes: dict[str, int]
     problems: list[str]
+    #: mean characters of a (prompt + longest answer) per task: (training pool, evaluation set)
+    chars: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
 
 def _eval_config(config: TrainConfig) -> EvalConfig:
@@ -557,6 +559,7 @@ def check_data(runs: Sequence[GridRun], source: str = "<grid>") -> DataCheck:
     for r in runs:
         groups.setdefault(_data_signature(r.config), []).append(r)
     sizes: dict[str, int] = {}
+    chars: dict[str, tuple[float, float]] = {}
     problems: list[str] = []
     for group in groups.values():
         c = group[0].config
@@ -566,11 +569,19 @@ def check_data(runs: Sequence[GridRun], source: str = "<grid>") -> DataCheck:
             pool = task.load(task.train_split, root)
             evals = limit_instances(task.load(c.eval_split or task.eval_split, root), c.eval_limit)
             sizes[c.task] = len(evals)
+            chars[c.task] = (_mean_chars(pool), _mean_chars(evals))
             most = max(r.config.shots for r in group)
             sample_k_shot(pool, most, 0)
         except GradguideError as e:
             problems.append(f"{source}: task {c.task}: {e}")
-    return DataCheck(sizes, problems)
+    return DataCheck(sizes, problems, chars)
+
+
+def _mean_chars(instances: Sequence[Any]) -> float:
+    """Mean length of what a model reads per instance: the prompt and its longest answer."""
+    if not instances:
+        return 0.0
+    return sum(len(i.prompt) + max(map(len, i.candidates)) for i in instances) / len(instances)
 
 
 def check_models(runs: Sequence[GridRun], source: str = "<grid>") -> list[str]:
