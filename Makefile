@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.gradguide-installed
 
-.PHONY: setup demo test lint unit bench clean
+.PHONY: setup browser demo test lint unit bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,7 +24,15 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy src
 
-unit: setup
+# Best effort: a headless Chromium from Debian for the report's HTML check (skipped without one).
+browser:
+	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	      chromium-headless-shell >/dev/null 2>&1; } || \
+	  echo "no headless Chromium (apt-get failed or not root): the report's HTML check is skipped"
+
+unit: setup browser
 	$(VENV)/bin/pytest -q
 
 test: lint unit

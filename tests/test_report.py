@@ -230,13 +230,20 @@ def test_report_of_an_empty_or_missing_bench(tmp_path):
     assert "No finished runs" in files.markdown.read_text()
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+CHROMIUM = next(
+    filter(None, map(shutil.which, ("chromium-headless-shell", "chromium", "google-chrome"))), None
+)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_html_loads_in_headless_chromium(report):
     files = report
+    assert CHROMIUM is not None
     dom = subprocess.run(
         [
-            "chromium",
+            CHROMIUM,
             "--headless",
+            "--enable-logging=stderr",
             "--no-sandbox",
             "--disable-gpu",
             "--dump-dom",
@@ -247,3 +254,6 @@ def test_html_loads_in_headless_chromium(report):
         timeout=120,
     )
     assert dom.returncode == 0 and "Claims of the papers" in dom.stdout
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert console == []  # the page logs no script errors
+    assert dom.stdout.count("<img") >= 1 and "data:image/png;base64," in dom.stdout
