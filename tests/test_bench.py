@@ -310,6 +310,15 @@ def test_recovers_a_recorded_run_and_restarts_an_abandoned_one(tmp_path):
     assert len(done) == 1 and len(abandoned) == 1
 
 
+def test_progress_bar_names_the_running_run(tmp_path, capsys):
+    spec = parse_grid(_grid(methods=["zero-shot"]), source="g.yaml")
+    assert run_grid(spec, tmp_path / "bench", workers=0).ok
+    err = capsys.readouterr().err
+    assert "bench t" in err and "2/2" in err
+    first = err.index("running zero-shot demo-sentiment k=8 seed=1")
+    assert err.index("running zero-shot demo-sentiment k=8 seed=2") > first
+
+
 def test_a_failing_run_is_recorded_and_the_grid_goes_on(tmp_path):
     spec = parse_grid(_grid(methods=["zero-shot"], base={"eval_limit": 8}), source="g.yaml")
     out = tmp_path / "bench"

@@ -330,8 +330,18 @@ def run_grid(
                 "last checkpoint, the others start afresh"
             )
 
+        waiting = list(todo)  # submission order, which both pools start runs in
+        at_once = max(1, workers)
+
+        def show_running() -> None:
+            running = ", ".join(r.label() for r in waiting[:at_once])
+            bar.set_postfix_str(f"running {running}" if running else "")
+
+        show_running()
+
         def on_result(result: Result) -> None:
             run = by_key[result["key"]]
+            waiting.remove(run)
             if result["ok"]:
                 try:
                     run_dir = Path(result["run_dir"]).resolve()
@@ -344,9 +354,8 @@ def run_grid(
                 failed.append((run.key, result["error"]))
                 store.add_failure(run.key, spec.name, run.label(), result["error"])
             bar.update(1)
-            line = _result_line(run, result)
-            bar.set_postfix_str(line[:60])
-            say(f"[{bar.n}/{len(todo)}] {line}")
+            show_running()
+            say(f"[{bar.n}/{len(todo)}] {_result_line(run, result)}")
 
         payloads = [_payload(r, out) for r in todo]
         try:
