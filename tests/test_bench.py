@@ -434,6 +434,38 @@ def test_one_key_is_trained_once_across_grids_sharing_a_directory(tmp_path):
     assert run_dirs(out, run.key) == (first, [])
 
 
+def test_a_grid_passes_over_a_run_another_process_holds(tmp_path):
+    import fcntl
+    import threading
+
+    from gradguide.bench.runner import LOCK_NAME
+
+    spec = parse_grid(_grid(methods=["zero-shot"]), source="g.yaml")
+    out = tmp_path / "bench"
+    first, second = expand_grid(spec)
+    (out / RUNS_DIR / first.key).mkdir(parents=True)
+    lines: list[str] = []
+    outcome = []
+    with open(out / RUNS_DIR / first.key / LOCK_NAME, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process is training the first run
+        grid = threading.Thread(
+            target=lambda: outcome.append(
+                run_grid(spec, out, workers=0, show_progress=False, on_line=lines.append)
+            )
+        )
+        grid.start()
+        deadline = time.monotonic() + 300
+        while not run_dirs(out, second.key)[0]:  # the second run goes first meanwhile
+            assert grid.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert run_dirs(out, first.key) == ([], [])  # the held run was passed over, not started
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    grid.join()
+    assert outcome[0].ok and outcome[0].ran == 2
+    assert "seed=2" in lines[0] and "seed=1" in lines[1]
+    assert len(run_dirs(out, first.key)[0]) == 1
+
+
 def test_ray_backend_missing_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     spec = parse_grid(_grid(methods=["zero-shot"], seeds=[1]), source="g.yaml")

@@ -8,9 +8,11 @@ record was written just before the kill, continues a killed run from its last ch
 grid sets ``checkpoint_every``) and starts the others again in a fresh run directory (a directory
 without ``record.json`` or a usable checkpoint is abandoned and left for inspection).
 
-Several grids may write into one bench directory at once (runs they share have one key): a worker
-holds an exclusive lock on ``runs/<key>/.lock`` while it trains, so a run is never trained twice at
-the same time, and a run another grid finished meanwhile is reused instead of trained again.
+Several grids may write into one bench directory at once (runs they share have one key), and
+several processes may run the same grid into it to share out its runs: a worker holds an exclusive
+lock on ``runs/<key>/.lock`` while it trains, so a run is never trained twice at the same time, and
+a run another process finished meanwhile is reused instead of trained again. In-process grids
+(``workers=0``) pass over a run that is locked and come back to it at the end.
 """
 
 from __future__ import annotations
@@ -137,8 +139,19 @@ def _train_key(key: str, config: TrainConfig, out: Path) -> Result:
 def execute_run(payload: dict[str, Any], threads: int | None = None) -> Result:
     """Train one grid run in this process; never raises (a failure comes back as data).
 
-    Holds ``runs/<key>/.lock`` meanwhile (waiting for it if another process trains this key).
+    Holds ``runs/<key>/.lock`` meanwhile, waiting for it if another process trains this key.
     """
+    result = _execute(payload, threads, wait=True)
+    assert result is not None  # waiting never gives up
+    return result
+
+
+def try_execute_run(payload: dict[str, Any]) -> Result | None:
+    """``execute_run``, or None at once when another process holds the run's lock."""
+    return _execute(payload, None, wait=False)
+
+
+def _execute(payload: dict[str, Any], threads: int | None, *, wait: bool) -> Result | None:
     key = payload["key"]
     try:
         if threads:
@@ -150,7 +163,10 @@ def execute_run(payload: dict[str, Any], threads: int | None = None) -> Result:
         out = Path(payload["out"])
         out.mkdir(parents=True, exist_ok=True)
         with open(out / LOCK_NAME, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this process dies
+            try:  # the kernel releases the lock if this process dies
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                return None
             try:
                 return _train_key(key, config, out)
             finally:
@@ -175,8 +191,21 @@ def _payload(run: GridRun, out_dir: Path) -> dict[str, Any]:
     }
 
 
-def _run_inline(payloads: Sequence[dict[str, Any]], on_result: Callable[[Result], None]) -> None:
+def _run_inline(
+    payloads: Sequence[dict[str, Any]],
+    on_result: Callable[[Result], None],
+    on_defer: Callable[[str], None] = lambda _key: None,
+) -> None:
+    """Run one after another; a run another process is training is taken up again at the end."""
+    deferred = []
     for p in payloads:
+        result = try_execute_run(p)
+        if result is None:
+            deferred.append(p)
+            on_defer(p["key"])
+        else:
+            on_result(result)
+    for p in deferred:
         on_result(execute_run(p))
 
 
@@ -339,6 +368,10 @@ def run_grid(
 
         show_running()
 
+        def on_defer(key: str) -> None:  # trained by another process now: last in the queue
+            waiting.append(waiting.pop(waiting.index(by_key[key])))
+            show_running()
+
         def on_result(result: Result) -> None:
             run = by_key[result["key"]]
             waiting.remove(run)
@@ -364,7 +397,7 @@ def run_grid(
             elif backend == "ray":
                 _run_ray(payloads, max(1, workers), on_result)
             elif workers == 0:
-                _run_inline(payloads, on_result)
+                _run_inline(payloads, on_result, on_defer)
             else:
                 _run_pool(payloads, workers, on_result)
         finally:
