@@ -91,7 +91,12 @@ def _record(
         },
         "metrics": {"accuracy": accuracy},
         "dynamics": dynamics,
-        "timings": {"total_s": 12.5},
+        "timings": {
+            "total_s": 12.5,
+            "train_s": 4.0 * seed if trains else 0.0,
+            **({"step_s_median": 0.1 * seed} if trains else {}),
+        },
+        "trainable_parameters": 460_800 if trains else 0,
     }
 
 
@@ -155,6 +160,19 @@ def test_claims_are_decided_from_the_numbers(fixture_dir):
     assert v["Accuracy stays above 75% on domain-specific tasks"] == NOT_REPRODUCED
 
 
+def test_cost_table_by_hand(report):
+    md = report.markdown.read_text()
+    # seeds 1, 2, 3: step times 0.1/0.2/0.3 s, training 4/8/12 s; t(0.975, 2) = 4.303
+    half_step = 4.302653 * 0.1 / math.sqrt(3)
+    half_train = 4.302653 * 4.0 / math.sqrt(3)
+    row = (
+        f"| boolq | lora | 460,800 | 0.200 ± {half_step:.3f} | 8.000 ± {half_train:.3f} "
+        "| 12.500 ± 0.000 | 3 |"
+    )
+    assert row in md
+    assert "| boolq | zero-shot | 0 | n/a | 0.000 ± 0.000 | 12.500 ± 0.000 | 3 |" in md
+
+
 def test_report_has_every_section_and_is_self_contained(report):
     files = report
     md = files.markdown.read_text()
@@ -167,6 +185,7 @@ def test_report_has_every_section_and_is_self_contained(report):
         "## Domain tasks",
         "## Loss curves",
         "## Convergence",
+        "## Cost",
         "## Gradient dynamics",
         "## Ablation",
         "## Sensitivity",

@@ -475,6 +475,61 @@ def _convergence(doc: _Doc, data: BenchData) -> None:
         doc.add(Table(("method", "loss AUC", "steps to threshold", "step time (s)"), tuple(rows)))
 
 
+def _cost(doc: _Doc, data: BenchData) -> None:
+    """What each method costs per task: trainable parameters, step time, time per run."""
+    sections = []
+    for cond in conditions(data.runs):
+        rows = []
+        for task in sorted({r.task for r in cond.runs}):
+            for v in cond.variants():
+                runs = [r for r in cond.runs_of(v) if r.task == task and r.timings]
+                if not runs:
+                    continue
+
+                def over_seeds(name: str, runs: list[RunData] = runs) -> str:
+                    values = [r.timings[name] for r in runs if name in r.timings]
+                    return fmt_interval(mean_ci(values), percent=False) if values else "n/a"
+
+                trainable = sorted({r.trainable for r in runs if r.trainable is not None})
+                rows.append(
+                    (
+                        task,
+                        v,
+                        "/".join(f"{n:,}" for n in trainable) or "n/a",
+                        over_seeds("step_s_median"),
+                        over_seeds("train_s"),
+                        over_seeds("total_s"),
+                        str(len(runs)),
+                    )
+                )
+        if rows:
+            sections.append((cond, rows))
+    if not sections:
+        return
+    doc.add(Heading("Cost"))
+    doc.add(
+        Paragraph(
+            "From each run's record: trainable parameters; median seconds per training step; "
+            "seconds of training and of the whole run (model load, training, evaluation); "
+            "mean ± 95% interval over the runs (seeds) of each task. Times are wall-clock on the "
+            "machine that ran the grid, where runs may have shared its cores: compare methods "
+            "within one grid, not across machines (benchmarks/ measures speed side by side)."
+        )
+    )
+    header = (
+        "task",
+        "method",
+        "trainable parameters",
+        "step time (s)",
+        "training per run (s)",
+        "wall time per run (s)",
+        "runs",
+    )
+    for cond, rows in sections:
+        doc.add(Heading(cond.title, 3))
+        doc.add(Table(header, tuple(rows)))
+
+
 def _dynamics(doc: _Doc, data: BenchData) -> None:
     started = _curves_section(doc, data, "Gradient dynamics", "grad_norm", "gradient norm", "log")
     for cond in conditions(data.runs):
@@ -763,6 +818,7 @@ def build_report(data: BenchData) -> tuple[str, list[Block]]:
     _domains(doc, data)
     _curves_section(doc, data, "Loss curves", "loss", "training loss")
     _convergence(doc, data)
+    _cost(doc, data)
     _dynamics(doc, data)
     _ablation(doc, data)
     _layerwise(doc, data)

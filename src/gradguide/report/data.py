@@ -42,6 +42,9 @@ class RunData:
     has_record: bool
     #: the record's per-layer diagnostics (gradguide.layerwise), empty when the run had none
     layers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: trainable parameters and the record's timings (seconds, peak_rss_mb), when recorded
+    trainable: int | None = None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def variant(self) -> str:
@@ -137,6 +140,12 @@ def _from_row(bench_dir: Path, row: RunRow) -> RunData:
         environment=dict(record.get("environment") or {}),
         has_record=bool(record),
         layers=dict(record.get("layer_diagnostics") or {}),
+        trainable=record.get("trainable_parameters"),
+        timings={
+            k: float(v)
+            for k, v in (record.get("timings") or {}).items()
+            if isinstance(v, (int, float)) and math.isfinite(v)
+        },
     )
 
 
