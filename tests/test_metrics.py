@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gradguide.errors import GradguideError
-from gradguide.metrics import accuracy, compute_metrics, exact_match, f1a, macro_f1
+from gradguide.metrics import accuracy, compute_metrics, exact_match, f1_not_first, f1a, macro_f1
 from gradguide.tasks.base import Instance
 
 
@@ -27,6 +27,17 @@ def test_macro_f1_three_classes():
     preds = [0, 1, 1, 1, 0]
     # class 0: tp1 fp1 fn1 -> 0.5 ; class 1: tp2 fp1 fn0 -> 0.8 ; class 2: tp0 -> 0
     assert macro_f1(xs, preds) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_emocontext_f1_ignores_the_first_class():
+    # gold: 0 0 1 2 3 3 ; pred: 0 1 1 3 3 0  (class 0 = others)
+    xs = [inst(g, n=4) for g in (0, 0, 1, 2, 3, 3)]
+    preds = [0, 1, 1, 3, 3, 0]
+    # over classes 1-3: tp 2 (1->1, 3->3); fp 2 (the 0 called 1, the 2 called 3);
+    # fn 2 (the 2 called 3, the last 3 called 0)
+    tp, fp, fn = 2, 2, 2
+    assert f1_not_first(xs, preds) == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert f1_not_first([inst(0, n=4)] * 3, [0, 0, 0]) == 0.0  # nothing but 'others'
 
 
 def test_f1a_and_em_multirc():

@@ -1,4 +1,4 @@
-"""Task metrics (accuracy, macro-F1, MultiRC F1a and exact match), defined once for every method."""
+"""Task metrics (accuracy, macro-F1, MultiRC F1a and exact match, EmoContext's F1), defined once."""
 
 from __future__ import annotations
 
@@ -50,11 +50,21 @@ def exact_match(instances: Sequence[Instance], predictions: Sequence[int]) -> fl
     return sum(groups.values()) / len(groups)
 
 
+def f1_not_first(instances: Sequence[Instance], predictions: Sequence[int]) -> float:
+    """Micro-F1 over every class but the first (EmoContext's: happy, sad, angry; not others)."""
+    pairs = list(zip(instances, predictions, strict=True))
+    tp = sum(p == x.gold and p != 0 for x, p in pairs)
+    fp = sum(p != x.gold and p != 0 for x, p in pairs)
+    fn = sum(p != x.gold and x.gold != 0 for x, p in pairs)
+    return _f1(tp, fp, fn)
+
+
 METRICS: dict[str, Callable[[Sequence[Instance], Sequence[int]], float]] = {
     "accuracy": accuracy,
     "macro_f1": macro_f1,
     "f1a": f1a,
     "em": exact_match,
+    "f1_not_first": f1_not_first,
 }
 
 

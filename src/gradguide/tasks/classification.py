@@ -123,12 +123,13 @@ TASKS: tuple[TemplateTask, ...] = (
         "emo",
         "EmoContext (SemEval-2019 Task 3): the emotion of the last turn of a three-turn "
         "dialogue. Splits train (5000), dev (2000), test (2000, evaluation); dev/test are 85% "
-        "'others'.",
+        "'others', so the official metric is micro-F1 over happy, sad and angry (f1_not_first).",
         ("others", "happy", "sad", "angry"),
         "A: {turn1}\nB: {turn2}\nA: {turn3}\nThe emotion of A's last message is",
         {"others": " neutral", "happy": " happy", "sad": " sad", "angry": " angry"},
         ("turn1", "turn2", "turn3"),
         {"train": "train.txt", "dev": "dev.txt", "test": "test.txt"},
         _lines("emo"),
+        metrics=("accuracy", "f1_not_first"),
     ),
 )

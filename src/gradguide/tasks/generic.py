@@ -417,6 +417,7 @@ def suite_task(
     eval_split: str = "test",
     rows: RowBuilder | None = None,
     select: Selector | None = None,
+    metrics: tuple[str, ...] = ("accuracy",),
 ) -> TemplateTask:
     """One entry of a suite: files under <suite>/<name>/, train split ``train``."""
     return TemplateTask(
@@ -433,4 +434,5 @@ def suite_task(
         fields=fields,
         rows=rows if rows is not None else record_rows(),
         select=select,
+        metrics=metrics,
     )
