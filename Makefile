@@ -25,11 +25,12 @@ lint: setup
 	$(VENV)/bin/mypy src
 
 # Best effort: a headless Chromium from Debian for the report's HTML check (skipped without one).
+APT_CHROMIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+                chromium-headless-shell >/dev/null 2>&1
 browser:
 	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	      chromium-headless-shell >/dev/null 2>&1; } || \
+	    { $(APT_CHROMIUM) || { apt-get update -qq >/dev/null 2>&1 && $(APT_CHROMIUM); }; }; } || \
 	  echo "no headless Chromium (apt-get failed or not root): the report's HTML check is skipped"
 
 unit: setup browser
