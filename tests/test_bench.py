@@ -169,6 +169,38 @@ def test_guidance_methods_are_lora_with_guidance_and_method_base_is_per_method()
     assert runs["sgg"].label().startswith("sgg demo-sentiment")
 
 
+def test_model_base_is_per_model_and_method_base_wins_over_it(tmp_path):
+    spec = parse_grid(
+        _grid(
+            models=["tiny-llama", "tiny-bert"],
+            methods=["lora", "sgg"],
+            seeds=[1],
+            model_base={"tiny-bert": {"optim.lr": 3.0e-3, "eval_limit": 5}},
+            method_base={"sgg": {"eval_limit": 6}},
+        )
+    )
+    runs = {(r.config.model, r.arm): r for r in expand_grid(spec)}
+    assert runs["tiny-bert", "lora"].config.optim.lr == 3.0e-3
+    assert runs["tiny-llama", "lora"].config.optim.lr != 3.0e-3
+    assert runs["tiny-bert", "lora"].config.eval_limit == 5
+    assert runs["tiny-bert", "sgg"].config.eval_limit == 6  # method_base comes after model_base
+    assert runs["tiny-llama", "sgg"].config.eval_limit == 6
+    assert runs["tiny-llama", "lora"].config.eval_limit == 8
+    assert runs["tiny-bert", "lora"].settings == {}
+    assert spec.to_dict()["model_base"] == {"tiny-bert": {"optim.lr": 3.0e-3, "eval_limit": 5}}
+    path = _write(tmp_path, _grid(model_base={"tiny-bert": {"optim.lr": 1e-3}}))
+    with pytest.raises(GradguideError, match="'tiny-bert' is not in the grid's models") as err:
+        load_grid(path)
+    assert err.value.field == "model_base.tiny-bert" and err.value.file == str(path)
+    path = _write(tmp_path, _grid(models=["tiny-llama", "tiny-bert"], model_base=spec.model_base))
+    narrowed = load_grid(path, ["models=[tiny-llama]"])  # the override drops tiny-bert's block
+    assert narrowed.models == ["tiny-llama"] and narrowed.model_base == {}
+    path = _write(tmp_path, _grid(model_base={"tiny-llama": {"optim.lrr": 1e-3}}))
+    with pytest.raises(GradguideError) as err:
+        load_grid(path)
+    assert err.value.field == "model_base.tiny-llama.optim.lrr"
+
+
 def test_methods_that_cannot_run_fail_before_anything_runs(tmp_path, monkeypatch):
     from gradguide.bench import grid
 

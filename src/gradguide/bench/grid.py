@@ -10,13 +10,15 @@ A grid file::
     seeds: [1, 2, 3]
     base: {optim: {epochs: 10}, eval_limit: 500}   # any TrainConfig setting, nested or dotted
     method_base: {sgg: {guidance.source_task: sst2}}  # optional: settings of one method only
+    model_base: {minilm-l6: {optim.lr: 3.0e-3}}    # optional: settings of one model only
     sweep:                                         # optional
       - {methods: [lora], optim.lr: [1.0e-4, 1.0e-3]}
 
 A method is a name of gradguide.methods or a guidance name of gradguide.guidance (``sgg``,
 ``sgg-dir``, …: LoRA trained with that guidance; ``ofa-step``, ``ofa-sharp``: LayerNorm tuning with
-it; as in ``gradguide compare``). ``method_base`` gives settings to some methods only; they are
-part of the run, not of its swept settings.
+it; as in ``gradguide compare``). ``method_base`` gives settings to some methods only and
+``model_base`` to some models only (a learning rate that suits one model, say); they are part of
+the run, not of its swept settings. Later blocks win: base, model_base, method_base, sweep.
 ``sweep`` is one mapping (the cross product of its lists) or a list of them (their union: one
 block per swept setting gives a one-at-a-time sensitivity grid). A block's ``methods`` limits it to
 those methods; methods no block covers run once with the base settings. Expansion is
@@ -80,6 +82,7 @@ _SPEC_FIELDS = (
     "seeds",
     "base",
     "method_base",
+    "model_base",
     "sweep",
 )
 
@@ -113,6 +116,7 @@ class GridSpec:
     base: dict[str, Any] = dataclasses.field(default_factory=dict)
     sweep: list[SweepBlock] = dataclasses.field(default_factory=list)
     method_base: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    model_base: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     source: str = "<grid>"
     description: str = ""
 
@@ -128,6 +132,7 @@ class GridSpec:
             "seeds": self.seeds,
             "base": self.base,
             "method_base": self.method_base,
+            "model_base": self.model_base,
             "sweep": [
                 {"values": b.values, "methods": list(b.methods) if b.methods else None}
                 for b in self.sweep
@@ -193,7 +198,18 @@ def load_grid(name_or_path: str | Path, overrides: Sequence[str] = ()) -> GridSp
         except yaml.YAMLError as e:
             raise GradguideError(f"{key.strip()}: not a YAML value ({e})", field="--set") from None
         data = merge(data, nest({key.strip(): value}))
+        data = _prune_named_bases(data, key.strip())
     return parse_grid(data, source=str(path))
+
+
+def _prune_named_bases(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """After ``--set models=…`` (or methods), drop the file's per-model (per-method) settings of
+    names the override left out, so narrowing a preset does not trip over its own blocks."""
+    for axis, block in (("model", "model_base"), ("method", "method_base")):
+        if key in (axis, f"{axis}s") and isinstance(data.get(block), Mapping):
+            kept = data[key] if isinstance(data[key], list) else [data[key]]
+            data = {**data, block: {k: v for k, v in data[block].items() if k in kept}}
+    return data
 
 
 def _as_list(value: Any, field: str, source: str, kind: type) -> list[Any]:
@@ -339,19 +355,22 @@ def _parse_sweep(raw: Any, methods: list[str], source: str) -> list[SweepBlock]:
     return blocks
 
 
-def _parse_method_base(raw: Any, methods: list[str], source: str) -> dict[str, dict[str, Any]]:
+def _parse_named_base(
+    raw: Any, names: list[str], source: str, block: str, what: str
+) -> dict[str, dict[str, Any]]:
+    """``method_base`` or ``model_base``: settings for some of the grid's methods or models."""
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
         raise GradguideError(
-            "expected a mapping of method: {setting: value}", file=source, field="method_base"
+            f"expected a mapping of {what}: {{setting: value}}", file=source, field=block
         )
     out: dict[str, dict[str, Any]] = {}
     for name, settings in raw.items():
-        where = f"method_base.{name}"
-        if name not in methods:
+        where = f"{block}.{name}"
+        if name not in names:
             raise GradguideError(
-                f"method {name!r} is not in the grid's methods", file=source, field=where
+                f"{what} {name!r} is not in the grid's {what}s", file=source, field=where
             )
         if not isinstance(settings, Mapping):
             raise GradguideError("expected a mapping of settings", file=source, field=where)
@@ -385,7 +404,10 @@ def parse_grid(data: Mapping[str, Any], *, source: str = "<grid>") -> GridSpec:
     for path, value in base.items():
         _check_setting(path, f"base.{path}", source)
         _check_value(path, value, f"base.{path}", source)
-    method_base = _parse_method_base(data.get("method_base"), methods, source)
+    method_base = _parse_named_base(
+        data.get("method_base"), methods, source, "method_base", "method"
+    )
+    model_base = _parse_named_base(data.get("model_base"), models, source, "model_base", "model")
     spec = GridSpec(
         name=name.strip(),
         models=models,
@@ -396,6 +418,7 @@ def parse_grid(data: Mapping[str, Any], *, source: str = "<grid>") -> GridSpec:
         base=base,
         sweep=_parse_sweep(data.get("sweep"), methods, source),
         method_base=method_base,
+        model_base=model_base,
         source=source,
         description=str(data.get("description") or ""),
     )
@@ -488,11 +511,14 @@ def expand_grid(spec: GridSpec) -> list[GridRun]:
         spec.models, spec.shots, spec.seeds, spec.tasks, spec.methods
     ):
         own = spec.method_base.get(method, {})
+        for_model = spec.model_base.get(model, {})
         for combo in _combos_for(spec, method):
             as_guidance = is_guidance_arm(method)
             trained = guidance_method(method) if as_guidance else method
             axes = {"model": model, "task": task, "method": trained, "shots": shots, "seed": seed}
-            data = merge(merge(merge(base_nested, axes), nest(own)), nest(combo))
+            data = merge(base_nested, axes)
+            for block in (for_model, own, combo):
+                data = merge(data, nest(block))
             try:
                 config = from_dict(TrainConfig, data, source=spec.source)
                 if as_guidance:
@@ -505,6 +531,8 @@ def expand_grid(spec: GridSpec) -> list[GridRun]:
                     field = f"sweep.{field}"
                 elif field in own:
                     field = f"method_base.{method}.{field}"
+                elif field in for_model:
+                    field = f"model_base.{model}.{field}"
                 elif field in spec.base:
                     field = f"base.{field}"
                 elif field in AXES:
