@@ -240,6 +240,28 @@ def test_missing_runs_are_not_testable(tmp_path, capsys):
     assert "record.json is missing" in (bench / "report.md").read_text()
 
 
+def test_a_cell_run_twice_with_other_settings_keeps_the_latest_and_says_so(tmp_path):
+    bench = build_fixture(tmp_path / "b")
+    before = load_bench(bench)
+    old = next(r for r in before.runs if r.method == "lora" and r.task == "cb" and r.seed == 1)
+    record = json.loads((bench / "runs" / old.key / "run" / "record.json").read_text())
+    record["config"]["optim"] = {"lr": 3e-3}
+    record["metrics"]["accuracy"] = 0.99
+    (bench / "runs" / "later" / "run").mkdir(parents=True)
+    (bench / "runs" / "later" / "run" / "record.json").write_text(json.dumps(record))
+    with Store(bench) as store:
+        store.add_run(row_from_record("later", "synthetic", {}, "runs/later/run", record))
+    after = load_bench(bench)
+    assert len(after.runs) == len(before.runs)  # one run per cell, not two
+    (kept,) = [r for r in after.runs if r.method == "lora" and r.task == "cb" and r.seed == 1]
+    assert kept.key == "later" and kept.value("accuracy") == 0.99
+    (s,) = after.superseded
+    assert (s.dropped, s.kept) == (old.key, "later")
+    assert s.differences == {"optim.lr": (None, 3e-3)}
+    md = write_report(bench, tmp_path / "r").markdown.read_text()
+    assert "## Superseded runs" in md and "optim.lr: None → 0.003" in md
+
+
 def test_report_of_an_empty_or_missing_bench(tmp_path):
     with pytest.raises(GradguideError, match="no results database"):
         write_report(tmp_path / "nothing")

@@ -107,6 +107,11 @@ def _overview(doc: _Doc, data: BenchData) -> None:
         items.append(
             f"stored runs whose record.json is missing (no curves): {len(data.missing_records)}"
         )
+    if data.superseded:
+        items.append(
+            f"stored runs left out, superseded by a later run of the same cell with other "
+            f"settings: {len(data.superseded)} (listed at the end)"
+        )
     doc.add(BulletList(tuple(items)))
     doc.add(
         Paragraph(
@@ -728,6 +733,30 @@ def _failures(doc: _Doc, data: BenchData) -> None:
     )
 
 
+def _superseded(doc: _Doc, data: BenchData) -> None:
+    if not data.superseded:
+        return
+    doc.add(Heading("Superseded runs"))
+    rows = tuple(
+        (
+            s.cell,
+            s.dropped,
+            s.kept,
+            "; ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in s.differences.items()) or "none",
+        )
+        for s in data.superseded
+    )
+    doc.add(
+        Table(
+            ("cell", "left out", "kept", "settings (left out → kept)"),
+            rows,
+            caption="Runs of a cell that a later run of the same cell replaced: they differ in "
+            "settings no grid swept, so the report shows only the latest (move or delete the "
+            "older run directories, or sweep the setting, to compare them).",
+        )
+    )
+
+
 #: per-layer quantities of gradguide.layerwise: record key, axis label, what the index means
 LAYER_QUANTITIES = (
     ("probe_accuracy", "probe accuracy (%)", "layer (0 = embeddings, last = model output)"),
@@ -824,6 +853,7 @@ def build_report(data: BenchData) -> tuple[str, list[Block]]:
     _layerwise(doc, data)
     _sensitivity(doc, data)
     _failures(doc, data)
+    _superseded(doc, data)
     return title, doc.blocks
 
 

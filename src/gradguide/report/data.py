@@ -95,6 +95,19 @@ class BenchData:
     grids: dict[str, dict[str, Any]]
     failures: list[Failure]
     missing_records: list[str]
+    #: runs left out because a later run filled the same cell with other settings
+    superseded: list[Superseded] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class Superseded:
+    """A run the report leaves out: a later run of the same cell, configured differently."""
+
+    dropped: str
+    kept: str
+    cell: str
+    #: dotted setting → (dropped run's value, kept run's value)
+    differences: dict[str, tuple[Any, Any]]
 
 
 def _digest(ids: Iterable[str]) -> str:
@@ -158,7 +171,48 @@ def load_bench(bench_dir: str | Path) -> BenchData:
         failures = store.failures()
     runs = [_from_row(root, r) for r in rows]
     missing = [r.run_dir for r, d in zip(rows, runs, strict=True) if not d.has_record]
-    return BenchData(root, runs, grids, failures, missing)
+    runs, superseded = _latest_per_cell(runs)
+    return BenchData(root, runs, grids, failures, missing, superseded)
+
+
+_RUN_ONLY = ("checkpoint_every", "out_dir", "resume", "workers", "progress", "tensorboard")
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _latest_per_cell(runs: list[RunData]) -> tuple[list[RunData], list[Superseded]]:
+    """One run per (model, shots, variant, task, seed): the last finished one.
+
+    Two runs share a cell when they differ only in settings no grid swept (a preset changed, one
+    grid with an evaluation limit and one without): averaging them, or picking one silently, would
+    mix configurations, so the report keeps the latest and lists what the others differed in.
+    """
+    latest: dict[tuple[Any, ...], RunData] = {}
+    for r in runs:  # in finishing order
+        latest[(r.model, r.shots, r.variant, r.task, r.seed)] = r
+    kept = {id(r) for r in latest.values()}
+    superseded = []
+    for r in runs:
+        if id(r) in kept:
+            continue
+        winner = latest[(r.model, r.shots, r.variant, r.task, r.seed)]
+        mine, theirs = _flat(r.config), _flat(winner.config)
+        diffs = {
+            k: (mine.get(k), theirs.get(k))
+            for k in sorted(set(mine) | set(theirs))
+            if mine.get(k) != theirs.get(k) and k.split(".")[-1] not in _RUN_ONLY
+        }
+        cell = f"{r.model} {r.shots} shots {r.variant} {r.task} seed {r.seed}"
+        superseded.append(Superseded(r.key, winner.key, cell, diffs))
+    return [r for r in runs if id(r) in kept], superseded
 
 
 def cells(runs: Iterable[RunData], metric: str) -> Cells:
