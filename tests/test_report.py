@@ -95,7 +95,10 @@ def _record(
             "total_s": 12.5,
             "train_s": 4.0 * seed if trains else 0.0,
             **({"step_s_median": 0.1 * seed} if trains else {}),
+            "peak_rss_mb": 500.0 + 100 * seed,
         },
+        # seed 3 is an old record whose peak covers its whole process: the report skips it
+        "peak_rss_scope": "run" if seed < 3 else "process",
         "trainable_parameters": 460_800 if trains else 0,
     }
 
@@ -167,10 +170,10 @@ def test_cost_table_by_hand(report):
     half_train = 4.302653 * 4.0 / math.sqrt(3)
     row = (
         f"| boolq | lora | 460,800 | 0.200 ± {half_step:.3f} | 8.000 ± {half_train:.3f} "
-        "| 12.500 ± 0.000 | 3 |"
-    )
+        f"| 12.500 ± 0.000 | {650:.3f} ± {12.706205 * 50:.3f} | 3 |"
+    )  # peak memory: seeds 1 and 2 only (600, 700 MiB: sd 50·√2); t(0.975, 1) = 12.706
     assert row in md
-    assert "| boolq | zero-shot | 0 | n/a | 0.000 ± 0.000 | 12.500 ± 0.000 | 3 |" in md
+    assert "| boolq | zero-shot | 0 | n/a | 0.000 ± 0.000 | 12.500 ± 0.000 | 650.000" in md
 
 
 def test_report_has_every_section_and_is_self_contained(report):

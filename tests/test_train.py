@@ -67,6 +67,19 @@ def test_untrained_methods_share_the_record_shape(tmp_path):
     assert set(icl.record["data"]["demonstration_ids"]) <= set(icl.record["data"]["train_ids"])
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc")
+def test_peak_memory_is_the_runs_own_not_the_processs(tmp_path):
+    from gradguide.record import peak_rss_mb
+
+    big = torch.ones(2**30 // 4)  # 1 GiB, touched: the process's peak is now above it
+    big.add_(1.0)
+    before = peak_rss_mb()
+    del big
+    rec = train(tiny(tmp_path), show_progress=False).record
+    assert rec["peak_rss_scope"] == "run"
+    assert 0 < rec["timings"]["peak_rss_mb"] < before - 600
+
+
 def test_data_order_is_a_seeded_permutation_per_epoch():
     order = data_order(10, 4, 9, seed=3)
     assert order == data_order(10, 4, 9, seed=3) and order != data_order(10, 4, 9, seed=4)

@@ -10,6 +10,7 @@ import importlib.metadata
 import os
 import platform
 import re
+import resource
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,30 @@ def environment() -> dict[str, Any]:
         "packages": versions,
         "git_commit": _git_commit(),
     }
+
+
+def reset_peak_rss() -> bool:
+    """Start a new resident-memory high-water mark for this process (Linux); False if unsupported.
+
+    Runs of one in-process grid share a process, whose lifetime peak would otherwise be every
+    later run's "peak"."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory in MiB since the last :func:`reset_peak_rss` (Linux's VmHWM), else
+    the process's lifetime peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def new_run_dir(root: str | Path, name: str) -> Path:

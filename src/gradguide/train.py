@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import random
-import resource
 import statistics
 import time
 from collections.abc import Sequence
@@ -62,7 +61,7 @@ from gradguide.layerwise import layer_diagnostics
 from gradguide.methods import Adapted, MethodOptions, get_method
 from gradguide.metrics import GradientTracker, dynamics_summary
 from gradguide.models import LoadedModel, load_model
-from gradguide.record import environment, new_run_dir, write_record
+from gradguide.record import environment, new_run_dir, peak_rss_mb, reset_peak_rss, write_record
 from gradguide.scoring import ScoringOptions, candidate_scores
 from gradguide.steplog import StepLogger
 from gradguide.tasks import get_task, resolve_data_root, sample_demonstrations, sample_k_shot
@@ -291,6 +290,7 @@ def train(
     configuration stored in that directory.
     """
     started = time.perf_counter()
+    own_peak = reset_peak_rss()
     validate(config)
     method = get_method(config.method)
     if method.default_guidance and not config.guidance.use:
@@ -422,8 +422,10 @@ def train(
             "step_s_median": _median(curves["step_seconds"]),
             "eval_s": facts["seconds"],
             "total_s": time.perf_counter() - started,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": peak_rss_mb(),
         },
+        # "run": the peak of this run alone; "process": of its whole process (earlier runs too)
+        "peak_rss_scope": "run" if own_peak else "process",
     }
     write_record(run_dir, record)
     dist.barrier()

@@ -504,6 +504,7 @@ def _cost(doc: _Doc, data: BenchData) -> None:
                         over_seeds("step_s_median"),
                         over_seeds("train_s"),
                         over_seeds("total_s"),
+                        over_seeds("peak_rss_mb"),
                         str(len(runs)),
                     )
                 )
@@ -516,7 +517,9 @@ def _cost(doc: _Doc, data: BenchData) -> None:
         Paragraph(
             "From each run's record: trainable parameters; median seconds per training step; "
             "seconds of training and of the whole run (model load, training, evaluation); "
-            "mean ± 95% interval over the runs (seeds) of each task. Times are wall-clock on the "
+            "the run's peak resident memory (n/a for records that only kept their process's "
+            "peak, which includes earlier runs of an in-process grid); mean ± 95% interval over "
+            "the runs (seeds) of each task. Times are wall-clock on the "
             "machine that ran the grid, where runs may have shared its cores: compare methods "
             "within one grid, not across machines (benchmarks/ measures speed side by side)."
         )
@@ -528,6 +531,7 @@ def _cost(doc: _Doc, data: BenchData) -> None:
         "step time (s)",
         "training per run (s)",
         "wall time per run (s)",
+        "peak memory (MiB)",
         "runs",
     )
     for cond, rows in sections:

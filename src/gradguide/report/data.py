@@ -157,7 +157,10 @@ def _from_row(bench_dir: Path, row: RunRow) -> RunData:
         timings={
             k: float(v)
             for k, v in (record.get("timings") or {}).items()
-            if isinstance(v, (int, float)) and math.isfinite(v)
+            if isinstance(v, (int, float))
+            and math.isfinite(v)
+            # a peak of the whole process (older records) includes earlier runs': left out
+            and (k != "peak_rss_mb" or record.get("peak_rss_scope") == "run")
         },
     )
 
