@@ -178,7 +178,8 @@ def load_bench(bench_dir: str | Path) -> BenchData:
     return BenchData(root, runs, grids, failures, missing, superseded)
 
 
-_RUN_ONLY = ("checkpoint_every", "out_dir", "resume", "workers", "progress", "tensorboard")
+#: settings that say where files go or how often to save, not what the run computes
+_RUN_ONLY = ("out", "cache_dir", "checkpoint_every", "tensorboard")
 
 
 def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -211,7 +212,7 @@ def _latest_per_cell(runs: list[RunData]) -> tuple[list[RunData], list[Supersede
         diffs = {
             k: (mine.get(k), theirs.get(k))
             for k in sorted(set(mine) | set(theirs))
-            if mine.get(k) != theirs.get(k) and k.split(".")[-1] not in _RUN_ONLY
+            if mine.get(k) != theirs.get(k) and k not in _RUN_ONLY
         }
         cell = f"{r.model} {r.shots} shots {r.variant} {r.task} seed {r.seed}"
         superseded.append(Superseded(r.key, winner.key, cell, diffs))
