@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -29,10 +30,12 @@ from gradguide.bench.grid import (
 )
 from gradguide.bench.runner import RUNS_DIR, run_dirs, run_grid
 from gradguide.bench.store import DB_NAME, Store, row_from_record
+from gradguide.config import from_dict
 from gradguide.errors import GradguideError
 from gradguide.guidance import GUIDANCE
 from gradguide.methods import list_methods
 from gradguide.tasks import resolve_data_root
+from gradguide.train import TrainConfig
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -199,6 +202,19 @@ def test_model_base_is_per_model_and_method_base_wins_over_it(tmp_path):
     with pytest.raises(GradguideError) as err:
         load_grid(path)
     assert err.value.field == "model_base.tiny-llama.optim.lrr"
+
+
+def test_a_finished_runs_record_maps_back_to_its_key(tmp_path):
+    """Reuse, resume and recovery find a run by the key of its recorded config, which train()
+    completes (ofa's implied guidance written out): it must be the grid's key."""
+    from gradguide.train import load_run_config, train
+
+    spec = parse_grid(_grid(methods=["ofa", "lora"], seeds=[1], base=_fast_base(steps=2)))
+    for run in expand_grid(spec):
+        config = dataclasses.replace(run.config, out=str(tmp_path / run.arm))
+        result = train(config, show_progress=False)
+        assert run_key(from_dict(TrainConfig, result.record["config"])) == run.key, run.arm
+        assert run_key(load_run_config(result.run_dir)) == run.key, run.arm
 
 
 def test_methods_that_cannot_run_fail_before_anything_runs(tmp_path, monkeypatch):

@@ -482,6 +482,10 @@ def run_key(config: TrainConfig) -> str:
     for name in _NOT_HASHED:
         data.pop(name, None)
     data["checkpoint_every"] = 0  # where checkpoints are taken changes no result
+    if config.guidance.use == get_method(config.method).default_guidance:
+        # train() writes a method's default guidance (ofa's) into the config it records: the
+        # recorded config and the grid's, which leaves it implied, are one run
+        data["guidance"]["use"] = ""
     if not any(t in SPECTRAL_TERMS for t in expand_terms(parse_guidance(config.guidance.use))):
         # options of unused spectral terms change nothing (and runs stored before they existed
         # keep their keys)
