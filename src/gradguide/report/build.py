@@ -76,6 +76,11 @@ class _Doc:
         self.blocks.append(Figure(name, png, caption))
 
 
+def _upper_first(text: str) -> str:
+    """Capitalise a label's first letter only (``str.capitalize`` would lower tr(P H P^T))."""
+    return text[:1].upper() + text[1:]
+
+
 def _overview(doc: _Doc, data: BenchData) -> None:
     runs = data.runs
     doc.add(Heading("Overview"))
@@ -420,7 +425,7 @@ def _curves_section(
                 ylabel=ylabel,
                 yscale=yscale,
             ),
-            f"{ylabel.capitalize()} per training step, mean over tasks and seeds per method, "
+            f"{_upper_first(ylabel)} per training step, mean over tasks and seeds per method, "
             f"{cond.title} "
             f"(runs: {', '.join(counts)}).",
         )
@@ -805,7 +810,7 @@ def _layerwise(doc: _Doc, data: BenchData) -> None:
                     figures.line_figure(
                         series, title=f"{label}, {task} ({cond.title})", xlabel=xlabel, ylabel=label
                     ),
-                    f"{label.capitalize()} per layer on {task}, {cond.title}: mean over seeds "
+                    f"{_upper_first(label)} per layer on {task}, {cond.title}: mean over seeds "
                     f"{', '.join(map(str, seeds))} ± 95% interval, {n} evaluation examples.",
                 )
 
