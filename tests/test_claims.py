@@ -234,6 +234,15 @@ def test_spectral_claims_per_arm():
     )
 
 
+def test_spectral_steps_evidence_counts_the_tasks_both_ran():
+    runs = spectral_runs({"lora": (0.6, 0.10), "spectral": (0.6, 0.25)})
+    runs = [r for r in runs if r.method == "lora" or r.task == "sst2"]  # spectral: sst2 only
+    fast = "LoRA + spectral (regulariser and filter) converges faster than LoRA (loss AUC)"
+    evidence = status(spectral_claims(bench(runs)), fast).evidence
+    assert "spectral" in evidence and "lora" in evidence
+    assert evidence.count("4/4 runs reached it") == 2  # LoRA's rte runs are left out
+
+
 def test_spectral_convergence_uses_recorded_loss_auc_first():
     # the recorded dynamics say spectral is slower, although its curve says faster
     runs = spectral_runs({"lora": (0.6, 0.10), "spectral": (0.6, 0.25)})

@@ -56,8 +56,9 @@ STEPS = Measure("steps to the loss threshold", RunData.steps_to_loss_threshold, 
 def _steps_evidence(cond: Condition, arm: str) -> str:
     """How many runs reached the loss threshold, when, and the paired difference where both did."""
     shown = []
+    tasks = cond.common_tasks((arm, LORA))  # LoRA's runs on other tasks would skew its mean
     for v in (arm, LORA):
-        runs = cond.runs_of(v)
+        runs = [r for r in cond.runs_of(v) if r.task in tasks]
         trained = [r for r in runs if r.loss_auc() is not None]
         reached = [s for r in trained if (s := r.steps_to_loss_threshold()) is not None]
         mean = f"{sum(reached) / len(reached):.1f}" if reached else "n/a"
