@@ -482,7 +482,8 @@ def run_key(config: TrainConfig) -> str:
     for name in _NOT_HASHED:
         data.pop(name, None)
     data["checkpoint_every"] = 0  # where checkpoints are taken changes no result
-    if config.guidance.use == get_method(config.method).default_guidance:
+    default_use = get_method(config.method).default_guidance
+    if config.guidance.use == default_use:
         # train() writes a method's default guidance (ofa's) into the config it records: the
         # recorded config and the grid's, which leaves it implied, are one run
         data["guidance"]["use"] = ""
@@ -492,7 +493,7 @@ def run_key(config: TrainConfig) -> str:
         data["guidance"].pop("spectral", None)
     if not config.layer_diagnostics:  # likewise the diagnostics when off, and unused OFA options
         data.pop("layer_diagnostics", None)
-        use = config.guidance.use or get_method(config.method).default_guidance
+        use = config.guidance.use or default_use
         if not any(t in OFA_TERMS for t in expand_terms(parse_guidance(use))):
             data["guidance"].pop("ofa", None)
     text = json.dumps([KEY_VERSION, data], sort_keys=True, separators=(",", ":"))
@@ -516,13 +517,13 @@ def expand_grid(spec: GridSpec) -> list[GridRun]:
     ):
         own = spec.method_base.get(method, {})
         for_model = spec.model_base.get(model, {})
+        as_guidance = is_guidance_arm(method)
+        trained = guidance_method(method) if as_guidance else method
+        axes = {"model": model, "task": task, "method": trained, "shots": shots, "seed": seed}
+        # base < model_base < method_base, then each swept combination on top
+        fixed = merge(merge(merge(base_nested, axes), nest(for_model)), nest(own))
         for combo in _combos_for(spec, method):
-            as_guidance = is_guidance_arm(method)
-            trained = guidance_method(method) if as_guidance else method
-            axes = {"model": model, "task": task, "method": trained, "shots": shots, "seed": seed}
-            data = merge(base_nested, axes)
-            for block in (for_model, own, combo):
-                data = merge(data, nest(block))
+            data = merge(fixed, nest(combo))
             try:
                 config = from_dict(TrainConfig, data, source=spec.source)
                 if as_guidance:

@@ -199,24 +199,25 @@ def _latest_per_cell(runs: list[RunData]) -> tuple[list[RunData], list[Supersede
     grid with an evaluation limit and one without): averaging them, or picking one silently, would
     mix configurations, so the report keeps the latest and lists what the others differed in.
     """
-    latest: dict[tuple[Any, ...], RunData] = {}
-    for r in runs:  # in finishing order
-        latest[(r.model, r.shots, r.variant, r.task, r.seed)] = r
-    kept = {id(r) for r in latest.values()}
+
+    def cell(r: RunData) -> tuple[Any, ...]:
+        return (r.model, r.shots, r.variant, r.task, r.seed)
+
+    latest = {cell(r): r for r in runs}  # runs come in finishing order: the last one wins
     superseded = []
     for r in runs:
-        if id(r) in kept:
+        winner = latest[cell(r)]
+        if winner is r:
             continue
-        winner = latest[(r.model, r.shots, r.variant, r.task, r.seed)]
         mine, theirs = _flat(r.config), _flat(winner.config)
         diffs = {
             k: (mine.get(k), theirs.get(k))
             for k in sorted(set(mine) | set(theirs))
             if mine.get(k) != theirs.get(k) and k not in _RUN_ONLY
         }
-        cell = f"{r.model} {r.shots} shots {r.variant} {r.task} seed {r.seed}"
-        superseded.append(Superseded(r.key, winner.key, cell, diffs))
-    return [r for r in runs if id(r) in kept], superseded
+        where = f"{r.model} {r.shots} shots {r.variant} {r.task} seed {r.seed}"
+        superseded.append(Superseded(r.key, winner.key, where, diffs))
+    return [r for r in runs if latest[cell(r)] is r], superseded
 
 
 def cells(runs: Iterable[RunData], metric: str) -> Cells:
