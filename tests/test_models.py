@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -363,6 +365,16 @@ def test_publish_dir_failure_leaves_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def write(name: str, text: str) -> Any:
+    """A ``publish_dir`` build step writing one file and its manifest."""
+
+    def build(tmp: Path) -> None:
+        (tmp / name).write_text(text)
+        atomic.write_manifest(tmp)
+
+    return build
+
+
 def test_publish_dir_keeps_existing_and_sweeps_stale(tmp_path: Path) -> None:
     target = tmp_path / "out"
     stale = tmp_path / ".out.tmp-crashed"
@@ -370,21 +382,43 @@ def test_publish_dir_keeps_existing_and_sweeps_stale(tmp_path: Path) -> None:
     old = time.time() - 10 * 24 * 3600
     os.utime(stale, (old, old))
 
-    def write(text: str) -> Any:
-        def build(tmp: Path) -> None:
-            (tmp / "f.txt").write_text(text)
-            atomic.write_manifest(tmp)
-
-        return build
-
-    assert atomic.publish_dir(target, write("first"))
+    assert atomic.publish_dir(target, write("f.txt", "first"))
     assert not stale.exists()
-    assert not atomic.publish_dir(target, write("second"))
+    assert not atomic.publish_dir(target, write("f.txt", "second"))
     assert (target / "f.txt").read_text() == "first"
-    assert atomic.publish_dir(target, write("third"), replace=True)
+    assert atomic.publish_dir(target, write("f.txt", "third"), replace=True)
     assert (target / "f.txt").read_text() == "third"
     assert atomic.verify_manifest(target) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux-only")
+def test_publish_dir_replace_never_leaves_the_target_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill at any instant of a replace must find the old or the new directory (checkpoints)."""
+    target = tmp_path / "ckpt"
+
+    assert atomic.publish_dir(target, write("state.json", "1"))
+    seen: list[bool] = []
+    real_rename, real_rmtree = os.rename, shutil.rmtree
+
+    def rename(a: Any, b: Any) -> None:
+        real_rename(a, b)
+        seen.append((target / "state.json").exists())
+
+    def rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
+        seen.append((target / "state.json").exists())
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.os, "rename", rename)
+    monkeypatch.setattr(atomic.shutil, "rmtree", rmtree)
+    for step in range(2, 6):
+        assert atomic.publish_dir(target, write("state.json", str(step)), replace=True)
+        assert (target / "state.json").read_text() == str(step)
+    assert seen and all(seen)
+    assert atomic.verify_manifest(target) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
 # ---------------------------------------------------------------------------------------------
