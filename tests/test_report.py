@@ -18,7 +18,7 @@ from gradguide.errors import GradguideError
 from gradguide.report import ReportFiles, write_report
 from gradguide.report.claims import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, evaluate_claims
 from gradguide.report.cli import main as report_main
-from gradguide.report.data import load_bench
+from gradguide.report.data import _timings, load_bench
 
 SUPERGLUE = ("boolq", "cb", "rte")
 DOMAINS = ("financial_phrasebank", "banking77")
@@ -174,6 +174,18 @@ def test_cost_table_by_hand(report):
     )  # peak memory: seeds 1 and 2 only (600, 700 MiB: sd 50·√2); t(0.975, 1) = 12.706
     assert row in md
     assert "| boolq | zero-shot | 0 | n/a | 0.000 ± 0.000 | 12.500 ± 0.000 | 650.000" in md
+
+
+def test_wall_time_of_an_older_resumed_record_counts_its_training():
+    t = {"model_load_s": 5.0, "train_s": 900.0, "eval_s": 100.0, "total_s": 120.0}
+    # before ``resumed_at_step`` existed, a resumed run's total_s held only its last session
+    assert _timings({"timings": t})["total_s"] == 1005.0
+    assert _timings({"timings": {**t, "total_s": 2000.0}})["total_s"] == 2000.0
+    # newer records already count the earlier sessions: taken as written
+    new = {**t, "resumed_at_step": 10}
+    assert _timings({"timings": new})["total_s"] == 120.0
+    assert "resumed_at_step" in _timings({"timings": new})
+    assert "peak_rss_mb" not in _timings({"timings": {**t, "peak_rss_mb": 1.0}})
 
 
 def test_report_has_every_section_and_is_self_contained(report):

@@ -238,6 +238,10 @@ def test_kill_and_resume_reaches_the_uninterrupted_result(tmp_path):
         assert a["metrics"] == b["metrics"]
         assert a["curves"]["loss"] == b["curves"]["loss"]
         assert a["curves"]["grad_norm"] == b["curves"]["grad_norm"]
+        assert a["timings"]["resumed_at_step"] == done_at_kill
+        assert b["timings"]["resumed_at_step"] is None
+        # the resumed run's wall time counts the training its killed session did
+        assert a["timings"]["total_s"] >= a["timings"]["train_s"] + a["timings"]["eval_s"]
         log = (run_dir / "log.jsonl").read_text().splitlines()
         assert [json.loads(x)["step"] for x in log] == list(range(24))
         outcomes.append(f"killed after step {done_at_kill}, resumed exactly")

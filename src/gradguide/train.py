@@ -339,13 +339,14 @@ def train(
     }
     skipped: list[int] = []
     steps = total_steps(config, len(setup.train)) if adapted is not None else 0
-    train_s = 0.0
+    train_s = carried_s = 0.0  # carried_s: training done by the sessions before a resume
+    resumed_at: int | None = None
     guide_info: dict[str, Any] = {}
     if adapted is not None:
         guide = _guidance(config, model_lm, adapted, setup, run_dir, resume, steps, dist)
         guide_info = guide.info
         try:
-            curves, skipped, train_s = _fit(
+            curves, skipped, train_s, resumed_at, carried_s = _fit(
                 config, run_dir, model_lm, adapted, setup.train, steps, resume, show_progress, guide
             )
             guide_info["term_summaries"] = guide.summaries()
@@ -421,7 +422,9 @@ def train(
             "train_s": train_s,
             "step_s_median": _median(curves["step_seconds"]),
             "eval_s": facts["seconds"],
-            "total_s": time.perf_counter() - started,
+            # a resumed run's wall time counts the training of its earlier sessions too
+            "total_s": time.perf_counter() - started + carried_s,
+            "resumed_at_step": resumed_at,
             "peak_rss_mb": peak_rss_mb(),
         },
         # "run": the peak of this run alone; "process": of its whole process (earlier runs too)
@@ -442,8 +445,9 @@ def _fit(
     resume: Path | None,
     show_progress: bool,
     guide: _Guide,
-) -> tuple[Curves, list[int], float]:
-    """The optimisation itself; returns the curves, the skipped steps and the seconds spent."""
+) -> tuple[Curves, list[int], float, int | None, float]:
+    """The optimisation itself: the curves, the skipped steps, the training seconds, and for a
+    resumed run the step it resumed at and the training seconds its earlier sessions spent."""
     o = config.optim
     params = list(adapted.trainable.values())
     lr = o.lr if o.lr is not None else get_method(config.method).default_lr
@@ -452,7 +456,7 @@ def _fit(
     order = data_order(len(train_set), o.batch_size, steps, config.seed)
     curves: Curves = {k: [] for k in (*CURVE_KEYS, *guide.term_keys())}
     skipped: list[int] = []
-    start_step, train_s = 0, 0.0
+    start_step, train_s, carried_s = 0, 0.0, 0.0
     tracker = GradientTracker()
     if resume is not None:
         state = load_checkpoint(run_dir, adapted, optimizer, scheduler)
@@ -464,6 +468,7 @@ def _fit(
             state["skipped"],
             state["train_s"],
         )
+        carried_s = train_s
         extra = load_extra(run_dir)
         tracker.load_state(extra)
         prior = guide.engine.prior
@@ -560,7 +565,8 @@ def _fit(
     mean = tracker.mean_gradient()
     if mean is not None and dist.is_main:
         save_vector(run_dir / MEAN_GRADIENT_FILE, mean, list(adapted.trainable), params)
-    return curves, skipped, train_s
+    resumed_at = start_step if resume is not None else None
+    return curves, skipped, train_s, resumed_at, carried_s
 
 
 @dataclasses.dataclass

@@ -154,15 +154,26 @@ def _from_row(bench_dir: Path, row: RunRow) -> RunData:
         has_record=bool(record),
         layers=dict(record.get("layer_diagnostics") or {}),
         trainable=record.get("trainable_parameters"),
-        timings={
-            k: float(v)
-            for k, v in (record.get("timings") or {}).items()
-            if isinstance(v, (int, float))
-            and math.isfinite(v)
-            # a peak of the whole process (older records) includes earlier runs': left out
-            and (k != "peak_rss_mb" or record.get("peak_rss_scope") == "run")
-        },
+        timings=_timings(record),
     )
+
+
+def _timings(record: dict[str, Any]) -> dict[str, float]:
+    """The record's finite timings. A process-wide peak (older records) includes earlier runs' and
+    is left out; older records counted only a resumed run's last session in ``total_s``, which is
+    raised to at least its load + training + evaluation seconds."""
+    raw = record.get("timings") or {}
+    out = {
+        k: float(v)
+        for k, v in raw.items()
+        if isinstance(v, (int, float))
+        and math.isfinite(v)
+        and (k != "peak_rss_mb" or record.get("peak_rss_scope") == "run")
+    }
+    parts = [out.get(k) for k in ("model_load_s", "train_s", "eval_s")]
+    if "total_s" in out and "resumed_at_step" not in raw and None not in parts:
+        out["total_s"] = max(out["total_s"], sum(p for p in parts if p is not None))
+    return out
 
 
 def load_bench(bench_dir: str | Path) -> BenchData:
