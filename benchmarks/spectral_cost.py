@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections import defaultdict
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from _common import batch_of, time_interleaved
 
+from gradguide.bench.stats import mean_ci
 from gradguide.guidance.spectral import SpectralGraphs, SpectralOptions
 from gradguide.methods import MethodOptions, get_method
 from gradguide.models import load_model
@@ -111,11 +113,18 @@ def main() -> None:
         last[name] = (task_loss[name], energy)
     base = statistics.median(times["lora"])
     print(f"\n{a.model} + LoRA step, batch 8 x 64 tokens, {a.steps} steps per arm (interleaved)")
-    print(f"{'arm':<19}{'median s':>10}{'x lora':>8}{'task loss':>11}{'energy':>11}")
+    print(
+        f"{'arm':<19}{'median s':>10}{'x lora':>8}{'paired x, mean ± 95%':>22}"
+        f"{'task loss':>11}{'energy':>11}"
+    )
     for name in arms:
         med = statistics.median(times[name])
+        # ratio to the LoRA step of the same round, so both saw the same machine load
+        ratio = mean_ci([t / b for t, b in zip(times[name], times["lora"], strict=True)])
         task, energy = last[name]
-        print(f"{name:<19}{med:>10.3f}{med / base:>8.3f}{task:>11.4f}{energy:>11.3e}")
+        shown = f"{energy:>11.3e}" if math.isfinite(energy) else f"{'n/a':>11}"
+        paired = f"{ratio.mean:.3f} ± {ratio.half_width:.3f}"
+        print(f"{name:<19}{med:>10.3f}{med / base:>8.3f}{paired:>22}{task:>11.4f}{shown}")
     print(f"energy: Σ tr(ΔWᵀLΔW) after the last step (the regulariser adds λ_spec={lam} × it)")
 
 
