@@ -188,6 +188,40 @@ def test_wall_time_of_an_older_resumed_record_counts_its_training():
     assert "peak_rss_mb" not in _timings({"timings": {**t, "peak_rss_mb": 1.0}})
 
 
+def test_spectral_diagnostics_table_and_spectra_by_hand(tmp_path):
+    from gradguide.report.build import build_report
+    from gradguide.report.data import BenchData, RunData
+    from gradguide.report.render import to_markdown
+
+    def run(method: str, seed: int, summary: dict[str, Any] | None) -> RunData:
+        terms = {"spectral-reg": summary} if summary is not None else {}
+        return RunData(
+            key=f"{method}{seed}", grid="g", model="m", task="rte", suite="glue", method=method,
+            shots=32, seed=seed, settings={}, config={}, metrics={"accuracy": 0.5},
+            dynamics={}, curves={}, train_ids=(), eval_digest=None, eval_size=10, wall_s=1.0,
+            environment={}, has_record=True, term_summaries=terms,
+        )  # fmt: skip
+
+    spectra = {f"base_model.model.layer{i}": [0.0, 0.5, 1.0] for i in range(4)}
+    runs = [
+        run("lora", 1, None),
+        run("spectral-reg", 1, {"graphs": 2, "delta_norm": 1.0, "high_share": 0.2,
+                                "energy": 3.0, "build_s": 2.0, "spectra": spectra}),
+        run("spectral-reg", 2, {"graphs": 2, "delta_norm": 3.0, "high_share": 0.4,
+                                "energy": 5.0, "build_s": 2.0, "spectra": spectra}),
+    ]  # fmt: skip
+    title, blocks = build_report(BenchData(tmp_path, runs, {}, [], []))
+    md = to_markdown(title, blocks)
+    # seeds 1 and 2: mean 2 ± t(0.975, 1)·sd/√2 = 12.706·1; share 30 ± 12.706·10
+    assert (
+        f"| rte | spectral-reg | 2 | 2.000 ± {12.706205:.3f} | 30.000 ± {127.06205:.3f} "
+        f"| 4.000 ± {12.706205:.3f} | 2.000 ± 0.000 | 2 |"
+    ) in md
+    assert "| rte | lora |" not in md.split("## Spectral diagnostics")[1].split("## ")[0]
+    (fig,) = [b for b in blocks if getattr(b, "name", "").startswith("graph-spectra")]
+    assert "first 3 graphs of m" in fig.caption
+
+
 def test_report_has_every_section_and_is_self_contained(report):
     files = report
     md = files.markdown.read_text()

@@ -44,6 +44,7 @@ from gradguide.report.render import (
     to_html,
     to_markdown,
 )
+from gradguide.report.spectral_diag import spectral_section
 
 ABLATIONS = ("sgg-dir", "sgg-mag", "sgg-align")
 REPORT_MD = "report.md"
@@ -856,6 +857,7 @@ def build_report(data: BenchData) -> tuple[str, list[Block]]:
     _domains(doc, data)
     _curves_section(doc, data, "Loss curves", "loss", "training loss")
     _convergence(doc, data)
+    spectral_section(doc, data)
     _cost(doc, data)
     _dynamics(doc, data)
     _ablation(doc, data)

@@ -45,6 +45,8 @@ class RunData:
     #: trainable parameters and the record's timings (seconds, peak_rss_mb), when recorded
     trainable: int | None = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: what each guidance term reported at the end of the run (record ``guidance.term_summaries``)
+    term_summaries: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def variant(self) -> str:
@@ -155,6 +157,7 @@ def _from_row(bench_dir: Path, row: RunRow) -> RunData:
         layers=dict(record.get("layer_diagnostics") or {}),
         trainable=record.get("trainable_parameters"),
         timings=_timings(record),
+        term_summaries=dict((record.get("guidance") or {}).get("term_summaries") or {}),
     )
 
 
