@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -167,20 +168,29 @@ def verify_manifest(root: str | Path) -> str | None:
     return None
 
 
+@functools.cache
+def _renameat2() -> Any:
+    """libc's ``renameat2``, looked up once (None off Linux or with an older libc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    path_t, int_t = ctypes.c_char_p, ctypes.c_int
+    fn.argtypes = [int_t, path_t, int_t, path_t, ctypes.c_uint]
+    fn.restype = int_t
+    return fn
+
+
 def exchange_paths(a: str | Path, b: str | Path) -> bool:
     """Swap two existing paths in one atomic step; False where the OS or file system cannot.
 
     Linux ``renameat2(RENAME_EXCHANGE)`` (kernel 3.15, glibc 2.28; ext4, xfs, btrfs, tmpfs...).
     """
-    if not sys.platform.startswith("linux"):
+    renameat2 = _renameat2()
+    if renameat2 is None:
         return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    path_t, int_t = ctypes.c_char_p, ctypes.c_int
-    renameat2.argtypes = [int_t, path_t, int_t, path_t, ctypes.c_uint]
-    renameat2.restype = int_t
     if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
@@ -241,10 +251,10 @@ def publish_dir(
         build(tmp)
         os.chmod(tmp, _NEW_DIR_MODE)
         _fsync_tree(tmp)
-        if replace and dest.exists() and exchange_paths(tmp, dest):
-            fsync_dir(parent)
-            return True  # ``tmp`` now holds the old directory; removed below
         if replace and dest.exists():
+            if exchange_paths(tmp, dest):
+                fsync_dir(parent)
+                return True  # ``tmp`` now holds the old directory; removed below
             trash = Path(tempfile.mkdtemp(prefix=trash_prefix, dir=parent))
             try:
                 os.rename(dest, trash / dest.name)

@@ -21,7 +21,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -331,22 +331,14 @@ def train(
     adapted = method.apply(lm, config.method_options) if method.trains else None
     model_lm = adapted.as_lm(lm) if adapted is not None else lm
 
-    curves: dict[str, list[float | None]] = {
-        "loss": [],
-        "grad_norm": [],
-        "lr": [],
-        "step_seconds": [],
-    }
-    skipped: list[int] = []
+    fit = _Fitted({k: [] for k in ("loss", "grad_norm", "lr", "step_seconds")}, [], 0.0)
     steps = total_steps(config, len(setup.train)) if adapted is not None else 0
-    train_s = carried_s = 0.0  # carried_s: training done by the sessions before a resume
-    resumed_at: int | None = None
     guide_info: dict[str, Any] = {}
     if adapted is not None:
         guide = _guidance(config, model_lm, adapted, setup, run_dir, resume, steps, dist)
         guide_info = guide.info
         try:
-            curves, skipped, train_s, resumed_at, carried_s = _fit(
+            fit = _fit(
                 config, run_dir, model_lm, adapted, setup.train, steps, resume, show_progress, guide
             )
             guide_info["term_summaries"] = guide.summaries()
@@ -407,9 +399,9 @@ def train(
         },
         "trainable_parameters": adapted.n_trainable() if adapted is not None else 0,
         "steps": steps,
-        "skipped_steps": skipped,
-        "curves": curves,
-        "dynamics": dynamics_summary(curves) if adapted is not None else None,
+        "skipped_steps": fit.skipped,
+        "curves": fit.curves,
+        "dynamics": dynamics_summary(fit.curves) if adapted is not None else None,
         "guidance": guide_info,
         "scoring": {
             **to_dict(config.scoring),
@@ -419,12 +411,12 @@ def train(
         "layer_diagnostics": diagnostics,
         "timings": {
             "model_load_s": load_s,
-            "train_s": train_s,
-            "step_s_median": _median(curves["step_seconds"]),
+            "train_s": fit.train_s,
+            "step_s_median": _median(fit.curves["step_seconds"]),
             "eval_s": facts["seconds"],
             # a resumed run's wall time counts the training of its earlier sessions too
-            "total_s": time.perf_counter() - started + carried_s,
-            "resumed_at_step": resumed_at,
+            "total_s": time.perf_counter() - started + fit.carried_s,
+            "resumed_at_step": fit.resumed_at,
             "peak_rss_mb": peak_rss_mb(),
         },
         # "run": the peak of this run alone; "process": of its whole process (earlier runs too)
@@ -433,6 +425,16 @@ def train(
     write_record(run_dir, record)
     dist.barrier()
     return TrainResult(metrics, record, run_dir, adapted)
+
+
+class _Fitted(NamedTuple):
+    """What the optimisation leaves for the record."""
+
+    curves: Curves
+    skipped: list[int]
+    train_s: float  # training seconds over every session of the run
+    resumed_at: int | None = None  # the step a resumed run continued from
+    carried_s: float = 0.0  # training seconds of the sessions before the resume
 
 
 def _fit(
@@ -445,9 +447,8 @@ def _fit(
     resume: Path | None,
     show_progress: bool,
     guide: _Guide,
-) -> tuple[Curves, list[int], float, int | None, float]:
-    """The optimisation itself: the curves, the skipped steps, the training seconds, and for a
-    resumed run the step it resumed at and the training seconds its earlier sessions spent."""
+) -> _Fitted:
+    """The optimisation itself (from the checkpoint when resuming)."""
     o = config.optim
     params = list(adapted.trainable.values())
     lr = o.lr if o.lr is not None else get_method(config.method).default_lr
@@ -566,7 +567,7 @@ def _fit(
     if mean is not None and dist.is_main:
         save_vector(run_dir / MEAN_GRADIENT_FILE, mean, list(adapted.trainable), params)
     resumed_at = start_step if resume is not None else None
-    return curves, skipped, train_s, resumed_at, carried_s
+    return _Fitted(curves, skipped, train_s, resumed_at, carried_s)
 
 
 @dataclasses.dataclass

@@ -173,9 +173,9 @@ def _timings(record: dict[str, Any]) -> dict[str, float]:
         and math.isfinite(v)
         and (k != "peak_rss_mb" or record.get("peak_rss_scope") == "run")
     }
-    parts = [out.get(k) for k in ("model_load_s", "train_s", "eval_s")]
-    if "total_s" in out and "resumed_at_step" not in raw and None not in parts:
-        out["total_s"] = max(out["total_s"], sum(p for p in parts if p is not None))
+    parts = ("model_load_s", "train_s", "eval_s")
+    if "total_s" in out and "resumed_at_step" not in raw and all(k in out for k in parts):
+        out["total_s"] = max(out["total_s"], sum(out[k] for k in parts))
     return out
 
 

@@ -43,7 +43,8 @@ def spectral_section(doc: _Doc, data: BenchData) -> None:
     """A table of the update's size and smoothness per arm and task, and a few graph spectra."""
     started = False
     for cond in conditions(data.runs):
-        with_graphs = [r for r in cond.runs if spectral_summary(r) is not None]
+        summaries = {r.key: s for r in cond.runs if (s := spectral_summary(r)) is not None}
+        with_graphs = [r for r in cond.runs if r.key in summaries]
         if not with_graphs:
             continue
         if not started:
@@ -53,20 +54,17 @@ def spectral_section(doc: _Doc, data: BenchData) -> None:
         rows = []
         for task in dict.fromkeys(r.task for r in with_graphs):
             for v in cond.variants():
-                runs = [r for r in with_graphs if r.variant == v and r.task == task]
-                if not runs:
+                own = [summaries[r.key] for r in with_graphs if r.variant == v and r.task == task]
+                if not own:
                     continue
-                summaries = [s for s in map(spectral_summary, runs) if s is not None]
                 cells = []
                 for key, scale in QUANTITIES:
                     values = [
-                        scale * float(s[key])
-                        for s in summaries
-                        if isinstance(s.get(key), (int, float))
+                        scale * float(s[key]) for s in own if isinstance(s.get(key), (int, float))
                     ]
                     cells.append(fmt_interval(mean_ci(values), percent=False) if values else "n/a")
-                graphs = sorted({int(s.get("graphs", 0)) for s in summaries})
-                rows.append((task, v, "/".join(map(str, graphs)), *cells, str(len(runs))))
+                graphs = sorted({int(s.get("graphs", 0)) for s in own})
+                rows.append((task, v, "/".join(map(str, graphs)), *cells, str(len(own))))
         doc.add(
             Table(
                 (
@@ -83,7 +81,7 @@ def spectral_section(doc: _Doc, data: BenchData) -> None:
             )
         )
         first = with_graphs[0]
-        spectra = (spectral_summary(first) or {}).get("spectra") or {}
+        spectra = summaries[first.key].get("spectra") or {}
         series = {
             name.removeprefix("base_model.model."): [
                 (i / max(len(lam) - 1, 1), float(x), None) for i, x in enumerate(lam)
