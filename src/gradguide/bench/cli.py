@@ -139,6 +139,36 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0 if outcome.ok else 1
 
 
+def add_results_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``results export|import`` (gradguide.bench.archive) to an argparse subparsers object."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "results", help="copy finished runs' records to or from a text archive kept in git"
+    )
+    verbs = p.add_subparsers(dest="verb", required=True)
+    e = verbs.add_parser("export", help="add a bench directory's finished runs to an archive")
+    e.add_argument("bench_dir", help="a bench directory (holding bench.sqlite)")
+    e.add_argument("dest", help="the archive directory (created; merged into when it exists)")
+    i = verbs.add_parser("import", help="store an archive's runs in a bench directory")
+    i.add_argument("archive", help="an archive directory (holding rows.jsonl)")
+    i.add_argument("bench_dir", nargs="?", help="bench directory (default: the archive itself)")
+    p.set_defaults(func=cmd_results)
+    return p
+
+
+def cmd_results(a: argparse.Namespace) -> int:
+    """Export finished runs to a results archive, or import an archive into a bench directory."""
+    from gradguide.bench.archive import export_results, import_results
+
+    if a.verb == "export":
+        t = export_results(a.bench_dir, a.dest)
+        where = a.dest
+    else:
+        t = import_results(a.archive, a.bench_dir)
+        where = a.bench_dir or a.archive
+    print(f"{where}: {t.added} runs added, {t.present} already there, {t.files} files copied")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m gradguide.bench.cli``: the bench subcommand on its own."""
     parser = argparse.ArgumentParser(prog="gradguide bench", description=cmd_bench.__doc__)

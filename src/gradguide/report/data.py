@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from gradguide.bench.archive import ensure_store
 from gradguide.bench.store import Failure, RunRow, Store
 from gradguide.metrics import normalised_loss_auc, steps_to_threshold
 from gradguide.record import RECORD_NAME
@@ -180,8 +181,12 @@ def _timings(record: dict[str, Any]) -> dict[str, float]:
 
 
 def load_bench(bench_dir: str | Path) -> BenchData:
-    """Read a bench directory's store and run records (GradguideError when there is no store)."""
+    """Read a bench directory's store and run records (GradguideError when there is no store).
+
+    A results archive (``gradguide results export``) gets its store built from its rows first.
+    """
     root = Path(bench_dir)
+    ensure_store(root)
     with Store(root, create=False) as store:
         rows = store.runs()
         grids = store.grids()

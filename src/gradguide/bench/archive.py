@@ -1,0 +1,136 @@
+"""Portable, text-only copies of a bench directory's results, small enough to keep in git.
+
+A bench directory holds a SQLite store and, per run, weights and checkpoints (hundreds of MB for
+full fine-tuning). Measurements that take hours must outlive the machine they ran on, so
+``export_results`` writes what the report needs and nothing else: ``rows.jsonl`` (one stored row
+a line), ``grids.json`` (the grid specs) and each run's ``record.json``, ``config.json`` and
+``log.jsonl``, in the same layout as a bench directory. Exporting again merges: rows already in
+the archive stay, new ones are added. ``import_results`` loads such an archive into a bench
+directory's store (by default the archive's own, so ``gradguide report ARCHIVE`` works on it), and a
+grid continued with ``--out`` there skips every archived run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from gradguide.atomic import write_json_atomic, write_text_atomic
+from gradguide.bench.store import DB_NAME, RunRow, Store
+from gradguide.errors import GradguideError
+from gradguide.record import RECORD_NAME
+
+ROWS_NAME = "rows.jsonl"
+GRIDS_NAME = "grids.json"
+#: the files of a run directory worth keeping: its record, its configuration and its step log
+KEPT_FILES = (RECORD_NAME, "config.json", "log.jsonl")
+
+
+@dataclasses.dataclass(frozen=True)
+class Transfer:
+    """What an export or import did: rows added, rows already there, files copied."""
+
+    added: int
+    present: int
+    files: int
+
+
+def read_rows(archive: str | Path) -> list[RunRow]:
+    """The rows of an archive's ``rows.jsonl`` (GradguideError naming the line when malformed)."""
+    path = Path(archive) / ROWS_NAME
+    if not path.is_file():
+        return []
+    fields = {f.name for f in dataclasses.fields(RunRow)}
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            if not isinstance(data, dict):
+                raise ValueError("a line must be a JSON object")
+            missing = sorted(fields - set(data))
+            if missing:
+                raise GradguideError("missing", file=path, line=n, field=missing[0])
+            rows.append(RunRow(**{k: data[k] for k in fields}))
+        except (ValueError, TypeError) as e:
+            raise GradguideError(f"not a stored run: {e}", file=path, line=n) from None
+    return rows
+
+
+def _copy_run_files(src_root: Path, dst_root: Path, run_dir: str) -> int:
+    """Copy the kept files of one run directory; a file already at the destination is left."""
+    src, dst = src_root / run_dir, dst_root / run_dir
+    if not (src / RECORD_NAME).is_file():
+        raise GradguideError("stored run has no record.json", file=src)
+    copied = 0
+    for name in KEPT_FILES:
+        if (src / name).is_file() and not (dst / name).exists():
+            dst.mkdir(parents=True, exist_ok=True)
+            tmp = dst / f".{name}.tmp"
+            shutil.copyfile(src / name, tmp)
+            tmp.replace(dst / name)
+            copied += 1
+    return copied
+
+
+def export_results(bench_dir: str | Path, dest: str | Path) -> Transfer:
+    """Add the finished runs of ``bench_dir`` (rows, grids, kept files) to the archive ``dest``."""
+    src, out = Path(bench_dir), Path(dest)
+    if src.resolve() == out.resolve():
+        raise GradguideError("export into the bench directory itself", file=out)
+    with Store(src, create=False) as store:
+        rows, grids = store.runs(), store.grids()
+    have = {r.key: r for r in read_rows(out)}
+    files = 0
+    added = [r for r in rows if r.key not in have]
+    for r in added:
+        files += _copy_run_files(src, out, r.run_dir)
+    merged = list(have.values()) + added
+    merged.sort(key=lambda r: (r.finished_at, r.key))
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(dataclasses.asdict(r), sort_keys=True) for r in merged]
+    write_text_atomic(out / ROWS_NAME, "".join(line + "\n" for line in lines))
+    old_grids: dict[str, Any] = {}
+    if (out / GRIDS_NAME).is_file():
+        old_grids = json.loads((out / GRIDS_NAME).read_text(encoding="utf-8"))
+    write_json_atomic(out / GRIDS_NAME, {**old_grids, **grids})
+    return Transfer(added=len(added), present=len(rows) - len(added), files=files)
+
+
+def import_results(archive: str | Path, bench_dir: str | Path | None = None) -> Transfer:
+    """Store an archive's rows (and copy its files) in ``bench_dir``, the archive itself by default.
+
+    Rows whose key the store already holds are left as they are: importing twice adds nothing.
+    """
+    src = Path(archive)
+    out = Path(bench_dir) if bench_dir is not None else src
+    rows = read_rows(src)
+    if not rows and not (src / ROWS_NAME).is_file():
+        raise GradguideError(f"no {ROWS_NAME} here: not a results archive", file=src)
+    grids: dict[str, Any] = {}
+    if (src / GRIDS_NAME).is_file():
+        grids = json.loads((src / GRIDS_NAME).read_text(encoding="utf-8"))
+    files = added = 0
+    with Store(out) as store:
+        done = store.finished_keys()
+        for name, spec in grids.items():
+            if name not in store.grids():
+                store.save_grid(name, spec)
+        for r in rows:
+            if r.key in done:
+                continue
+            if out.resolve() != src.resolve():
+                files += _copy_run_files(src, out, r.run_dir)
+            added += store.add_run(r)
+    return Transfer(added=added, present=len(rows) - added, files=files)
+
+
+def ensure_store(bench_dir: str | Path) -> None:
+    """Give an archive without a store (a fresh checkout) its ``bench.sqlite``, from its rows."""
+    root = Path(bench_dir)
+    if not (root / DB_NAME).is_file() and (root / ROWS_NAME).is_file():
+        import_results(root)
