@@ -32,6 +32,8 @@ def test_eval_tiny_model_writes_record(tmp_path, capsys):
     record = json.loads((run_dir / "record.json").read_text())
     assert record["method"] == "zero-shot" and record["model"]["name"] == "tiny-llama"
     assert record["environment"]["packages"]["torch"]
+    load = record["environment"]["load_average"]
+    assert len(load) == 3 and all(x >= 0 for x in load)
     assert len(record["data"]["eval_ids"]) == record["data"]["eval_size"] > 0
     preds = (run_dir / "predictions.jsonl").read_text().splitlines()
     assert len(preds) == record["data"]["eval_size"]

@@ -77,7 +77,12 @@ def _record(
         "method": method,
         "seed": seed,
         "config": config,
-        "environment": {"git_commit": "abc123", "packages": {"torch": "2.x"}},
+        "environment": {
+            "git_commit": "abc123",
+            "packages": {"torch": "2.x"},
+            "cpu_count": 2,
+            **({"load_average": [1.0, 1.5, 0.5 * seed]} if seed < 3 else {}),
+        },
         "task": {"name": task, "suite": suite},
         "data": {
             "train_ids": [f"{task}-{seed}-{shots}-{i}" for i in range(shots)],
@@ -170,8 +175,9 @@ def test_cost_table_by_hand(report):
     half_train = 4.302653 * 4.0 / math.sqrt(3)
     row = (
         f"| boolq | lora | 460,800 | 0.200 ± {half_step:.3f} | 8.000 ± {half_train:.3f} "
-        f"| 12.500 ± 0.000 | {650:.3f} ± {12.706205 * 50:.3f} | 3 |"
+        f"| 12.500 ± 0.000 | {650:.3f} ± {12.706205 * 50:.3f} | 3 | 0.5/2 1.0/2 |"
     )  # peak memory: seeds 1 and 2 only (600, 700 MiB: sd 50·√2); t(0.975, 1) = 12.706
+    # load: seed 3 is an older record without a load average
     assert row in md
     assert "| boolq | zero-shot | 0 | n/a | 0.000 ± 0.000 | 12.500 ± 0.000 | 650.000" in md
 

@@ -57,7 +57,7 @@ def _git_commit() -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    """Package versions, interpreter, machine and thread count: what reproduces a number."""
+    """Package versions, interpreter, machine, threads and load: what reproduces a number."""
     versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
@@ -70,6 +70,8 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # 1/5/15-minute load when the record is written: whether the run's timings shared cores
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "packages": versions,
         "git_commit": _git_commit(),
     }

@@ -501,6 +501,11 @@ def _cost(doc: _Doc, data: BenchData) -> None:
                     values = [r.timings[name] for r in runs if name in r.timings]
                     return fmt_interval(mean_ci(values), percent=False) if values else "n/a"
 
+                loads = [
+                    f"{load[2]:.1f}/{r.environment.get('cpu_count')}"
+                    for r in runs
+                    if isinstance(load := r.environment.get("load_average"), list)
+                ]
                 trainable = sorted({r.trainable for r in runs if r.trainable is not None})
                 rows.append(
                     (
@@ -512,6 +517,7 @@ def _cost(doc: _Doc, data: BenchData) -> None:
                         over_seeds("total_s"),
                         over_seeds("peak_rss_mb"),
                         str(len(runs)),
+                        " ".join(loads) or "n/a",
                     )
                 )
         if rows:
@@ -527,7 +533,9 @@ def _cost(doc: _Doc, data: BenchData) -> None:
             "peak, which includes earlier runs of an in-process grid); mean ± 95% interval over "
             "the runs (seeds) of each task. Times are wall-clock on the "
             "machine that ran the grid, where runs may have shared its cores: compare methods "
-            "within one grid, not across machines (benchmarks/ measures speed side by side)."
+            "within one grid, not across machines (benchmarks/ measures speed side by side). "
+            "Load/cores is each run's 15-minute load average when its record was written over "
+            "the machine's cores: a load above the core count means the run shared its cores."
         )
     )
     header = (
@@ -539,6 +547,7 @@ def _cost(doc: _Doc, data: BenchData) -> None:
         "wall time per run (s)",
         "peak memory (MiB)",
         "runs",
+        "load/cores",
     )
     for cond, rows in sections:
         doc.add(Heading(cond.title, 3))
