@@ -82,9 +82,12 @@ def test_export_merges_and_a_continued_grid_skips_archived_runs(bench, tmp_path)
     assert (outcome.ran, outcome.already) == (2, 4)
     merged = tmp_path / "merged"
     export_results(bench, merged)
+    assert len(load_bench(merged).runs) == 4  # builds merged/bench.sqlite from 4 rows
     t = export_results(archive, merged)
     assert (t.added, t.present) == (2, 4)
     assert {r.key for r in read_rows(merged)} == {r.key for r in expand_grid(wider)}
+    # the store built before is brought up to the archive's rows, not left stale
+    assert len(load_bench(merged).runs) == 6
 
 
 def test_import_into_another_bench_directory_twice_adds_once(bench, tmp_path):

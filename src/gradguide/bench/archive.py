@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gradguide.atomic import write_json_atomic, write_text_atomic
-from gradguide.bench.store import DB_NAME, RunRow, Store
+from gradguide.bench.store import RunRow, Store
 from gradguide.errors import GradguideError
 from gradguide.record import RECORD_NAME
 
@@ -130,7 +130,8 @@ def import_results(archive: str | Path, bench_dir: str | Path | None = None) -> 
 
 
 def ensure_store(bench_dir: str | Path) -> None:
-    """Give an archive without a store (a fresh checkout) its ``bench.sqlite``, from its rows."""
+    """Bring an archive's ``bench.sqlite`` up to its ``rows.jsonl`` (built on a fresh checkout,
+    and given the rows a later export or ``git pull`` added); a plain bench directory is left."""
     root = Path(bench_dir)
-    if not (root / DB_NAME).is_file() and (root / ROWS_NAME).is_file():
+    if (root / ROWS_NAME).is_file():
         import_results(root)
