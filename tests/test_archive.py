@@ -121,6 +121,10 @@ def test_cli_export_import_and_clear_errors(bench, tmp_path, capsys):
 def test_malformed_rows_name_file_line_and_field(bench, tmp_path):
     archive = tmp_path / "results"
     export_results(bench, archive)
+    (archive / "grids.json").write_text("{not json")
+    with pytest.raises(GradguideError, match=r"grids.json: not JSON"):
+        export_results(bench, archive)
+    (archive / "grids.json").write_text("{}")
     lines = (archive / ROWS_NAME).read_text().splitlines()
     row = json.loads(lines[1])
     del row["seed"]

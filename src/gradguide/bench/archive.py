@@ -61,6 +61,20 @@ def read_rows(archive: str | Path) -> list[RunRow]:
     return rows
 
 
+def read_grids(archive: str | Path) -> dict[str, Any]:
+    """The grid specs of an archive's ``grids.json`` by name (empty when there is none)."""
+    path = Path(archive) / GRIDS_NAME
+    if not path.is_file():
+        return {}
+    try:
+        grids = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise GradguideError(f"not JSON: {e}", file=path) from None
+    if not isinstance(grids, dict):
+        raise GradguideError("must map grid names to grid specs", file=path)
+    return grids
+
+
 def _copy_run_files(src_root: Path, dst_root: Path, run_dir: str) -> int:
     """Copy the kept files of one run directory; a file already at the destination is left."""
     src, dst = src_root / run_dir, dst_root / run_dir
@@ -94,10 +108,7 @@ def export_results(bench_dir: str | Path, dest: str | Path) -> Transfer:
     out.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps(dataclasses.asdict(r), sort_keys=True) for r in merged]
     write_text_atomic(out / ROWS_NAME, "".join(line + "\n" for line in lines))
-    old_grids: dict[str, Any] = {}
-    if (out / GRIDS_NAME).is_file():
-        old_grids = json.loads((out / GRIDS_NAME).read_text(encoding="utf-8"))
-    write_json_atomic(out / GRIDS_NAME, {**old_grids, **grids})
+    write_json_atomic(out / GRIDS_NAME, {**read_grids(out), **grids})
     return Transfer(added=len(added), present=len(rows) - len(added), files=files)
 
 
@@ -111,9 +122,7 @@ def import_results(archive: str | Path, bench_dir: str | Path | None = None) -> 
     rows = read_rows(src)
     if not rows and not (src / ROWS_NAME).is_file():
         raise GradguideError(f"no {ROWS_NAME} here: not a results archive", file=src)
-    grids: dict[str, Any] = {}
-    if (src / GRIDS_NAME).is_file():
-        grids = json.loads((src / GRIDS_NAME).read_text(encoding="utf-8"))
+    grids = read_grids(src)
     files = added = 0
     with Store(out) as store:
         done = store.finished_keys()
