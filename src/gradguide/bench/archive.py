@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from gradguide.atomic import write_json_atomic, write_text_atomic
+from gradguide.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from gradguide.bench.store import RunRow, Store
 from gradguide.errors import GradguideError
 from gradguide.record import RECORD_NAME
@@ -83,10 +82,7 @@ def _copy_run_files(src_root: Path, dst_root: Path, run_dir: str) -> int:
     copied = 0
     for name in KEPT_FILES:
         if (src / name).is_file() and not (dst / name).exists():
-            dst.mkdir(parents=True, exist_ok=True)
-            tmp = dst / f".{name}.tmp"
-            shutil.copyfile(src / name, tmp)
-            tmp.replace(dst / name)
+            write_bytes_atomic(dst / name, (src / name).read_bytes())
             copied += 1
     return copied
 
@@ -126,8 +122,9 @@ def import_results(archive: str | Path, bench_dir: str | Path | None = None) -> 
     files = added = 0
     with Store(out) as store:
         done = store.finished_keys()
+        known = store.grids()
         for name, spec in grids.items():
-            if name not in store.grids():
+            if name not in known:
                 store.save_grid(name, spec)
         for r in rows:
             if r.key in done:
