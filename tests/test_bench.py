@@ -234,6 +234,29 @@ def test_methods_that_cannot_run_fail_before_anything_runs(tmp_path, monkeypatch
         load_grid(path)
 
 
+def test_the_pretrain_prior_on_an_encoder_fails_before_anything_runs(tmp_path):
+    # an encoder has no language-modelling loss to take the pretrain prior from: every sgg run of
+    # such a grid would fail after loading its model, so the grid refuses it up front
+    path = _write(tmp_path, _grid(models=["tiny-bert"], methods=["lora", "sgg"]))
+    with pytest.raises(GradguideError, match="tiny-bert is an encoder") as err:
+        expand_grid(load_grid(path))
+    assert err.value.field == "guidance.prior" and err.value.file == str(path)
+    spec = _grid(
+        models=["tiny-bert"], methods=["sgg"], base={**_fast_base(), "guidance.prior": "pretrain"}
+    )
+    with pytest.raises(GradguideError, match="pretrain prior") as err:
+        expand_grid(load_grid(_write(tmp_path, spec)))
+    assert err.value.field == "base.guidance.prior"
+    # another prior, a term that needs none, or a causal model: the grid expands
+    ema = {"sgg": {"guidance.prior": "ema:0.9"}}
+    for spec in (
+        _grid(models=["tiny-bert"], methods=["sgg"], method_base=ema),
+        _grid(models=["tiny-bert"], methods=["sgg-mag"]),
+        _grid(models=["tiny-llama"], methods=["sgg"]),
+    ):
+        assert len(expand_grid(load_grid(_write(tmp_path, spec)))) == 2
+
+
 @pytest.mark.skipif(resolve_data_root() is None, reason="no data root (GRADGUIDE_DATA)")
 def test_presets_have_their_data_and_too_many_shots_are_caught():
     for name in list_presets():

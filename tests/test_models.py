@@ -22,6 +22,7 @@ from gradguide.models import (
     cache_root,
     list_models,
     load_model,
+    model_kind,
     tiny_tokenizer,
 )
 
@@ -156,6 +157,20 @@ def test_list_models_names() -> None:
     names = [m.name for m in list_models()]
     assert names == ["smollm2-135m", "minilm-l6", "tiny-llama", "tiny-bert"]
     assert {m.kind for m in list_models()} == {"causal", "encoder"}
+
+
+def test_model_kind_without_loading_agrees_with_loading(tmp_path: Path) -> None:
+    assert [model_kind(m.name) for m in list_models()] == [m.kind for m in list_models()]
+    for name in ("tiny-llama", "tiny-bert"):
+        lm = load_model(name)
+        folder = tmp_path / name
+        lm.model.save_pretrained(folder)
+        lm.tokenizer.save_pretrained(folder)
+        assert model_kind(str(folder)) == lm.kind == load_model(str(folder)).kind
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    assert model_kind(str(tmp_path / "broken")) is None  # only loading can tell
+    assert model_kind("some-org/some-model") is None
 
 
 def test_cache_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib.util
+import json
 import logging
 import os
 import socket
@@ -463,7 +464,10 @@ def _weights_sha256(folder: Path) -> str | None:
 
 def _kind_from_config(config: Any) -> ModelKind:
     """Causal when any architecture in the config ends in ForCausalLM, else encoder."""
-    architectures = getattr(config, "architectures", None) or []
+    return _kind_of_architectures(getattr(config, "architectures", None) or [])
+
+
+def _kind_of_architectures(architectures: list[Any]) -> ModelKind:
     return "causal" if any(str(a).endswith("ForCausalLM") for a in architectures) else "encoder"
 
 
@@ -581,6 +585,19 @@ def list_models() -> list[ModelInfo]:
             available, where = True, "built in code (random init)"
         out.append(ModelInfo(name, kind, description, available, where))
     return out
+
+
+def model_kind(name_or_path: str) -> ModelKind | None:
+    """The kind of a model without loading it: registered names and local directories (from
+    their config.json); None when only loading can tell (a hub id, an unreadable config)."""
+    if name_or_path in _REGISTERED:
+        return _REGISTERED[name_or_path][0]
+    config = Path(name_or_path).expanduser() / "config.json"
+    try:
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return _kind_of_architectures(architectures) if isinstance(architectures, list) else None
 
 
 def _ensure_pad(model: torch.nn.Module, tokenizer: Any) -> None:

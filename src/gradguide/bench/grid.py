@@ -56,6 +56,7 @@ from gradguide.guidance import (
 from gradguide.guidance.ofa import OFA_TERMS
 from gradguide.guidance.spectral import SPECTRAL_TERMS
 from gradguide.methods import get_method, list_methods
+from gradguide.models import model_kind
 from gradguide.tasks import get_task, resolve_data_root, sample_k_shot
 from gradguide.train import TrainConfig, validate
 
@@ -469,11 +470,22 @@ def _check_names(spec: GridSpec) -> None:
 
 
 def _check_guidance(config: TrainConfig) -> None:
-    """Guidance terms that cannot run (alignment without a source) fail here, not mid-grid."""
+    """Guidance that cannot run (alignment without a source, the pretrain prior on an encoder)
+    fails here, not mid-grid."""
     g = config.guidance
-    build_penalties(parse_guidance(g.use), g, has_source=bool(g.source_task or g.source_run))
+    penalties = build_penalties(
+        parse_guidance(g.use), g, has_source=bool(g.source_task or g.source_run)
+    )
     if g.source_task:
         get_task(g.source_task)
+    needs_prior = any(p.needs_prior for p in penalties)
+    if g.prior == "pretrain" and needs_prior and model_kind(config.model) == "encoder":
+        raise GradguideError(
+            f"the pretrain prior is the gradient of a language-modelling loss, and "
+            f"{config.model} is an encoder without one; give this arm another prior "
+            f"(guidance.prior: ema:0.9, task:RUN_DIR or a saved prior file)",
+            field="guidance.prior",
+        )
 
 
 def run_key(config: TrainConfig) -> str:
