@@ -21,6 +21,7 @@ from gradguide.report.claims import (
     evaluate_claims,
 )
 from gradguide.report.claims_ofa import evaluate as ofa_claims
+from gradguide.report.claims_sgg import loss_claim
 from gradguide.report.claims_spectral import evaluate as spectral_claims
 from gradguide.report.data import BenchData, RunData
 from gradguide.report.render import BulletList, Heading
@@ -301,3 +302,23 @@ def test_each_layer_claim_needs_its_own_diagnostic(drop):
     assert status(results, claim).status == NOT_TESTABLE
     others = {SHARP, STEP, PROBE} - {claim}
     assert all(status(results, c).status == REPRODUCED for c in others)
+
+
+@pytest.mark.parametrize(
+    ("curve", "verdict"),
+    [
+        # 2.0 -> 1.0 with 80% of the fall in the first 20% of training: the paper's Figure 4
+        ([2.0, 1.2, 1.1, 1.05, 1.02, 1.0] + [1.0] * 15, REPRODUCED),
+        # the same total fall, but evenly over training: only 20% of it early
+        ([2.0 - 0.05 * i for i in range(21)], NOT_REPRODUCED),
+        # an early dip and back: it ends 1.6% below its start, which is no decline
+        ([1.021, 0.99, 0.97, 0.96, 0.96] + [0.96 + 0.003 * i for i in range(16)], NOT_REPRODUCED),
+    ],
+)
+def test_sgg_loss_claim_needs_a_real_early_decline(curve, verdict):
+    runs = [run("sgg", "rte", seed, 0.5, loss=curve) for seed in (1, 2)]
+    (result,) = loss_claim(bench(runs))
+    assert result.status == verdict, result.evidence
+    assert "mean sgg loss over 2 runs" in result.evidence
+    if curve[0] == 1.021:
+        assert "short of the 10% fall" in result.evidence

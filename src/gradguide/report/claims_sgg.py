@@ -14,8 +14,9 @@ verdict rules are stated in ``RULES`` and printed in the report:
   largest consecutive gain is the one from 64 to 128 shots, and the gain from 256 to 512 is
   under 1 percentage point (plateau). Each part needs its shot counts.
 - Domains (Figure 3): SGG's mean accuracy is above 75% on every domain task that was run.
-- Loss (Figure 4): SGG's mean training-loss curve drops by at least half of its total decrease
-  within the first 20% of training.
+- Loss (Figure 4): SGG's mean training-loss curve falls over training by at least 10% of its
+  starting value, and by at least half of that total decrease within the first 20% of training
+  (a curve that ends about where it started has not declined, whatever it did early).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ STEEP_FROM, STEEP_TO = 64, 128
 PLATEAU_FROM, PLATEAU_TO = 256, 512
 EARLY_FRACTION = 0.2
 EARLY_SHARE = 0.5
+#: the least total decrease of the loss curve, as a fraction of its start, that counts as a decline
+MIN_DECREASE = 0.1
 RULES = (
     "Table 1 claims: reproduced when SGG's mean beats each paper baseline (full, adapter, lora, "
     "prompt) with a paired t-test p < 0.05 over matched (task, seed) cells; not reproduced when "
@@ -64,8 +67,8 @@ RULES = (
     "Sample size: monotone (no decrease whose paired bootstrap interval over seeds excludes 0), "
     "largest consecutive gain from 64 to 128 shots, gain from 256 to 512 under 1 point.",
     "Domains: SGG's mean accuracy above 75% on every domain task run.",
-    "Loss: SGG's mean loss curve loses at least half of its total decrease in the first 20% of "
-    "training.",
+    "Loss: SGG's mean loss curve ends at least 10% below its start and loses at least half of "
+    "that decrease in the first 20% of training.",
 )
 
 
@@ -263,7 +266,8 @@ def domain_claim(data: BenchData) -> list[ClaimResult]:
 
 
 def loss_claim(data: BenchData) -> list[ClaimResult]:
-    """Figure 4: the loss falls fast early (half of the total decrease in the first 20%)."""
+    """Figure 4: the loss falls (10% of its start or more), fast early (half of it in the first
+    20%)."""
     claim = "Training loss declines rapidly early in training"
     paper = "Figure 4 (rapid decline in the first 20 of ~100 epochs)"
     out = []
@@ -280,12 +284,19 @@ def loss_claim(data: BenchData) -> list[ClaimResult]:
         )
         end = _mean([y for x, y in zip(xs, ys, strict=True) if x >= 90.0])
         total, first = start - end, start - early
-        ok = total > 0 and first >= EARLY_SHARE * total
+        declined = total >= MIN_DECREASE * abs(start)
+        ok = declined and first >= EARLY_SHARE * total
         share = f"{100 * first / total:.0f}%" if total > 0 else "n/a"
         evidence = (
             f"mean sgg loss over {n_runs} runs: {start:.3f} at the start, {early:.3f} at 20% of "
             f"training, {end:.3f} at the end; share of the decrease in the first 20%: {share}"
         )
+        if not declined:
+            change = 100 * (end - start) / abs(start) if start else math.nan
+            evidence += (
+                f"; over training the loss changes by {change:+.1f}% of its start, short of the "
+                f"{100 * MIN_DECREASE:.0f}% fall that counts as a decline"
+            )
         out.append(
             ClaimResult(claim, paper, cond.title, REPRODUCED if ok else NOT_REPRODUCED, evidence)
         )
