@@ -21,7 +21,7 @@ from gradguide.report.claims import (
     evaluate_claims,
 )
 from gradguide.report.claims_ofa import evaluate as ofa_claims
-from gradguide.report.claims_sgg import loss_claim
+from gradguide.report.claims_sgg import loss_claim, table1_claim
 from gradguide.report.claims_spectral import evaluate as spectral_claims
 from gradguide.report.data import BenchData, RunData
 from gradguide.report.render import BulletList, Heading
@@ -322,3 +322,33 @@ def test_sgg_loss_claim_needs_a_real_early_decline(curve, verdict):
     assert "mean sgg loss over 2 runs" in result.evidence
     if curve[0] == 1.021:
         assert "short of the 10% fall" in result.evidence
+
+
+@pytest.mark.parametrize("sgg_prior", ["pretrain", "ema:0.9"])
+def test_sgg_alignment_is_compared_only_against_the_same_prior(sgg_prior):
+    rng = random.Random(0)
+    runs = []
+    for seed in SEEDS:
+        for task in TASKS:
+            for method, align in (
+                ("sgg", 0.6),
+                ("full", 0.1),
+                ("adapter", 0.1),
+                ("lora", 0.2),
+                ("prompt", 0.1),
+            ):
+                r = run(
+                    method, task, seed, 0.5, dynamics={"directional_alignment": align + jitter(rng)}
+                )
+                runs.append(
+                    dataclasses.replace(r, prior=sgg_prior if method == "sgg" else "pretrain")
+                )
+    (result,) = table1_claim(bench(runs), "directional_alignment", "alignment")
+    if sgg_prior == "pretrain":
+        assert result.status == REPRODUCED, result.evidence
+    else:  # a cosine with a running mean of its own gradients against one with a fixed prior
+        assert result.status == NOT_TESTABLE, result.evidence
+        assert (
+            "measured against another prior than sgg's (ema:0.9): full (pretrain)"
+            in result.evidence
+        )

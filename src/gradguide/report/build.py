@@ -160,6 +160,19 @@ def _eval_sizes(cond: Condition) -> str:
     return ", ".join(f"{t} {n}" for t, n in sizes.items())
 
 
+def _priors(cond: Condition) -> str:
+    """Which prior each method's directional alignment was measured against: a cosine with a
+    running mean of the run's own gradients (ema) is not comparable to one with a fixed prior."""
+    by_prior: dict[str, list[str]] = {}
+    for v in cond.variants():
+        for prior in sorted({r.prior for r in cond.runs_of(v) if r.prior}):
+            by_prior.setdefault(prior, []).append(v)
+    if not by_prior:
+        return ""
+    listed = "; ".join(f"{p} ({', '.join(vs)})" for p, vs in by_prior.items())
+    return f"Directional alignment is the cosine with each run's prior: {listed}. "
+
+
 def _results(doc: _Doc, data: BenchData) -> None:
     conds = conditions(data.runs)
     if not conds:
@@ -193,7 +206,7 @@ def _results(doc: _Doc, data: BenchData) -> None:
                     f"Accuracy (%) per task and averaged over {', '.join(avg_tasks) or 'no task'}"
                     " (the tasks every method ran); gradient stability and directional alignment "
                     "averaged the same way (n/a: not recorded, e.g. untrained methods). "
-                    f"Evaluation examples: {_eval_sizes(cond)}."
+                    f"{_priors(cond)}Evaluation examples: {_eval_sizes(cond)}."
                 ),
             )
         )

@@ -48,6 +48,8 @@ class RunData:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     #: what each guidance term reported at the end of the run (record ``guidance.term_summaries``)
     term_summaries: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the prior its directional alignment was measured against (record ``guidance.prior``)
+    prior: str | None = None
 
     @property
     def variant(self) -> str:
@@ -159,6 +161,7 @@ def _from_row(bench_dir: Path, row: RunRow) -> RunData:
         trainable=record.get("trainable_parameters"),
         timings=_timings(record),
         term_summaries=dict((record.get("guidance") or {}).get("term_summaries") or {}),
+        prior=(record.get("guidance") or {}).get("prior"),
     )
 
 
