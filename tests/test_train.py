@@ -326,3 +326,18 @@ def test_gradient_transforms_edit_the_step(tmp_path, toy_guidance):
     after = dict(r.adapted.model.named_parameters())
     assert before and all(torch.equal(before[n], after[n]) for n in before)
     assert r.record["guidance"]["transforms"] == ["toy-zero"]
+
+
+def test_the_recorded_commit_is_the_one_the_process_started_from(monkeypatch):
+    # a grid process keeps the code it imported; a commit made while it runs must not be recorded
+    # as the code of its later runs
+    from gradguide import record
+
+    record._git_commit.cache_clear()
+    first = record.environment()["git_commit"]
+
+    def moved_on(*args, **kwargs):
+        raise AssertionError("git read again after the first record")
+
+    monkeypatch.setattr(record.subprocess, "run", moved_on)
+    assert record.environment()["git_commit"] == first

@@ -6,6 +6,7 @@ The report reads these and nothing else, so everything a reader needs to trust a
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib.metadata
 import os
 import platform
@@ -34,7 +35,11 @@ PACKAGES = (
 RECORD_NAME = "record.json"
 
 
+@functools.cache
 def _git_commit() -> str | None:
+    """The commit (``-dirty`` when tracked files differ) of the checkout this process runs from,
+    read once: a long grid keeps the code it imported while the checkout moves on, so later
+    reads would name code that never ran in it."""
     repo = Path(__file__).resolve().parents[2]
     if not (repo / ".git").exists():
         return None

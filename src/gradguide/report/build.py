@@ -96,8 +96,16 @@ def _overview(doc: _Doc, data: BenchData) -> None:
     ]
     for name, spec in data.grids.items():
         desc = spec.get("description") or ""
-        items.append(f"grid {name}" + (f": {desc}" if desc else "") + f" ({spec.get('source')})")
-    commits = sorted({str(r.environment.get("git_commit")) for r in runs if r.environment})
+        own = [r for r in runs if r.grid == name]
+        hours = sum(r.wall_s for r in own if r.wall_s is not None) / 3600
+        items.append(
+            f"grid {name}"
+            + (f": {desc}" if desc else "")
+            + f" ({spec.get('source')}): {len(own)} runs stored under it, run time {hours:.2f} h"
+        )
+    commits = sorted(
+        {_short_commit(r.environment.get("git_commit")) for r in runs if r.environment}
+    )
     if commits:
         items.append("gradguide commit(s): " + ", ".join(commits))
     torch_versions = sorted(
@@ -150,6 +158,11 @@ def _claims(doc: _Doc, data: BenchData) -> None:
                 )
             )
         )
+
+
+def _short_commit(commit: object) -> str:
+    text = str(commit)
+    return text[:12] + ("-dirty" if text.endswith("-dirty") else "")
 
 
 def _eval_sizes(cond: Condition) -> str:
