@@ -178,7 +178,10 @@ def test_model_base_is_per_model_and_method_base_wins_over_it(tmp_path):
             models=["tiny-llama", "tiny-bert"],
             methods=["lora", "sgg"],
             seeds=[1],
-            model_base={"tiny-bert": {"optim.lr": 3.0e-3, "eval_limit": 5}},
+            # the encoder's sgg arm needs a prior other than pretrain (it has no LM loss)
+            model_base={
+                "tiny-bert": {"optim.lr": 3.0e-3, "eval_limit": 5, "guidance.prior": "ema:0.9"}
+            },
             method_base={"sgg": {"eval_limit": 6}},
         )
     )
@@ -190,7 +193,9 @@ def test_model_base_is_per_model_and_method_base_wins_over_it(tmp_path):
     assert runs["tiny-llama", "sgg"].config.eval_limit == 6
     assert runs["tiny-llama", "lora"].config.eval_limit == 8
     assert runs["tiny-bert", "lora"].settings == {}
-    assert spec.to_dict()["model_base"] == {"tiny-bert": {"optim.lr": 3.0e-3, "eval_limit": 5}}
+    assert runs["tiny-bert", "sgg"].config.guidance.prior == "ema:0.9"
+    assert runs["tiny-llama", "sgg"].config.guidance.prior == "pretrain"
+    assert spec.to_dict()["model_base"]["tiny-bert"]["eval_limit"] == 5
     path = _write(tmp_path, _grid(model_base={"tiny-bert": {"optim.lr": 1e-3}}))
     with pytest.raises(GradguideError, match="'tiny-bert' is not in the grid's models") as err:
         load_grid(path)
