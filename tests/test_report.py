@@ -354,3 +354,30 @@ def test_html_loads_in_headless_chromium(report):
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == []  # the page logs no script errors
     assert dom.stdout.count("<img") >= 1 and "data:image/png;base64," in dom.stdout
+
+
+def test_a_method_run_on_fewer_tasks_does_not_shrink_every_average(tmp_path):
+    # e.g. a LayerNorm baseline from another grid that ran one task of the Table-1 grid
+    bench = build_fixture(tmp_path / "b")
+    with Store(bench) as store:
+        store.conn.execute("DELETE FROM runs WHERE method = 'lora' AND task = 'rte'")
+    md = write_report(bench, tmp_path / "r").markdown.read_text()
+    results = md.split("## Results")[1].split("\n## ")[0]
+    (section,) = [s for s in results.split("\n### ") if s.split("\n")[0].endswith(", 32 shots")]
+    assert (
+        "averaged over boolq, cb, rte (the tasks most methods ran; no average for lora" in section
+    )
+    rows = {
+        line.split(" | ")[0]: line.split(" | ")
+        for line in section.splitlines()
+        if line.startswith("| ")
+    }
+    avg = rows["| method"].index("avg")
+    assert rows["| lora"][avg] == "n/a"
+    runs = [r for r in load_bench(bench).runs if r.method == "zero-shot" and r.shots == 32]
+    by_seed = {
+        s: sum(r.value("accuracy") or 0.0 for r in runs if r.seed == s and r.task in SUPERGLUE) / 3
+        for s in SEEDS
+    }
+    mean = 100 * sum(by_seed.values()) / len(by_seed)
+    assert rows["| zero-shot"][avg].startswith(f"{mean:.1f} ±")

@@ -186,6 +186,18 @@ def _priors(cond: Condition) -> str:
     return f"Directional alignment is the cosine with each run's prior: {listed}. "
 
 
+def _average_tasks(cond: Condition, variants: list[str]) -> tuple[list[str], str]:
+    """The tasks to average over: those more than half of the methods ran, so that neither one
+    method run on fewer tasks (a baseline from another grid) shrinks every average nor one run on
+    more tasks (domain sets) leaves the others without one; and the methods left without an
+    average, with the tasks they ran."""
+    ran = {v: set(cond.common_tasks([v])) for v in variants}
+    tasks = [t for t in cond.tasks() if 2 * sum(t in r for r in ran.values()) > len(variants)]
+    short = [v for v in variants if not set(tasks) <= ran[v]]
+    partial = ", ".join(f"{v} ({', '.join(t for t in cond.tasks() if t in ran[v])})" for v in short)
+    return tasks, partial
+
+
 def _results(doc: _Doc, data: BenchData) -> None:
     conds = conditions(data.runs)
     if not conds:
@@ -194,7 +206,7 @@ def _results(doc: _Doc, data: BenchData) -> None:
     for cond in conds:
         variants = cond.variants()
         tasks = cond.tasks()
-        avg_tasks = cond.common_tasks(variants)
+        avg_tasks, partial = _average_tasks(cond, variants)
         rows = []
         for v in variants:
             by_task = per_task(cond.cells(v, METRIC))
@@ -217,7 +229,9 @@ def _results(doc: _Doc, data: BenchData) -> None:
                 tuple(rows),
                 caption=(
                     f"Accuracy (%) per task and averaged over {', '.join(avg_tasks) or 'no task'}"
-                    " (the tasks every method ran); gradient stability and directional alignment "
+                    f" (the tasks {'most methods' if partial else 'every method'} ran"
+                    + (f"; no average for {partial}" if partial else "")
+                    + "); gradient stability and directional alignment "
                     "averaged the same way (n/a: not recorded, e.g. untrained methods). "
                     f"{_priors(cond)}Evaluation examples: {_eval_sizes(cond)}."
                 ),
