@@ -54,6 +54,7 @@ from gradguide.guidance import (
     parse_guidance,
 )
 from gradguide.guidance.ofa import OFA_TERMS
+from gradguide.guidance.priors import check_prior_fits
 from gradguide.guidance.spectral import SPECTRAL_TERMS
 from gradguide.methods import get_method, list_methods
 from gradguide.models import model_kind
@@ -478,14 +479,8 @@ def _check_guidance(config: TrainConfig) -> None:
     )
     if g.source_task:
         get_task(g.source_task)
-    needs_prior = any(p.needs_prior for p in penalties)
-    if g.prior == "pretrain" and needs_prior and model_kind(config.model) == "encoder":
-        raise GradguideError(
-            f"the pretrain prior is the gradient of a language-modelling loss, and "
-            f"{config.model} is an encoder without one; give this arm another prior "
-            f"(guidance.prior: ema:0.9, task:RUN_DIR or a saved prior file)",
-            field="guidance.prior",
-        )
+    if any(p.needs_prior for p in penalties):
+        check_prior_fits(g.prior, config.model, model_kind(config.model))
 
 
 def run_key(config: TrainConfig) -> str:

@@ -112,10 +112,21 @@ def reference_corpus(data_root: Path | None, path: str | None = None, n: int = 3
     return texts
 
 
+def check_prior_fits(spec: str, model: str, kind: str | None) -> None:
+    """Refuse the pretrain prior for an encoder: it is the gradient of a language-modelling loss,
+    which only a causal model has (``kind`` None: not known yet, nothing to refuse)."""
+    if spec == "pretrain" and kind == "encoder":
+        raise GradguideError(
+            f"the pretrain prior is the gradient of a language-modelling loss, and {model} is an "
+            "encoder without one; give this arm another prior (guidance.prior: ema:0.9, "
+            "task:RUN_DIR or a saved prior file)",
+            field="guidance.prior",
+        )
+
+
 def lm_loss(lm: Any, texts: Sequence[str], max_tokens: int = 128) -> torch.Tensor:
     """Mean next-token cross entropy of ``texts`` under a causal model (right-padded batch)."""
-    if lm.kind != "causal":
-        raise GradguideError("the pretrain prior needs a causal language model; use ema: or task:")
+    check_prior_fits("pretrain", lm.name, lm.kind)
     batch = lm.tokenizer(
         list(texts), truncation=True, max_length=max_tokens, padding=True, return_tensors="pt"
     )
@@ -191,6 +202,7 @@ def build_prior(
     if Path(spec).is_file():  # --prior FILE: a prior.safetensors saved by an earlier run
         return FixedPrior(unit(load_vector(Path(spec), names, params)), f"file:{spec}")
     if spec == "pretrain":
+        check_prior_fits(spec, lm.name, lm.kind)  # before reading the corpus
         vector = pretrain_prior(lm, params, reference_corpus(data_root, corpus))
         return FixedPrior(vector, "pretrain")
     kind, _, arg = spec.partition(":")

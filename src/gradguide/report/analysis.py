@@ -67,6 +67,10 @@ class Condition:
     def cells(self, variant: str, metric: str) -> Cells:
         return cells(self.runs_of(variant), metric)
 
+    def priors(self, variant: str) -> set[str]:
+        """The priors the variant's directional alignment was measured against."""
+        return {r.prior for r in self.runs_of(variant) if r.prior}
+
 
 def conditions(runs: Iterable[RunData]) -> list[Condition]:
     """Runs grouped by (model, shots), in model then shots order."""

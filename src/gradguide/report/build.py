@@ -178,7 +178,7 @@ def _priors(cond: Condition) -> str:
     running mean of the run's own gradients (ema) is not comparable to one with a fixed prior."""
     by_prior: dict[str, list[str]] = {}
     for v in cond.variants():
-        for prior in sorted({r.prior for r in cond.runs_of(v) if r.prior}):
+        for prior in sorted(cond.priors(v)):
             by_prior.setdefault(prior, []).append(v)
     if not by_prior:
         return ""

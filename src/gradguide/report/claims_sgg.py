@@ -121,10 +121,11 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
             for v in [SGG, *baselines]
         ]
         # alignments measured against different priors are different quantities
+        sgg_priors = cond.priors(SGG)
         other_prior = [
             b
             for b in baselines
-            if metric == ALIGNMENT and _priors(cond, b) not in (set(), _priors(cond, SGG))
+            if metric == ALIGNMENT and cond.priors(b) not in (set(), sgg_priors)
         ]
         comparisons: list[tuple[str, Comparison | None]] = [
             (b, None if b in other_prior else compare(cond, SGG, b, metric, tasks))
@@ -156,9 +157,9 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
         if other_prior:
             parts.append(
                 "measured against another prior than sgg's ("
-                + ", ".join(sorted(_priors(cond, SGG)))
+                + ", ".join(sorted(sgg_priors))
                 + "): "
-                + ", ".join(f"{b} ({', '.join(sorted(_priors(cond, b)))})" for b in other_prior)
+                + ", ".join(f"{b} ({', '.join(sorted(cond.priors(b)))})" for b in other_prior)
             )
         if missing:
             parts.append("not run: " + ", ".join(missing))
@@ -168,10 +169,6 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
         return decided or out
     where = "; ".join(c.where for c in out)
     return [ClaimResult(claim, paper, where, NOT_TESTABLE, out[0].evidence)]
-
-
-def _priors(cond: Condition, variant: str) -> set[str]:
-    return {r.prior for r in cond.runs_of(variant) if r.prior}
 
 
 def _seed_averages(runs: Sequence[RunData], tasks: Sequence[str]) -> dict[int, float]:
