@@ -290,6 +290,19 @@ def test_every_preset_expands_or_names_what_is_missing():
             assert expand_grid(load_grid(name))
 
 
+def test_a_stored_grid_expands_to_the_keys_it_ran():
+    # a report restricted to one grid (--grid) rebuilds the grid from its stored form
+    from gradguide.bench.grid import grid_keys, spec_from_stored
+
+    for name in ("ablation", "sensitivity", "sgg-table1-minilm"):  # method/model bases, sweeps
+        spec = load_grid(name, ["seeds=[1]"])
+        stored = json.loads(json.dumps(spec.to_dict()))  # as the store keeps it
+        assert grid_keys(spec_from_stored(stored)) == {r.key for r in expand_grid(spec)}
+    stored = spec.to_dict() | {"methods": ["lora"]}  # its method_base names a method now absent
+    with pytest.raises(GradguideError, match="not in the grid's methods"):
+        spec_from_stored(stored)
+
+
 def test_dry_run_estimates_learn_from_stored_runs():
     from gradguide.bench.estimate import Calibration, estimate_config_seconds
     from gradguide.bench.grid import DataCheck

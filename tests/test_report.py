@@ -381,3 +381,60 @@ def test_a_method_run_on_fewer_tasks_does_not_shrink_every_average(tmp_path):
     }
     mean = 100 * sum(by_seed.values()) / len(by_seed)
     assert rows["| zero-shot"][avg].startswith(f"{mean:.1f} ±")
+
+
+def test_a_report_of_one_grid_keeps_its_own_runs_and_those_it_reused(tmp_path):
+    # two grids share a directory: the same LoRA runs, and SGG with and without a source task
+    # (sgg-table1 and ablation): the whole-directory report keeps one SGG run per cell, a
+    # one-grid report keeps that grid's, plus the LoRA runs the other grid trained for it
+    from gradguide.bench.grid import parse_grid
+    from gradguide.bench.runner import run_grid
+
+    base = {
+        "eval_limit": 8,
+        "optim": {"steps": 2, "batch_size": 4},
+        "guidance": {"measure_alignment": False, "prior": "ema:0.9"},
+    }
+    axes = {
+        "models": ["tiny-llama"],
+        "tasks": ["demo-sentiment"],
+        "methods": ["lora", "sgg"],
+        "shots": [8],
+        "seeds": [1],
+        "base": base,
+    }
+    plain = parse_grid({"name": "plain", **axes}, source="plain.yaml")
+    sourced = parse_grid(
+        {
+            "name": "sourced",
+            **axes,
+            "method_base": {"sgg": {"guidance.source_task": "demo-sentiment"}},
+        },
+        source="sourced.yaml",
+    )
+    out = tmp_path / "bench"
+    assert run_grid(plain, out, workers=0, show_progress=False).ok
+    assert run_grid(sourced, out, workers=0, show_progress=False).ok
+
+    def sgg_source(data: Any) -> Any:
+        (run,) = [r for r in data.runs if r.method == "sgg"]
+        return run.setting("guidance.source_task")
+
+    whole = load_bench(out)
+    assert len(whole.runs) == 2 and len(whole.superseded) == 1
+    assert sgg_source(whole) == "demo-sentiment"  # the later grid's run wins the cell
+    first = load_bench(out, ["plain"])
+    assert sorted(r.method for r in first.runs) == ["lora", "sgg"] and not first.superseded
+    assert sgg_source(first) is None
+    second = load_bench(out, ["sourced"])
+    assert sorted(r.method for r in second.runs) == ["lora", "sgg"] and not second.superseded
+    assert sgg_source(second) == "demo-sentiment"
+    (lora,) = [r for r in second.runs if r.method == "lora"]
+    assert lora.grid == "plain"  # trained once, by the first grid, and reused
+    md = write_report(out, tmp_path / "r", grids=["sourced"]).markdown.read_text()
+    assert "gradguide report: sourced" in md
+    assert "2 of the 2 runs it asks for are here, 1 of them run by another grid" in md
+    assert "## Superseded runs" not in md
+    with pytest.raises(GradguideError, match=r"no grid 'other' is stored here \(stored: plain"):
+        load_bench(out, ["other"])
+    assert report_main([str(out), "--grid", "other"]) == 2

@@ -428,6 +428,25 @@ def parse_grid(data: Mapping[str, Any], *, source: str = "<grid>") -> GridSpec:
     return spec
 
 
+def spec_from_stored(data: Mapping[str, Any]) -> GridSpec:
+    """The GridSpec of a stored ``GridSpec.to_dict()`` (a results store or archive's grids)."""
+    plain = {k: v for k, v in data.items() if k in _SPEC_FIELDS and k != "sweep"}
+    sweep = []
+    for block in data.get("sweep") or []:
+        values = dict(block.get("values") or {})
+        if block.get("methods"):
+            values["methods"] = list(block["methods"])
+        sweep.append(values)
+    if sweep:
+        plain["sweep"] = sweep
+    return parse_grid(plain, source=str(data.get("source") or "<stored grid>"))
+
+
+def grid_keys(spec: GridSpec) -> set[str]:
+    """The run keys a grid asks for, including runs another grid already finished for it."""
+    return {run.key for run in expand_grid(spec)}
+
+
 def _check_names(spec: GridSpec) -> None:
     """Every method, task and model must exist in this version (checked before any run)."""
     available = {m.name for m in list_methods()} | set(GUIDANCE)

@@ -98,11 +98,19 @@ def _overview(doc: _Doc, data: BenchData) -> None:
         desc = spec.get("description") or ""
         own = [r for r in runs if r.grid == name]
         hours = sum(r.wall_s for r in own if r.wall_s is not None) / 3600
-        items.append(
+        line = (
             f"grid {name}"
             + (f": {desc}" if desc else "")
             + f" ({spec.get('source')}): {len(own)} runs stored under it, run time {hours:.2f} h"
         )
+        if name in data.grid_keys:
+            asked = data.grid_keys[name]
+            found = [r for r in runs if r.key in asked]
+            line += (
+                f"; {len(found)} of the {len(asked)} runs it asks for are here, "
+                f"{sum(r.grid != name for r in found)} of them run by another grid"
+            )
+        items.append(line)
     commits = sorted(
         {_short_commit(r.environment.get("git_commit")) for r in runs if r.environment}
     )
@@ -810,8 +818,9 @@ def _superseded(doc: _Doc, data: BenchData) -> None:
             ("cell", "left out", "kept", "settings (left out → kept)"),
             rows,
             caption="Runs of a cell that a later run of the same cell replaced: they differ in "
-            "settings no grid swept, so the report shows only the latest (move or delete the "
-            "older run directories, or sweep the setting, to compare them).",
+            "settings no grid swept, so the report shows only the latest (report one grid with "
+            "`--grid NAME`, move or delete the older run directories, or sweep the setting, to "
+            "compare them).",
         )
     )
 
@@ -917,9 +926,14 @@ def build_report(data: BenchData) -> tuple[str, list[Block]]:
     return title, doc.blocks
 
 
-def write_report(bench_dir: str | Path, out_dir: str | Path | None = None) -> ReportFiles:
-    """Read a bench directory and write report.md (+ its PNGs) and a self-contained report.html."""
-    data = load_bench(bench_dir)
+def write_report(
+    bench_dir: str | Path, out_dir: str | Path | None = None, grids: Sequence[str] | None = None
+) -> ReportFiles:
+    """Read a bench directory and write report.md (+ its PNGs) and a self-contained report.html.
+
+    ``grids`` restricts the report to the runs those stored grids ask for (``load_bench``).
+    """
+    data = load_bench(bench_dir, grids)
     target = Path(out_dir) if out_dir is not None else Path(bench_dir)
     title, blocks = build_report(data)
     written = []

@@ -27,13 +27,20 @@ def add_report_parser(sub: Any) -> argparse.ArgumentParser:
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="a bench directory (holding bench.sqlite and runs/)")
     p.add_argument("--out", help="write the report here instead of into DIR")
+    p.add_argument(
+        "--grid",
+        action="append",
+        metavar="NAME",
+        help="only the runs this stored grid asks for, including those another grid ran for it "
+        "(repeatable; default: every run in DIR)",
+    )
 
 
 def cmd_report(a: argparse.Namespace) -> int:
     """Build the report from the store and the run records; print where it went."""
     from gradguide.report.build import summary_lines, write_report
 
-    files = write_report(a.dir, a.out)
+    files = write_report(a.dir, a.out, grids=a.grid)
     for line in summary_lines(files):
         print(line)
     return 0

@@ -6,12 +6,14 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from gradguide.bench.archive import ensure_store
+from gradguide.bench.grid import grid_keys, spec_from_stored
 from gradguide.bench.store import Failure, RunRow, Store
+from gradguide.errors import GradguideError
 from gradguide.metrics import normalised_loss_auc, steps_to_threshold
 from gradguide.record import RECORD_NAME
 
@@ -102,6 +104,8 @@ class BenchData:
     missing_records: list[str]
     #: runs left out because a later run filled the same cell with other settings
     superseded: list[Superseded] = dataclasses.field(default_factory=list)
+    #: the grids the report was restricted to, each with the run keys it asks for
+    grid_keys: dict[str, set[str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,21 +187,45 @@ def _timings(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def load_bench(bench_dir: str | Path) -> BenchData:
+def load_bench(bench_dir: str | Path, grids: Sequence[str] | None = None) -> BenchData:
     """Read a bench directory's store and run records (GradguideError when there is no store).
 
     A results archive (``gradguide results export``) gets its store built from its rows first.
+    With ``grids``, only the runs those stored grids ask for are read: their own and the runs
+    another grid had already finished for them (same key), so that grids configuring one method
+    differently (SGG with and without a source task) are not mixed in one table.
     """
     root = Path(bench_dir)
     ensure_store(root)
     with Store(root, create=False) as store:
         rows = store.runs()
-        grids = store.grids()
+        stored = store.grids()
         failures = store.failures()
+    keys: dict[str, set[str]] = {}
+    if grids:
+        keys = {name: _keys_of(name, stored, root) for name in grids}
+        wanted = set().union(*keys.values())
+        rows = [r for r in rows if r.key in wanted]
+        failures = [f for f in failures if f.key in wanted]
+        stored = {name: stored[name] for name in grids}
     runs = [_from_row(root, r) for r in rows]
     missing = [r.run_dir for r, d in zip(rows, runs, strict=True) if not d.has_record]
     runs, superseded = _latest_per_cell(runs)
-    return BenchData(root, runs, grids, failures, missing, superseded)
+    return BenchData(root, runs, stored, failures, missing, superseded, keys)
+
+
+def _keys_of(name: str, stored: Mapping[str, Any], root: Path) -> set[str]:
+    """The run keys of the stored grid ``name`` as this version of gradguide expands it."""
+    if name not in stored:
+        known = ", ".join(stored) or "none"
+        raise GradguideError(f"no grid {name!r} is stored here (stored: {known})", file=root)
+    try:
+        return grid_keys(spec_from_stored(stored[name]))
+    except GradguideError as e:
+        raise GradguideError(
+            f"the stored grid {name!r} no longer expands ({e}); report the whole directory",
+            file=root,
+        ) from None
 
 
 #: settings that say where files go or how often to save, not what the run computes
