@@ -282,6 +282,31 @@ def test_numbers_in_the_table_come_from_the_store(fixture_dir, report):
     assert row.split(" | ")[2].startswith(f"{mean:.1f} ±")  # columns: method, boolq, cb, …
 
 
+def test_ablation_table_gives_each_arms_gradient_measures(fixture_dir, report):
+    md = report.markdown.read_text()
+    section = md.split("## Ablation")[1].split("\n## ")[0]
+    table = section.split("| arm | seeds | accuracy | gradient stability")[1].split("\n\n")[0]
+    rows = {
+        line.split(" | ")[0][2:]: line.split(" | ")
+        for line in table.splitlines()
+        if line.startswith("| ")
+    }
+    runs = [r for r in load_bench(fixture_dir).runs if r.shots == 32 and not r.settings]
+    for arm in ("lora", "sgg", "sgg-dir", "sgg-mag"):
+        per_seed = [
+            sum(
+                r.value("gradient_stability") or 0.0
+                for r in runs
+                if r.method == arm and r.seed == s and r.task in SUPERGLUE
+            )
+            / 3
+            for s in SEEDS
+        ]
+        assert rows[arm][1] == "3"
+        assert rows[arm][3].startswith(f"{sum(per_seed) / 3:.3f} ±"), arm
+        assert rows[arm][5].strip(" |") == "n/a"  # no arm of the fixture has a source task
+
+
 def test_missing_runs_are_not_testable(tmp_path, capsys):
     bench = build_fixture(tmp_path / "b")
     with Store(bench) as store:

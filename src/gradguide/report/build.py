@@ -659,6 +659,7 @@ def _ablation(doc: _Doc, data: BenchData) -> None:
             doc.add(Heading("Ablation"))
             started = True
         doc.add(Heading(cond.title, 3))
+        doc.add(_ablation_measures(cond, shown, tasks))
         rows = []
         if "sgg" in variants:
             for v in present:
@@ -701,6 +702,39 @@ def _ablation(doc: _Doc, data: BenchData) -> None:
             f"Accuracy averaged over {', '.join(tasks)} for SGG, each of its terms alone and the "
             "baselines present (mean ± 95% interval over seeds).",
         )
+
+
+def _ablation_measures(cond: Condition, shown: list[str], tasks: list[str]) -> Table:
+    """Accuracy and the gradient measures the SGG terms act on, per arm of the ablation."""
+    measures = (
+        (METRIC, True),
+        (STABILITY, False),
+        (ALIGNMENT, False),
+        ("source_alignment", False),
+    )
+    rows = tuple(
+        (
+            v,
+            str(len({r.seed for r in cond.runs_of(v)})),
+            *(fmt_interval(average(cond, v, m, tasks), percent=p) for m, p in measures),
+        )
+        for v in shown
+    )
+    return Table(
+        (
+            "arm",
+            "seeds",
+            "accuracy",
+            "gradient stability",
+            "directional alignment",
+            "source alignment",
+        ),
+        rows,
+        caption=f"Averaged over {', '.join(tasks) or 'no task'} per seed, then mean ± 95% "
+        "interval over seeds. Directional alignment: mean cos(g, d_prior); source alignment: "
+        "mean cos(g_target, g_source), recorded only by arms with a source task (n/a: not "
+        f"recorded). {_priors(cond)}".rstrip(),
+    )
 
 
 def _sensitivity(doc: _Doc, data: BenchData) -> None:
