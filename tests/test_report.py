@@ -412,7 +412,7 @@ def test_a_report_of_one_grid_keeps_its_own_runs_and_those_it_reused(tmp_path):
     # two grids share a directory: the same LoRA runs, and SGG with and without a source task
     # (sgg-table1 and ablation): the whole-directory report keeps one SGG run per cell, a
     # one-grid report keeps that grid's, plus the LoRA runs the other grid trained for it
-    from gradguide.bench.grid import parse_grid
+    from gradguide.bench.grid import expand_grid, parse_grid
     from gradguide.bench.runner import run_grid
 
     base = {
@@ -460,6 +460,19 @@ def test_a_report_of_one_grid_keeps_its_own_runs_and_those_it_reused(tmp_path):
     assert "gradguide report: sourced" in md
     assert "2 of the 2 runs it asks for are here, 1 of them run by another grid" in md
     assert "## Superseded runs" not in md
+    # a failure of a run no stored grid asks for any more (the grid was changed) is left out of
+    # "Runs that failed"; one a grid still asks for stays there
+    wider = parse_grid({"name": "plain", **axes, "seeds": [1, 2]}, source="plain.yaml")
+    asked = next(r.key for r in expand_grid(wider) if r.config.seed == 2)
+    with Store(out) as store:
+        store.save_grid("plain", wider.to_dict())
+        store.add_failure(asked, "plain", "lora seed 2", "RuntimeError: still asked for")
+        store.add_failure("0123456789abcdef", "plain", "lora seed 7", "RuntimeError: stale")
+    data = load_bench(out)
+    assert [f.key for f in data.failures] == [asked] and data.stale_failures == 1
+    md = write_report(out, tmp_path / "r2").markdown.read_text()
+    assert "still asked for" in md and "RuntimeError: stale" not in md
+    assert "no stored grid asks for them any more (their grid was changed since): 1" in md
     with pytest.raises(GradguideError, match=r"no grid 'other' is stored here \(stored: plain"):
         load_bench(out, ["other"])
     assert report_main([str(out), "--grid", "other"]) == 2

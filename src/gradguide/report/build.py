@@ -125,6 +125,11 @@ def _overview(doc: _Doc, data: BenchData) -> None:
         items.append(
             f"runs that failed and have not finished since: {len({f.key for f in data.failures})}"
         )
+    if data.stale_failures:
+        items.append(
+            "failed runs left out because no stored grid asks for them any more (their grid "
+            f"was changed since): {data.stale_failures}"
+        )
     if data.missing_records:
         items.append(
             f"stored runs whose record.json is missing (no curves): {len(data.missing_records)}"

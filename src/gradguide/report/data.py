@@ -106,6 +106,8 @@ class BenchData:
     superseded: list[Superseded] = dataclasses.field(default_factory=list)
     #: the grids the report was restricted to, each with the run keys it asks for
     grid_keys: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    #: failed runs left out because no stored grid asks for them any more (a preset changed)
+    stale_failures: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,10 +210,26 @@ def load_bench(bench_dir: str | Path, grids: Sequence[str] | None = None) -> Ben
         rows = [r for r in rows if r.key in wanted]
         failures = [f for f in failures if f.key in wanted]
         stored = {name: stored[name] for name in grids}
+    failures, stale = _drop_stale_failures(failures, stored)
     runs = [_from_row(root, r) for r in rows]
     missing = [r.run_dir for r, d in zip(rows, runs, strict=True) if not d.has_record]
     runs, superseded = _latest_per_cell(runs)
-    return BenchData(root, runs, stored, failures, missing, superseded, keys)
+    return BenchData(root, runs, stored, failures, missing, superseded, keys, stale)
+
+
+def _drop_stale_failures(
+    failures: list[Failure], stored: Mapping[str, Any]
+) -> tuple[list[Failure], int]:
+    """The failures some stored grid still asks for, and how many others were left out (all are
+    kept when a stored grid cannot be expanded by this version, so nothing is hidden wrongly)."""
+    if not failures or not stored:
+        return failures, 0
+    try:
+        asked = set().union(*(grid_keys(spec_from_stored(spec)) for spec in stored.values()))
+    except GradguideError:
+        return failures, 0
+    kept = [f for f in failures if f.key in asked]
+    return kept, len({f.key for f in failures}) - len({f.key for f in kept})
 
 
 def _keys_of(name: str, stored: Mapping[str, Any], root: Path) -> set[str]:
