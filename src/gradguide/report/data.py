@@ -204,13 +204,15 @@ def load_bench(bench_dir: str | Path, grids: Sequence[str] | None = None) -> Ben
         stored = store.grids()
         failures = store.failures()
     keys: dict[str, set[str]] = {}
-    if grids:
+    if grids:  # the failures kept are those the named grids ask for: none is stale
         keys = {name: _keys_of(name, stored, root) for name in grids}
         wanted = set().union(*keys.values())
         rows = [r for r in rows if r.key in wanted]
         failures = [f for f in failures if f.key in wanted]
         stored = {name: stored[name] for name in grids}
-    failures, stale = _drop_stale_failures(failures, stored)
+        stale = 0
+    else:
+        failures, stale = _drop_stale_failures(failures, stored)
     runs = [_from_row(root, r) for r in rows]
     missing = [r.run_dir for r, d in zip(rows, runs, strict=True) if not d.has_record]
     runs, superseded = _latest_per_cell(runs)
