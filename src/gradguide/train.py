@@ -30,6 +30,16 @@ from tqdm.auto import tqdm
 from gradguide.atomic import write_json_atomic
 from gradguide.checkpoint import load_checkpoint, load_extra, save_checkpoint
 from gradguide.config import EvalConfig, UserTaskOptions, from_dict, to_dict
+from gradguide.device import (
+    autocast,
+    check_device_settings,
+    describe,
+    enable_checkpointing,
+    parse_dtype,
+    peak_memory_mb,
+    reset_peak_memory,
+    resolve_device,
+)
 from gradguide.distributed import DistContext
 from gradguide.distributed import init as init_distributed
 from gradguide.errors import GradguideError
@@ -148,6 +158,11 @@ class TrainConfig:
     eval_limit: int | None = None
     icl_shots: int = 4
     bf16: bool = False
+    #: where the run computes (auto, cpu, cuda, cuda:N) and the weights' precision (fp32, bf16)
+    device: str = "auto"
+    dtype: str = "fp32"
+    #: recompute each block's activations in the backward pass (less memory, one more forward)
+    gradient_checkpointing: bool = False
     checkpoint_every: int = 0
     tensorboard: bool = False
     #: per-layer diagnostics (gradguide.layerwise) on this many evaluation examples; 0 = off
@@ -172,6 +187,7 @@ class TrainResult:
 def validate(config: TrainConfig) -> None:
     """Reject impossible settings before anything is loaded (field named in the error)."""
     method = get_method(config.method)
+    check_device_settings(config)
     o = config.optim
     checks = [
         (config.shots > 0, "shots", f"must be positive, got {config.shots}"),
@@ -297,7 +313,9 @@ def train(
         config = dataclasses.replace(
             config, guidance=dataclasses.replace(config.guidance, use=method.default_guidance)
         )
-    dist = init_distributed()
+    dist = init_distributed(config.device)
+    device = dist.device
+    reset_peak_memory(device)
     if dist.world > config.optim.batch_size:
         raise GradguideError(
             f"{dist.world} processes need a batch of at least {dist.world} examples",
@@ -317,9 +335,14 @@ def train(
         run_dir = resume
     eager = needs_eager_attention(parse_guidance(config.guidance.use), config.guidance)
     eager = eager or (config.layer_diagnostics > 0 and config.guidance.ofa.jvp == "exact")
-    attn = "eager" if eager else None  # CPU SDPA has no double backward
+    attn = "eager" if eager else None  # SDPA has no forward-mode derivative
     lm = load_model(
-        config.model, cache_dir=config.cache_dir, seed=config.seed, attn_implementation=attn
+        config.model,
+        cache_dir=config.cache_dir,
+        seed=config.seed,
+        attn_implementation=attn,
+        dtype=parse_dtype(config.dtype),
+        device=device,
     )
     if config.layer_diagnostics and lm.kind != "causal":
         raise GradguideError(
@@ -330,6 +353,8 @@ def train(
     torch.manual_seed(config.seed)
     adapted = method.apply(lm, config.method_options) if method.trains else None
     model_lm = adapted.as_lm(lm) if adapted is not None else lm
+    if config.gradient_checkpointing and adapted is not None:
+        enable_checkpointing(lm.model, lm.name)
 
     fit = _Fitted({k: [] for k in ("loss", "grad_norm", "lr", "step_seconds")}, [], 0.0)
     steps = total_steps(config, len(setup.train)) if adapted is not None else 0
@@ -418,7 +443,9 @@ def train(
             "total_s": time.perf_counter() - started + fit.carried_s,
             "resumed_at_step": fit.resumed_at,
             "peak_rss_mb": peak_rss_mb(),
+            "peak_device_mb": peak_memory_mb(device),
         },
+        "device": {**describe(device, lm.info["dtype"], config.bf16), "world": dist.world},
         # "run": the peak of this run alone; "process": of its whole process (earlier runs too)
         "peak_rss_scope": "run" if own_peak else "process",
     }
@@ -470,7 +497,7 @@ def _fit(
             state["train_s"],
         )
         carried_s = train_s
-        extra = load_extra(run_dir)
+        extra = load_extra(run_dir, guide.device)
         tracker.load_state(extra)
         prior = guide.engine.prior
         if isinstance(prior, EmaPrior) and "ema" in extra:
@@ -585,6 +612,11 @@ class _Guide:
     transforms: list[GradientTransform] = dataclasses.field(default_factory=list)
     dist: DistContext = dataclasses.field(default_factory=DistContext)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the run computes (its process's device)."""
+        return self.dist.device
+
     def term_keys(self) -> list[str]:
         """Curve names of the loss terms' per-step values."""
         return [f"term_{t.name}" for t in self.loss_terms]
@@ -644,7 +676,7 @@ class _Guide:
         return local, self.dist.share(len(local), len(batch))
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+        return autocast(self.device, self.bf16)
 
     def tau(self) -> float | None:
         """The magnitude target in force (set at the first step when not configured)."""
@@ -745,7 +777,8 @@ def _guidance(
 def _summed(dist: DistContext, values: dict[str, float]) -> dict[str, float]:
     """Per-rank weighted values summed over ranks: the global batch's values."""
     keys = sorted(values)
-    total = dist.sum(torch.tensor([values[k] for k in keys], dtype=torch.float64))
+    local = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=dist.device)
+    total = dist.sum(local)  # on the device: NCCL rejects CPU tensors
     return dict(zip(keys, total.tolist(), strict=True))
 
 
@@ -797,7 +830,13 @@ def load_trained(run_dir: str | Path) -> TrainedRun:
         raise GradguideError("run has not finished (no record.json); resume it first", file=run_dir)
     record = json.loads(record_path.read_text())
     method = get_method(config.method)
-    lm = load_model(config.model, cache_dir=config.cache_dir, seed=config.seed)
+    lm = load_model(
+        config.model,
+        cache_dir=config.cache_dir,
+        seed=config.seed,
+        dtype=parse_dtype(config.dtype),
+        device=resolve_device(config.device),
+    )
     if method.trains:
         lm = method.load(lm, run_dir / ADAPTER_NAME, config.method_options).as_lm(lm)
     lm.model.eval()

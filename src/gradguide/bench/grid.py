@@ -68,8 +68,9 @@ PLANNED_METHODS: tuple[str, ...] = ()  # OFA and spectral landed; none pending
 #: Run settings the grid itself sets (axes) or the bench sets (out); not allowed in base/sweep.
 AXES = {"model": "models", "task": "tasks", "method": "methods", "shots": "shots", "seed": "seeds"}
 _BENCH_SET = ("out",)
-#: Configuration fields that say where files live, not what is computed: not part of a run key.
-_NOT_HASHED = ("out", "cache_dir")
+#: Configuration fields that say where files live or where and how thriftily a run computes, not
+#: what it computes: not part of a run key (a grid resumed on a GPU keeps its CPU runs).
+_NOT_HASHED = ("out", "cache_dir", "device", "gradient_checkpointing")
 _USER_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 _SPEC_FIELDS = (
     "name",
@@ -508,6 +509,8 @@ def run_key(config: TrainConfig) -> str:
     for name in _NOT_HASHED:
         data.pop(name, None)
     data["checkpoint_every"] = 0  # where checkpoints are taken changes no result
+    if data.get("dtype") == "fp32":  # the default weights (runs stored before it keep their keys)
+        data.pop("dtype")
     default_use = get_method(config.method).default_guidance
     if config.guidance.use == default_use:
         # train() writes a method's default guidance (ofa's) into the config it records: the
