@@ -68,13 +68,12 @@ LOSS_TERMS: dict[str, Callable[[BuildContext], LossTerm]] = {
 TRANSFORMS: dict[str, Callable[[BuildContext], GradientTransform]] = {
     "spectral-filter": build_filter,
 }
-#: term name → whether, under this GuidanceConfig, it differentiates through a gradient or a
-#: JVP of the model (CPU SDPA attention has no double backward: such runs load eager attention)
+#: term name → whether, under this GuidanceConfig, it takes a forward-mode JVP through the whole
+#: model, which fused SDPA attention does not implement: such runs load eager attention. (Exact
+#: HVPs need none: the engine runs their steps on SDPA's math kernel, gradguide.device.)
 DOUBLE_BACKWARD: dict[str, Callable[[Any], bool]] = {
-    t: (lambda cfg: cfg.hvp == "exact") for t in ("dir", "mag", "align")
+    "ofa-sharp": lambda cfg: cfg.ofa.jvp == "exact",
 }
-# the exact sharpness JVP is forward-mode AD, which CPU SDPA attention does not implement
-DOUBLE_BACKWARD["ofa-sharp"] = lambda cfg: cfg.ofa.jvp == "exact"
 
 
 def guidance_method(name: str, default: str = "lora") -> str:

@@ -35,6 +35,7 @@ here; what follows separates what is reported from it ([paper]) from gradguide's
   dropout (Llama has none; gradguide's LoRA dropout defaults to 0).
 * [choice] The probes of step k come from a torch.Generator seeded from (run seed, k): every
   call of the loss closure within a step sees the same probes and a resumed run repeats them.
+  The generator lives on the model's device (no copy per step), so a GPU draws other probes.
 
 The hooks record only during a full forward pass of the module that owns the blocks (so the
 terms' own re-runs of single blocks are not recorded); a term reads the last pass recorded (the
@@ -289,8 +290,10 @@ def step_ratio_sums(
 def rademacher(
     shape: Sequence[int], generator: torch.Generator, like: torch.Tensor
 ) -> torch.Tensor:
-    """±1 entries drawn on the CPU from ``generator`` (reproducible on any device)."""
-    bits = torch.randint(0, 2, tuple(shape), generator=generator, dtype=torch.int8)
+    """±1 entries drawn from ``generator`` on its device (no copy when it is ``like``'s)."""
+    bits = torch.randint(
+        0, 2, tuple(shape), generator=generator, dtype=torch.int8, device=generator.device
+    )
     return (2 * bits - 1).to(device=like.device, dtype=like.dtype)
 
 
@@ -475,7 +478,8 @@ class OfaSharpness(_OfaTerm):
 
     def loss(self, params: dict[str, torch.nn.Parameter]) -> torch.Tensor:
         """λ_sharp · S on the hidden states of the forward pass that just ran."""
-        generator = torch.Generator().manual_seed(probe_seed(self.seed, self.step))
+        device = next(self.capture.stack.blocks[0].parameters()).device  # probes drawn there
+        generator = torch.Generator(device).manual_seed(probe_seed(self.seed, self.step))
         s = self.value(self._passes(), generator)
         self._record(s)
         return self.options.lambda_sharp * s

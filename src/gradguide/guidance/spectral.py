@@ -269,7 +269,8 @@ class SpectralGraphs:
         entries = []
         for c, g, t in zip(cands, graphs, times, strict=True):
             p = trainable[c.target]
-            g = g.to(p.device, p.dtype)
+            # at least fp32: in bf16, U h(Λ) Uᵀ would no longer be a projection / low-pass filter
+            g = g.to(p.device, torch.promote_types(p.dtype, torch.float32))
             w0 = None if method != "full" else c.rows.detach().clone()
             gain = response(g.eigenvalues, options)
             entries.append(Coordinated(c.name, c.target, g, gain, c.a, c.scaling, w0, t))
