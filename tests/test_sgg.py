@@ -266,9 +266,13 @@ def test_exact_mode_explains_fused_attention():
     lm = load_model("tiny-llama", seed=0, attn_implementation="sdpa")
     params = [p for p in lm.model.parameters()]
     xs = get_task("demo-sentiment").load("train")[:2]
-    engine = GuidedGradient(penalties(("mag",)), hvp="exact")
+    # the engine runs an exact step on SDPA's math kernel (tests/test_device.py: equals eager) …
+    stats = GuidedGradient(penalties(("mag",)), hvp="exact").backward(loss_closure(lm, xs), params)
+    assert stats.penalty_applied and stats.finite
+    # … and a double backward through the fused kernel outside it is explained
+    grads = torch.autograd.grad(loss_closure(lm, xs)(), params, create_graph=True)
     with pytest.raises(GradguideError, match="eager"):
-        engine.backward(loss_closure(lm, xs), params, 0)
+        exact_hvp(grads, params, flat(grads, params).detach())
 
 
 def test_compare_accepts_sgg_and_ablations_on_the_same_samples(tmp_path):

@@ -70,23 +70,24 @@ def check_device_settings(config: Any) -> None:
     :func:`resolve_device` does that when the run starts.
     """
     from gradguide.guidance import expand_terms, needs_penalty_engine, parse_guidance
+    from gradguide.methods import get_method
 
     check_device(config.device)
     parse_dtype(config.dtype)
     g = config.guidance
-    names = parse_guidance(g.use)
+    names = parse_guidance(g.use or get_method(config.method).default_guidance)
     if config.dtype == "bf16" and g.hvp == "fd" and needs_penalty_engine(names):
         raise GradguideError(
             "bf16 weights with a finite-difference HVP are refused: its step is below bf16's "
             "resolution, so the difference measures rounding; use guidance.hvp=exact or fp32",
             field="dtype",
         )
-    sharp = "ofa-sharp" in expand_terms(names) or config.method == "ofa"
+    sharp = "ofa-sharp" in expand_terms(names)
     if config.gradient_checkpointing and sharp and g.ofa.jvp == "exact":
         raise GradguideError(
-            "gradient checkpointing cannot run under the forward-mode AD of the exact OFA "
-            "sharpness JVP (torch.func does not support checkpointed blocks); use "
-            "guidance.ofa.jvp=fd or turn gradient_checkpointing off",
+            "gradient checkpointing cannot recompute a block under the exact OFA sharpness JVP "
+            "(forward-mode AD saves other tensors than the plain forward: torch's CheckpointError);"
+            " use guidance.ofa.jvp=fd or turn gradient_checkpointing off",
             field="gradient_checkpointing",
         )
 
@@ -125,14 +126,18 @@ def enable_checkpointing(model: torch.nn.Module, name: str) -> None:
     Non-reentrant: it supports ``torch.autograd.grad`` and double backward (exact HVPs), and
     needs no input that requires grad (frozen embeddings under LoRA).
     """
-    enable = getattr(model, "gradient_checkpointing_enable", None)
-    if enable is None or not getattr(model, "supports_gradient_checkpointing", False):
+    if not getattr(model, "supports_gradient_checkpointing", False):
         raise GradguideError(
-            f"{name} does not support gradient checkpointing (transformers' "
-            "gradient_checkpointing_enable)",
+            f"{name} does not support gradient checkpointing (a transformers model whose blocks "
+            "can be checkpointed)",
             field="gradient_checkpointing",
         )
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)  # type: ignore[operator]
 
 
 def reset_peak_memory(device: torch.device) -> None:
