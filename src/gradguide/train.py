@@ -462,7 +462,11 @@ def train(
             "peak_rss_mb": peak_rss_mb(),
             "peak_device_mb": peak_memory_mb(device),
         },
-        "device": {**describe(device, lm.info["dtype"], config.bf16), "world": dist.world},
+        "device": {
+            **describe(device, lm.info["dtype"], config.bf16),
+            "world": dist.world,
+            "backend": dist.backend,  # the process group's (None: not launched distributed)
+        },
         # "run": the peak of this run alone; "process": of its whole process (earlier runs too)
         "peak_rss_scope": "run" if own_peak else "process",
     }
