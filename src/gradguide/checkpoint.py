@@ -100,4 +100,7 @@ def load_checkpoint(
 def load_extra(run_dir: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """The extra tensors a checkpoint was saved with, on ``device`` (empty when there are none)."""
     path = run_dir / CHECKPOINT_NAME / EXTRA_NAME
-    return load_file(str(path), device=str(device)) if path.exists() else {}
+    tensors = load_file(str(path), device=str(device)) if path.exists() else {}
+    # fresh memory: a reduction over a tensor read from the file can round differently (the first
+    # cos_prev after a resume differed by 3e-7), so the resume would not be exact
+    return {k: v.clone() for k, v in tensors.items()}
