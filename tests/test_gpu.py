@@ -20,7 +20,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from tiny_cli import tiny_train
 
 from gradguide import train as train_mod
 from gradguide.guidance.engine import GuidedGradient
@@ -301,30 +300,38 @@ def test_gradient_checkpointing_changes_no_number_on_the_device(tmp_path, hvp):
         assert curves[1][key] == pytest.approx(curves[0][key], rel=1e-5), key
 
 
+RUN_SCRIPT = """
+import sys
+from gradguide.train import GuidanceConfig, OptimConfig, TrainConfig, train
+from gradguide.distributed import finish
+config = TrainConfig(
+    model="tiny-llama", task="demo-sentiment", shots=8, method="lora", seed=1, out=sys.argv[1],
+    device="auto", optim=OptimConfig(steps=3, batch_size=8, lr=5e-3),
+    guidance=GuidanceConfig(use="sgg-dir,sgg-mag", prior="ema:0.9", hvp="exact"),
+)
+train(config, show_progress=False)
+finish()
+"""
+
+
 @pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
 def test_one_device_through_the_distributed_path(tmp_path):
     """torchrun with one process: NCCL on a GPU (gloo on the CPU dry run), rank 0 on cuda:0,
-    every sum an all-reduce on the device; the same adapter as a plain run on the device."""
+    every sum an all-reduce on the device; the same adapter as a plain run on the device. (A
+    script, not the CLI, so that only the training path's packages are needed.)"""
+    script = tmp_path / "run.py"
+    script.write_text(RUN_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = tiny_train(
-        "--method", "lora", "--lr", "5e-3", "--seed", "1", "--device", "auto",
-        "--guidance", "sgg-dir,sgg-mag", "--prior", "ema:0.9", "--hvp", "exact",
-        batch_size=8,
-    )  # fmt: skip
     if DEVICE.type == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # the dry run: auto is the CPU
     runs = {}
     for name, launcher in (
-        ("plain", [sys.executable, "-m", "gradguide"]),
-        ("group", [TORCHRUN, "--standalone", "--nproc_per_node=1", "-m", "gradguide"]),
+        ("plain", [sys.executable]),
+        ("group", [TORCHRUN, "--standalone", "--nproc_per_node=1"]),
     ):
         out = tmp_path / name
         done = subprocess.run(
-            [*launcher, *args, "--out", str(out)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
+            [*launcher, str(script), str(out)], env=env, capture_output=True, text=True, timeout=600
         )
         assert done.returncode == 0, done.stderr[-3000:]
         (run,) = [d for d in out.iterdir() if d.is_dir()]
