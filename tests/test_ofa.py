@@ -127,6 +127,100 @@ def test_hutchinson_is_exact_for_a_diagonal_hessian():
     torch.testing.assert_close(est, torch.full((2, 7), exact, dtype=torch.float64))
 
 
+class LinearBlock(torch.nn.Module):
+    """A block whose residual update is exactly u(z) = −A z; its norm's gain is P = diag(γ)."""
+
+    def __init__(self, a: torch.Tensor, gain: torch.Tensor) -> None:
+        super().__init__()
+        self.input_layernorm = torch.nn.LayerNorm(a.shape[0], dtype=a.dtype)
+        with torch.no_grad():
+            self.input_layernorm.weight.copy_(gain)
+        self.register_buffer("a", a)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states - hidden_states @ self.a.T
+
+
+class LinearStack(torch.nn.Module):
+    def __init__(self, blocks: list[LinearBlock]) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(blocks)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        for block in self.layers:
+            z = block(z)
+        return z
+
+
+def known_curvature(d: int = 4, seed: int = 0):
+    """Three linear blocks with M_t = A_t P_t (the estimator's −J_u P = A P, trace known):
+    M_0 = P H P with H positive semi-definite (the paper's u = −P ∇L of L = ½zᵀHz), M_1
+    non-symmetric with a positive semi-definite symmetric part, M_2 non-symmetric and expanding
+    (its symmetric part negative definite)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand() -> torch.Tensor:
+        return torch.randn(d, d, generator=g, dtype=torch.float64)
+
+    def psd() -> torch.Tensor:
+        b = rand()
+        return b @ b.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+
+    def skew() -> torch.Tensor:
+        k = rand()
+        return k - k.T
+
+    gains = [0.5 + torch.rand(d, generator=g, dtype=torch.float64) for _ in range(3)]
+    p = [torch.diag(x) for x in gains]
+    ms = [p[0] @ psd() @ p[0], psd() + skew(), -psd() + skew()]
+    a = [m @ torch.linalg.inv(q) for m, q in zip(ms, p, strict=True)]
+    model = LinearStack([LinearBlock(x, y) for x, y in zip(a, gains, strict=True)])
+    return model, ms, a
+
+
+@pytest.mark.parametrize("jvp", ["fd", "exact"])
+def test_sharpness_penalty_is_the_trace_clipped_at_zero_per_block(jvp):
+    """On blocks of known curvature the signed S_t converge to tr(A_t P_t) and the penalty is
+    Σ_t max(S_t, 0): a block that expands adds nothing and gets no gradient (a signed sum would
+    reward it without bound)."""
+    model, ms, a = known_curvature()
+    exact = [float(torch.trace(m)) for m in ms]
+    assert exact[0] > 0 and exact[1] > 0 and exact[2] < 0
+    n, probes = 256, 64
+    samples = n * probes
+    z = torch.randn(1, n, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    term = OfaSharpness(model, OfaOptions(lambda_sharp=1.0, probes=probes, jvp=jvp), seed=0)
+    term.begin_step(0)
+    model(z)
+    s = term.loss({})
+    signed = term.signed[0]
+    # Rademacher: νᵀMν = tr M + Σ_{i<j} (M_ij + M_ji) ν_i ν_j, uncorrelated terms of variance 1
+    se = [math.sqrt(float(torch.triu(m + m.T, 1).pow(2).sum()) / samples) for m in ms]
+    for got, want, err in zip(signed, exact, se, strict=True):
+        assert abs(got - want) < 5 * err and err < 0.05 * abs(want)
+    assert term.summary()["signed_layer_means"] == signed
+    assert float(s.detach()) == pytest.approx(signed[0] + signed[1], rel=1e-12)
+    # ∂S/∂γ_t: E[ν_j (A_tᵀν)_j] = (A_t)_jj for the blocks that count, exactly 0 for block 2
+    gains = [block.input_layernorm.weight for block in model.layers]
+    grads = torch.autograd.grad(s, gains)
+    assert torch.equal(grads[2], torch.zeros_like(grads[2]))
+    for t in (0, 1):
+        off = a[t] - torch.diag(torch.diag(a[t]))
+        bound = 5 * (off.pow(2).sum(0) / samples).sqrt()
+        assert torch.all((grads[t] - torch.diag(a[t])).abs() < bound), t
+    term.close()
+    # where the curvature is positive semi-definite every single probe is already >= 0: the clip
+    # changes nothing there, and S_t stays unbiased
+    one = OfaSharpness(model, OfaOptions(lambda_sharp=1.0, probes=1, jvp=jvp), seed=1)
+    for step in range(20):
+        one.begin_step(step)
+        with torch.no_grad():
+            model(z[:, :2])
+            one.loss({})
+        assert one.signed[step][0] > 0 and one.signed[step][1] > 0
+    one.close()
+
+
 # --------------------------------------------------------------------------------------------
 # The step ratio on a real model's hidden states
 

@@ -20,9 +20,20 @@ here; what follows separates what is reported from it ([paper]) from gradguide's
   s_{t+1}² / (s_t² + eps) instead. ``layers`` picks the t of the pairs (t + 1 must be a block).
 * [choice] Sharpness ("ofa-sharp"): u_t ≈ −P_t ∇L, so its Jacobian is ≈ −P_t H_t and
   tr(P_t H_t P_tᵀ) = E_ν[νᵀ P_t H_t P_tᵀ ν] ≈ −E_ν[νᵀ J_{u_t}(Z_t) (P_tᵀ ν)], with ν Rademacher
-  over the non-padding tokens. S = Σ_t over the chosen blocks of the trace per token (the sum over
-  tokens divided by their number), each averaged over ``probes`` probes. The estimate is signed:
-  the residual map's Jacobian need not be symmetric or definite.
+  over the non-padding tokens. S_t, block t's estimate, is the sum over the batch's tokens divided
+  by their number, averaged over ``probes`` probes.
+* [choice] The penalty is S = Σ_t max(S_t, 0) over the chosen blocks, not Σ_t S_t. S_t is signed:
+  a real block's Jacobian need not be −P H with H positive semi-definite (real blocks give
+  S_t < 0, some at initialisation), and a signed sum is unbounded below, so minimising it would
+  reward blocks that expand their hidden states, the opposite of the paper's tr(P H Pᵀ) ≥ 0. Where
+  M = −J_{u_t} P_tᵀ has a positive semi-definite symmetric part (the paper's regime, with every
+  token of the batch in one M: attention couples them) each probe's νᵀMν is ≥ 0, so the clip
+  changes nothing and S_t stays an unbiased estimate of the trace; elsewhere the block adds 0 and
+  no gradient. Where the true S_t is near 0 or below, the clip of a noisy estimate is biased
+  upwards (E max(X, 0) ≥ max(E X, 0)); more probes shrink that. Symmetrising M is no remedy:
+  νᵀMν = νᵀ ½(M + Mᵀ) ν already, with the same sign problem. A data-parallel run
+  clips each rank's S_t (its own batch shard). The signed S_t are kept: the term's summary gives
+  their mean per block (``signed_layer_means``), the layer diagnostics report them unclipped.
 * [choice] P_t = diag(γ_t), γ_t the gain of the normalisation that preconditions block t: the
   block's first normalisation module that is a direct child (Llama's ``input_layernorm``, GPT-2's
   ``ln_1``; the first one anywhere in the block where none is a direct child).
@@ -47,7 +58,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -346,6 +357,19 @@ def sharpness_sums(
     return torch.stack(out)
 
 
+def penalised(layer_values: torch.Tensor) -> torch.Tensor:
+    """S = Σ_t max(S_t, 0): bounded below by 0, the signed S_t where they are ≥ 0 (docstring)."""
+    return layer_values.clamp_min(0.0).sum()
+
+
+def signed_means(steps: Iterable[list[float]], n_layers: int) -> list[float | None]:
+    """The mean over steps of each block's signed S_t (None for every block without a step)."""
+    rows = list(steps)
+    if not rows:
+        return [None] * n_layers
+    return [sum(r[i] for r in rows) / len(rows) for i in range(n_layers)]
+
+
 def probe_seed(seed: int, step: int) -> int:
     """Seed of step ``step``'s probes: a pure function of the run seed and the step."""
     digest = hashlib.sha256(f"gradguide-ofa-{seed}-{step}".encode()).digest()
@@ -458,12 +482,16 @@ class OfaStepRatio(_OfaTerm):
 
 
 class OfaSharpness(_OfaTerm):
-    """λ_sharp · S: Σ_t Hutchinson's tr(P_t H_t P_tᵀ) per token (module docstring)."""
+    """λ_sharp · S: Σ_t max(S_t, 0), S_t Hutchinson's tr(P_t H_t P_tᵀ) per token (docstring)."""
 
     name = "ofa-sharp"
 
-    def value(self, passes: Sequence[Pass], generator: torch.Generator) -> torch.Tensor:
-        """S over the given passes (token-weighted per block, summed over blocks), unweighted."""
+    def __init__(self, model: torch.nn.Module, options: OfaOptions, seed: int) -> None:
+        super().__init__(model, options, seed)
+        self.signed: dict[int, list[float]] = {}  # per step: the signed S_t of each block
+
+    def layer_values(self, passes: Sequence[Pass], generator: torch.Generator) -> torch.Tensor:
+        """The signed S_t of each chosen block over the given passes (token-weighted)."""
         o = self.options
         stack = self.capture.stack
         sums = [
@@ -471,13 +499,15 @@ class OfaSharpness(_OfaTerm):
             for p in passes
         ]
         tokens = torch.as_tensor(sum(p.tokens() for p in passes)).clamp_min(1.0)
-        return (torch.stack(sums).sum(0) / tokens).sum()
+        return torch.stack(sums).sum(0) / tokens
 
     def loss(self, params: dict[str, torch.nn.Parameter]) -> torch.Tensor:
         """λ_sharp · S on the hidden states of the forward pass that just ran."""
         generator = torch.Generator().manual_seed(probe_seed(self.seed, self.step))
-        s = self.value(self._passes(), generator)
+        signed = self.layer_values(self._passes(), generator)
+        s = penalised(signed)
         self._record(s)
+        self.signed.setdefault(self.step, signed.detach().double().cpu().tolist())
         return self.options.lambda_sharp * s
 
     def summary(self) -> dict[str, Any]:
@@ -494,6 +524,8 @@ class OfaSharpness(_OfaTerm):
             "jvp": o.jvp,
             "fd_eps": o.fd_eps if o.jvp == "fd" else None,
             "preconditioner": f"gain of each block's {self.capture.stack.preconditioner_name}",
+            "form": "sum over blocks of max(S_t, 0)",
+            "signed_layer_means": signed_means(self.signed.values(), len(self.layers)),
         }
 
 
