@@ -325,6 +325,31 @@ def test_fd_and_exact_jvp_agree(batch):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3 * float(b.abs().max()))
 
 
+def test_fd_sharpness_under_bf16_autocast_matches_float32(batch):
+    """The fd re-runs leave bf16 autocast (its resolution is far coarser than the step): only the
+    hidden states' own bf16 rounding remains (none at block 0, whose input is the embeddings)."""
+    lm = deep_llama(3, torch.float32)
+    term = OfaSharpness(lm.model, OfaOptions(lambda_sharp=1.0, probes=8, jvp="fd"), seed=1)
+    signed = {}
+    for bf16 in (False, True):
+        term.begin_step(0)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            _value(term, lm, batch)
+        signed[bf16] = torch.tensor(term.signed.pop(0))
+        term.values.clear()
+    term.close()
+    assert float(signed[False].abs().min()) > 0.1  # each block's value is far from 0
+    torch.testing.assert_close(signed[True], signed[False], rtol=0.05, atol=1e-3)
+    # a model stored in bf16 cannot resolve the step at all: refused, naming the options
+    low = deep_llama(2, torch.bfloat16)
+    term = OfaSharpness(low.model, OfaOptions(lambda_sharp=1.0, jvp="fd"), seed=1)
+    term.begin_step(0)
+    with torch.no_grad(), pytest.raises(GradguideError, match="jvp=exact") as e:
+        _value(term, low, batch)
+    assert e.value.field == "guidance.ofa.jvp" and "float32" in str(e.value)
+    term.close()
+
+
 @pytest.mark.parametrize(
     ("kind", "options"),
     [

@@ -41,8 +41,11 @@ here; what follows separates what is reported from it ([paper]) from gradguide's
   needs eager attention: CPU SDPA has no forward derivative); ``jvp="fd"`` by the central
   difference (u_t(Z + εw) − u_t(Z − εw)) / 2ε of two extra forward passes of block t (the paper's
   Algorithm 1), with ε = fd_eps · RMS(Z_t) / RMS(w), so the step is relative to the hidden
-  states' scale. Both are differentiable with respect to every normalisation gain (that of block t
-  through w and the block, earlier ones through Z_t). The re-runs assume the block has no active
+  states' scale. The two re-runs are in float32 with autocast off, whatever the forward pass
+  used: the step is below bf16's resolution (under bf16 autocast the difference changed sign);
+  ``fd`` on blocks stored in bf16/fp16 is refused (``exact`` runs in the forward's precision).
+  Both are differentiable with respect to every normalisation gain (that of block t through w
+  and the block, earlier ones through Z_t). The re-runs assume the block has no active
   dropout (Llama has none; gradguide's LoRA dropout defaults to 0).
 * [choice] The probes of step k come from a torch.Generator seeded from (run seed, k): every
   call of the loss closure within a step sees the same probes and a resumed run repeats them.
@@ -70,6 +73,8 @@ JVP_MODES = ("fd", "exact")
 #: the loss terms of this module (guidance names in gradguide.guidance.GUIDANCE)
 OFA_TERMS = ("ofa-step", "ofa-sharp")
 StepFn = Callable[[torch.Tensor], torch.Tensor]
+#: parameter dtypes fine enough for the fd JVP's step (integer buffers are not parameters)
+WIDE = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 
 
 @dataclasses.dataclass
@@ -329,13 +334,38 @@ def hutchinson(
         if jvp == "exact":
             jw = torch.func.jvp(step, (z,), (w,))[1]
         else:
-            count = (mask > 0).sum().clamp_min(1) * z.shape[-1]
-            rms_z = (masked(z.detach(), mask).pow(2).sum() / count).sqrt().clamp_min(1e-6)
-            rms_w = (w.detach().pow(2).sum() / count).sqrt().clamp_min(1e-12)
-            e = float(fd_eps * rms_z / rms_w)
-            jw = (step(z + e * w) - step(z - e * w)) / (2 * e)
+            jw = fd_jvp(step, z, w, mask, fd_eps)
         total = total - masked(_wide(nu) * _wide(jw), mask).sum(-1)
     return total / probes
+
+
+def fd_jvp(
+    step: StepFn, z: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, fd_eps: float
+) -> torch.Tensor:
+    """J_u(z)·w as (u(z + εw) − u(z − εw)) / 2ε, the two re-runs in float32 with autocast off.
+
+    ε·w is ``fd_eps`` (1e-3) of z's scale, below bf16's resolution (2⁻⁸): under bf16 autocast
+    the difference would be rounding noise, its sign arbitrary.
+    """
+    count = (mask > 0).sum().clamp_min(1) * z.shape[-1]
+    rms_z = (masked(z.detach(), mask).pow(2).sum() / count).sqrt().clamp_min(1e-6)
+    rms_w = (w.detach().pow(2).sum() / count).sqrt().clamp_min(1e-12)
+    e = float(fd_eps * rms_z / rms_w)
+    z, w = _wide(z), _wide(w)
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        return (step(z + e * w) - step(z - e * w)) / (2 * e)
+
+
+def check_fd_precision(block: torch.nn.Module) -> None:
+    """Refuse the fd JVP on a block stored below float32 (its re-runs cannot resolve the step)."""
+    low = sorted({str(p.dtype) for p in block.parameters() if p.dtype not in WIDE})
+    if low:
+        raise GradguideError(
+            f"the fd JVP needs float32 block weights, this model's are {', '.join(low)}: the "
+            "step is below their resolution; load the model in float32 (bf16 autocast is fine) "
+            "or set guidance.ofa.jvp=exact",
+            field="guidance.ofa.jvp",
+        )
 
 
 def sharpness_sums(
@@ -350,6 +380,8 @@ def sharpness_sums(
     """Σ over real tokens of the per-token sharpness estimate, one entry per block in ``layers``."""
     out = []
     for t in layers:
+        if jvp == "fd":
+            check_fd_precision(stack.blocks[t])
         est = hutchinson(
             p.step_fn(stack, t), p.inputs[t], stack.gain(t), p.mask, generator, probes, jvp, fd_eps
         )
