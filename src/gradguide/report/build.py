@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from gradguide.report.analysis import (
 )
 from gradguide.report.claims import PAPERS
 from gradguide.report.data import BenchData, RunData, cells, load_bench
+from gradguide.report.doc import Doc
 from gradguide.report.render import (
     FIGURES_DIR,
     Block,
@@ -60,29 +60,12 @@ class ReportFiles:
     figures: list[Path]
 
 
-class _Doc:
-    """Blocks in order, with unique figure names."""
-
-    def __init__(self) -> None:
-        self.blocks: list[Block] = []
-        self.names: Counter[str] = Counter()
-
-    def add(self, *blocks: Block) -> None:
-        self.blocks.extend(blocks)
-
-    def figure(self, stem: str, png: bytes, caption: str) -> None:
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", stem).strip("-").lower() or "figure"
-        self.names[slug] += 1
-        name = slug if self.names[slug] == 1 else f"{slug}-{self.names[slug]}"
-        self.blocks.append(Figure(name, png, caption))
-
-
 def _upper_first(text: str) -> str:
     """Capitalise a label's first letter only (``str.capitalize`` would lower tr(P H P^T))."""
     return text[:1].upper() + text[1:]
 
 
-def _overview(doc: _Doc, data: BenchData) -> None:
+def _overview(doc: Doc, data: BenchData) -> None:
     runs = data.runs
     doc.add(Heading("Overview"))
     wall = sum(r.wall_s for r in runs if r.wall_s is not None)
@@ -150,7 +133,7 @@ def _overview(doc: _Doc, data: BenchData) -> None:
     )
 
 
-def _claims(doc: _Doc, data: BenchData) -> None:
+def _claims(doc: Doc, data: BenchData) -> None:
     doc.add(Heading("Claims of the papers"))
     doc.add(
         Paragraph(
@@ -211,7 +194,7 @@ def _average_tasks(cond: Condition, variants: list[str]) -> tuple[list[str], str
     return tasks, partial
 
 
-def _results(doc: _Doc, data: BenchData) -> None:
+def _results(doc: Doc, data: BenchData) -> None:
     conds = conditions(data.runs)
     if not conds:
         return
@@ -288,7 +271,7 @@ def _comparison_row(c: Comparison) -> tuple[str, ...]:
     )
 
 
-def _comparisons(doc: _Doc, data: BenchData) -> None:
+def _comparisons(doc: Doc, data: BenchData) -> None:
     sections = []
     for cond in conditions(data.runs):
         rows = []
@@ -332,7 +315,7 @@ def _comparisons(doc: _Doc, data: BenchData) -> None:
         )
 
 
-def _sample_size(doc: _Doc, data: BenchData) -> None:
+def _sample_size(doc: Doc, data: BenchData) -> None:
     by_model: dict[str, list[RunData]] = {}
     for r in data.runs:
         by_model.setdefault(r.model, []).append(r)
@@ -402,7 +385,7 @@ def _half(iv: Interval, scale: float) -> float | None:
     return scale * iv.half_width if iv.n >= 2 and math.isfinite(iv.half_width) else None
 
 
-def _domains(doc: _Doc, data: BenchData) -> None:
+def _domains(doc: Doc, data: BenchData) -> None:
     conds = conditions(r for r in data.runs if r.suite == "domain")
     if not conds:
         return
@@ -443,7 +426,7 @@ def _domains(doc: _Doc, data: BenchData) -> None:
 
 
 def _curves_section(
-    doc: _Doc,
+    doc: Doc,
     data: BenchData,
     title: str | None,
     name: str,
@@ -486,7 +469,7 @@ def _curves_section(
     return started
 
 
-def _convergence(doc: _Doc, data: BenchData) -> None:
+def _convergence(doc: Doc, data: BenchData) -> None:
     """Convergence speed and step time per method, from each run's curves (metrics.py)."""
     sections = []
     for cond in conditions(data.runs):
@@ -539,7 +522,7 @@ def _convergence(doc: _Doc, data: BenchData) -> None:
         doc.add(Table(("method", "loss AUC", "steps to threshold", "step time (s)"), tuple(rows)))
 
 
-def _cost(doc: _Doc, data: BenchData) -> None:
+def _cost(doc: Doc, data: BenchData) -> None:
     """What each method costs per task: trainable parameters, step time, time per run."""
     sections = []
     for cond in conditions(data.runs):
@@ -607,7 +590,7 @@ def _cost(doc: _Doc, data: BenchData) -> None:
         doc.add(Table(header, tuple(rows)))
 
 
-def _dynamics(doc: _Doc, data: BenchData) -> None:
+def _dynamics(doc: Doc, data: BenchData) -> None:
     started = _curves_section(doc, data, "Gradient dynamics", "grad_norm", "gradient norm", "log")
     for cond in conditions(data.runs):
         variants = cond.variants()
@@ -650,7 +633,7 @@ def _bars(
     return out
 
 
-def _ablation(doc: _Doc, data: BenchData) -> None:
+def _ablation(doc: Doc, data: BenchData) -> None:
     started = False
     for cond in conditions(data.runs):
         variants = cond.variants()
@@ -740,7 +723,7 @@ def _ablation_measures(
     )
 
 
-def _sensitivity(doc: _Doc, data: BenchData) -> None:
+def _sensitivity(doc: Doc, data: BenchData) -> None:
     """Accuracy against each swept setting, the other swept settings at their usual value."""
     started = False
     for cond in conditions(data.runs):
@@ -822,7 +805,7 @@ def _sort_value(v: object) -> tuple[int, float, str]:
     return (1, 0.0, str(v))
 
 
-def _failures(doc: _Doc, data: BenchData) -> None:
+def _failures(doc: Doc, data: BenchData) -> None:
     if not data.failures:
         return
     latest = {f.key: f for f in data.failures}
@@ -837,7 +820,7 @@ def _failures(doc: _Doc, data: BenchData) -> None:
     )
 
 
-def _superseded(doc: _Doc, data: BenchData) -> None:
+def _superseded(doc: Doc, data: BenchData) -> None:
     if not data.superseded:
         return
     doc.add(Heading("Superseded runs"))
@@ -871,7 +854,7 @@ LAYER_QUANTITIES = (
 )
 
 
-def _layerwise(doc: _Doc, data: BenchData) -> None:
+def _layerwise(doc: Doc, data: BenchData) -> None:
     """The OFA paper's per-layer figures, from the runs that recorded layer diagnostics."""
     started = False
     for cond in conditions(data.runs):
@@ -937,7 +920,7 @@ def _layer_points(rows: list[list[float]], scale: float) -> list[figures.Point]:
 
 def build_report(data: BenchData) -> tuple[str, list[Block]]:
     """The report's title and blocks for the runs of one bench directory."""
-    doc = _Doc()
+    doc = Doc()
     names = ", ".join(data.grids) or data.bench_dir.name
     title = f"gradguide report: {names}"
     if not data.runs:
