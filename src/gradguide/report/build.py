@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ from gradguide.report.analysis import (
     BASELINES,
     METRIC,
     STABILITY,
+    AlignmentColumn,
     Comparison,
     Condition,
+    alignment_column,
     average,
     compare,
     conditions,
@@ -169,19 +171,6 @@ def _eval_sizes(cond: Condition) -> str:
     return ", ".join(f"{t} {n}" for t, n in sizes.items())
 
 
-def _priors(cond: Condition) -> str:
-    """Which prior each method's directional alignment was measured against: a cosine with a
-    running mean of the run's own gradients (ema) is not comparable to one with a fixed prior."""
-    by_prior: dict[str, list[str]] = {}
-    for v in cond.variants():
-        for prior in sorted(cond.priors(v)):
-            by_prior.setdefault(prior, []).append(v)
-    if not by_prior:
-        return ""
-    listed = "; ".join(f"{p} ({', '.join(vs)})" for p, vs in by_prior.items())
-    return f"Directional alignment is the cosine with each run's prior: {listed}. "
-
-
 def _average_tasks(cond: Condition, variants: list[str]) -> tuple[list[str], str]:
     """The tasks to average over: those more than half of the methods ran, so that neither one
     method run on fewer tasks (a baseline from another grid) shrinks every average nor one run on
@@ -203,6 +192,7 @@ def _results(doc: Doc, data: BenchData) -> None:
         variants = cond.variants()
         tasks = cond.tasks()
         avg_tasks, partial = _average_tasks(cond, variants)
+        column = alignment_column(cond, variants)
         rows = []
         for v in variants:
             by_task = per_task(cond.cells(v, METRIC))
@@ -215,13 +205,15 @@ def _results(doc: Doc, data: BenchData) -> None:
                     fmt_interval(avg, percent=True),
                     str(seeds),
                     fmt_interval(average(cond, v, STABILITY, avg_tasks), percent=False),
-                    fmt_interval(average(cond, v, ALIGNMENT, avg_tasks), percent=False),
+                    column.cell(
+                        v, fmt_interval(average(cond, v, ALIGNMENT, avg_tasks), percent=False)
+                    ),
                 )
             )
         doc.add(Heading(cond.title, 3))
         doc.add(
             Table(
-                ("method", *tasks, "avg", "seeds", "gradient stability", "directional alignment"),
+                ("method", *tasks, "avg", "seeds", "gradient stability", column.header),
                 tuple(rows),
                 caption=(
                     f"Accuracy (%) per task and averaged over {', '.join(avg_tasks) or 'no task'}"
@@ -229,7 +221,7 @@ def _results(doc: Doc, data: BenchData) -> None:
                     + (f"; no average for {partial}" if partial else "")
                     + "); gradient stability and directional alignment "
                     "averaged the same way (n/a: not recorded, e.g. untrained methods). "
-                    f"{_priors(cond)}Evaluation examples: {_eval_sizes(cond)}."
+                    f"{column.note()}Evaluation examples: {_eval_sizes(cond)}."
                 ),
             )
         )
@@ -275,8 +267,11 @@ def _comparisons(doc: Doc, data: BenchData) -> None:
     sections = []
     for cond in conditions(data.runs):
         rows = []
+        comparable = alignment_column(cond, cond.variants()).shown
         for a, b in _pairs(cond):
             for metric in (METRIC, STABILITY, ALIGNMENT):
+                if metric == ALIGNMENT and not (a in comparable and b in comparable):
+                    continue  # cosines with different priors are different quantities
                 c = compare(cond, a, b, metric)
                 if c is not None:
                     rows.append(_comparison_row(c))
@@ -432,16 +427,21 @@ def _curves_section(
     name: str,
     ylabel: str,
     yscale: str = "linear",
+    only: Callable[[Condition], AlignmentColumn] | None = None,
 ) -> bool:
     """One figure per condition of ``curves[name]`` averaged per method; True if any.
 
-    ``title`` is the section heading added before the first figure (None: no heading).
+    ``title`` is the section heading added before the first figure (None: no heading); with
+    ``only``, a condition's figure shows only the arms its alignment column shows, and says why.
     """
     started = False
     for cond in conditions(data.runs):
         series = {}
         counts = []
+        column = only(cond) if only is not None else None
         for v in cond.variants():
+            if column is not None and v not in column.shown:
+                continue
             runs = cond.runs_of(v)
             curve = mean_curve(runs, name)
             if curve is not None:
@@ -464,7 +464,7 @@ def _curves_section(
             ),
             f"{_upper_first(ylabel)} per training step, mean over tasks and seeds per method, "
             f"{cond.title} "
-            f"(runs: {', '.join(counts)}).",
+            f"(runs: {', '.join(counts)}). {column.note() if column else ''}".rstrip(),
         )
     return started
 
@@ -595,8 +595,11 @@ def _dynamics(doc: Doc, data: BenchData) -> None:
     for cond in conditions(data.runs):
         variants = cond.variants()
         tasks = cond.common_tasks(variants)
+        column = alignment_column(cond, variants)
         stab = {v: average(cond, v, STABILITY, tasks) for v in variants}
-        align = {v: average(cond, v, ALIGNMENT, tasks) for v in variants}
+        align = {
+            v: average(cond, v, ALIGNMENT, tasks) if v in column.shown else None for v in variants
+        }
         shown = [v for v in variants if stab[v] is not None or align[v] is not None]
         if not shown:
             continue
@@ -616,10 +619,17 @@ def _dynamics(doc: Doc, data: BenchData) -> None:
                 ylabel="value",
             ),
             "Gradient stability 1/(1+CV of the gradient norm) and mean cosine with the prior "
-            f"direction, averaged over tasks then seeds, {cond.title}.",
+            f"direction, averaged over tasks then seeds, {cond.title}. {column.note()}".rstrip(),
         )
     if started:
-        _curves_section(doc, data, None, "cos_prior", "cosine with the prior direction")
+        _curves_section(
+            doc,
+            data,
+            None,
+            "cos_prior",
+            "cosine with the prior direction",
+            only=lambda cond: alignment_column(cond, cond.variants()),
+        )
 
 
 def _bars(
@@ -696,13 +706,19 @@ def _ablation_measures(
     cond: Condition, accuracy: dict[str, Interval | None], tasks: list[str]
 ) -> Table:
     """Accuracy (already averaged per arm) and the gradient measures the SGG terms act on."""
+    column = alignment_column(cond, list(accuracy))
+
+    def measure(v: str, m: str) -> str:
+        text = fmt_interval(average(cond, v, m, tasks), percent=False)
+        return column.cell(v, text) if m == ALIGNMENT else text
+
     measures = (STABILITY, ALIGNMENT, "source_alignment")
     rows = tuple(
         (
             v,
             str(len({r.seed for r in cond.runs_of(v)})),
             fmt_interval(acc, percent=True),
-            *(fmt_interval(average(cond, v, m, tasks), percent=False) for m in measures),
+            *(measure(v, m) for m in measures),
         )
         for v, acc in accuracy.items()
     )
@@ -712,14 +728,14 @@ def _ablation_measures(
             "seeds",
             "accuracy",
             "gradient stability",
-            "directional alignment",
+            column.header,
             "source alignment",
         ),
         rows,
         caption=f"Averaged over {', '.join(tasks) or 'no task'} per seed, then mean ± 95% "
         "interval over seeds. Directional alignment: mean cos(g, d_prior); source alignment: "
         "mean cos(g_target, g_source), recorded only by arms with a source task (n/a: not "
-        f"recorded). {_priors(cond)}".rstrip(),
+        f"recorded). {column.note()}".rstrip(),
     )
 
 
