@@ -32,9 +32,10 @@ from gradguide.report.analysis import (
     mean_curve,
     method_rank,
 )
-from gradguide.report.claims import PAPERS
+from gradguide.report.claims import PAPERS, Paper
 from gradguide.report.data import BenchData, RunData, cells, load_bench
 from gradguide.report.doc import Doc
+from gradguide.report.provenance import provenance_section, relative_paths
 from gradguide.report.render import (
     FIGURES_DIR,
     Block,
@@ -46,7 +47,10 @@ from gradguide.report.render import (
     to_html,
     to_markdown,
 )
+from gradguide.report.sanity import Limits, Sanity, check, sanity_section
 from gradguide.report.spectral_diag import spectral_section
+from gradguide.report.summary import summary_section
+from gradguide.report.verdict import ClaimResult
 
 ABLATIONS = ("sgg-dir", "sgg-mag", "sgg-align")
 REPORT_MD = "report.md"
@@ -72,40 +76,13 @@ def _overview(doc: Doc, data: BenchData) -> None:
     doc.add(Heading("Overview"))
     wall = sum(r.wall_s for r in runs if r.wall_s is not None)
     items = [
-        f"bench directory: {data.bench_dir}",
-        f"finished runs stored: {len(runs)} (total run time {wall / 3600:.2f} h)",
+        f"finished runs stored: {len(runs)} (total run time {wall / 3600:.2f} h; the grids, "
+        "commits and packages that ran them: Provenance, at the end)",
         "models: " + ", ".join(sorted({r.model for r in runs})),
         "tasks: " + ", ".join(dict.fromkeys(r.task for r in runs)),
         "methods: " + ", ".join(sorted({r.method for r in runs}, key=method_rank)),
         "seeds: " + ", ".join(str(s) for s in sorted({r.seed for r in runs})),
     ]
-    for name, spec in data.grids.items():
-        desc = spec.get("description") or ""
-        own = [r for r in runs if r.grid == name]
-        hours = sum(r.wall_s for r in own if r.wall_s is not None) / 3600
-        line = (
-            f"grid {name}"
-            + (f": {desc}" if desc else "")
-            + f" ({spec.get('source')}): {len(own)} runs stored under it, run time {hours:.2f} h"
-        )
-        if name in data.grid_keys:
-            asked = data.grid_keys[name]
-            found = [r for r in runs if r.key in asked]
-            line += (
-                f"; {len(found)} of the {len(asked)} runs it asks for are here, "
-                f"{sum(r.grid != name for r in found)} of them run by another grid"
-            )
-        items.append(line)
-    commits = sorted(
-        {_short_commit(r.environment.get("git_commit")) for r in runs if r.environment}
-    )
-    if commits:
-        items.append("gradguide commit(s): " + ", ".join(commits))
-    torch_versions = sorted(
-        {str((r.environment.get("packages") or {}).get("torch")) for r in runs if r.environment}
-    )
-    if torch_versions:
-        items.append("torch: " + ", ".join(torch_versions))
     if data.failures:
         items.append(
             f"runs that failed and have not finished since: {len({f.key for f in data.failures})}"
@@ -135,7 +112,7 @@ def _overview(doc: Doc, data: BenchData) -> None:
     )
 
 
-def _claims(doc: Doc, data: BenchData) -> None:
+def _claims(doc: Doc, results: Sequence[tuple[Paper, list[ClaimResult]]]) -> None:
     doc.add(Heading("Claims of the papers"))
     doc.add(
         Paragraph(
@@ -144,7 +121,7 @@ def _claims(doc: Doc, data: BenchData) -> None:
             "the verdicts test their comparative statements."
         )
     )
-    for paper in PAPERS:
+    for paper, claims in results:
         doc.add(Heading(paper.title, 3))
         doc.add(Paragraph("Rules: " + " ".join(paper.rules)))
         doc.add(
@@ -152,15 +129,10 @@ def _claims(doc: Doc, data: BenchData) -> None:
                 tuple(
                     f"**{c.claim}** ({c.where}): **{c.status}**. Paper: {c.paper}. "
                     f"Here: {c.evidence}."
-                    for c in paper.evaluate(data)
+                    for c in claims
                 )
             )
         )
-
-
-def _short_commit(commit: object) -> str:
-    text = str(commit)
-    return text[:12] + ("-dirty" if text.endswith("-dirty") else "")
 
 
 def _eval_sizes(cond: Condition) -> str:
@@ -183,7 +155,21 @@ def _average_tasks(cond: Condition, variants: list[str]) -> tuple[list[str], str
     return tasks, partial
 
 
-def _results(doc: Doc, data: BenchData) -> None:
+def _failed_arms(cond: Condition, sanity: Sanity) -> str:
+    """A caption sentence naming the arms with runs that failed a sanity check ("" if none)."""
+    failed = sanity.failures()
+    arms = []
+    for v in cond.variants():
+        runs = cond.runs_of(v)
+        bad = sum(r.key in failed for r in runs)
+        if bad:
+            arms.append(f"{v} ({bad} of {len(runs)} runs)")
+    if not arms:
+        return ""
+    return f" Runs that failed a sanity check (see Sanity checks): {', '.join(arms)}."
+
+
+def _results(doc: Doc, data: BenchData, sanity: Sanity) -> None:
     conds = conditions(data.runs)
     if not conds:
         return
@@ -222,6 +208,7 @@ def _results(doc: Doc, data: BenchData) -> None:
                     + "); gradient stability and directional alignment "
                     "averaged the same way (n/a: not recorded, e.g. untrained methods). "
                     f"{column.note()}Evaluation examples: {_eval_sizes(cond)}."
+                    + _failed_arms(cond, sanity)
                 ),
             )
         )
@@ -934,18 +921,24 @@ def _layer_points(rows: list[list[float]], scale: float) -> list[figures.Point]:
     return points
 
 
-def build_report(data: BenchData) -> tuple[str, list[Block]]:
-    """The report's title and blocks for the runs of one bench directory."""
+def build_report(data: BenchData, limits: Limits | None = None) -> tuple[str, list[Block]]:
+    """The report's title and blocks for the runs of one bench directory: the verdicts and the
+    figure a reader wants first, the sanity checks, the details, and provenance at the end.
+    ``limits``: where the sanity checks fail a run (gradguide.report.sanity)."""
     doc = Doc()
     names = ", ".join(data.grids) or data.bench_dir.name
     title = f"gradguide report: {names}"
     if not data.runs:
         doc.add(Paragraph("No finished runs are stored in this bench directory yet."))
         _failures(doc, data)
-        return title, doc.blocks
+        return title, relative_paths(doc.blocks, data.bench_dir)
+    sanity = check(data, limits)
+    results = [(paper, paper.checked(data, sanity)) for paper in PAPERS]
+    summary_section(doc, data, results, sanity)
+    sanity_section(doc, data, sanity)
     _overview(doc, data)
-    _claims(doc, data)
-    _results(doc, data)
+    _claims(doc, results)
+    _results(doc, data, sanity)
     _comparisons(doc, data)
     _sample_size(doc, data)
     _domains(doc, data)
@@ -959,19 +952,24 @@ def build_report(data: BenchData) -> tuple[str, list[Block]]:
     _sensitivity(doc, data)
     _failures(doc, data)
     _superseded(doc, data)
-    return title, doc.blocks
+    provenance_section(doc, data)
+    return title, relative_paths(doc.blocks, data.bench_dir)
 
 
 def write_report(
-    bench_dir: str | Path, out_dir: str | Path | None = None, grids: Sequence[str] | None = None
+    bench_dir: str | Path,
+    out_dir: str | Path | None = None,
+    grids: Sequence[str] | None = None,
+    limits: Limits | None = None,
 ) -> ReportFiles:
     """Read a bench directory and write report.md (+ its PNGs) and a self-contained report.html.
 
-    ``grids`` restricts the report to the runs those stored grids ask for (``load_bench``).
+    ``grids`` restricts the report to the runs those stored grids ask for (``load_bench``);
+    ``limits`` sets where the sanity checks fail a run.
     """
     data = load_bench(bench_dir, grids)
     target = Path(out_dir) if out_dir is not None else Path(bench_dir)
-    title, blocks = build_report(data)
+    title, blocks = build_report(data, limits)
     written = []
     for b in blocks:
         if isinstance(b, Figure):

@@ -260,6 +260,19 @@ def run_keys(cond: Condition, variants: Iterable[str]) -> tuple[str, ...]:
     return tuple(r.key for r in cond.runs if r.variant in wanted)
 
 
+def _seeds(seeds: Iterable[int]) -> str:
+    """``seeds 1–3, 5`` (consecutive runs of seeds as ranges) or ``seed 4``."""
+    xs = sorted(set(seeds))
+    spans: list[list[int]] = []
+    for x in xs:
+        if spans and x == spans[-1][-1] + 1:
+            spans[-1].append(x)
+        else:
+            spans.append([x])
+    text = ", ".join(f"{s[0]}–{s[-1]}" if len(s) > 2 else ", ".join(map(str, s)) for s in spans)
+    return ("seeds " if len(xs) > 1 else "seed ") + text
+
+
 def withhold(result: ClaimResult, failed: Mapping[str, RunFailure]) -> ClaimResult:
     """``result`` unchanged, or, when some of its runs failed a sanity check, marked
     FAILED_SANITY with those runs named (its numbers stay as evidence, without a verdict)."""
@@ -270,11 +283,7 @@ def withhold(result: ClaimResult, failed: Mapping[str, RunFailure]) -> ClaimResu
     for f in bad:
         by_arm.setdefault(f.arm, {}).setdefault(f.task, []).append(f.seed)
     named = "; ".join(
-        f"{arm} on "
-        + ", ".join(
-            f"{task} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, sorted(s)))}"
-            for task, s in tasks.items()
-        )
+        f"{arm} on " + ", ".join(f"{task} ({_seeds(s)})" for task, s in tasks.items())
         for arm, tasks in by_arm.items()
     )
     checks = ", ".join(dict.fromkeys(c for f in bad for c in f.checks))
