@@ -98,7 +98,7 @@ class PriorClash:
     #: variant → the priors its runs measured against
     priors: dict[str, tuple[str, ...]]
     #: the runs of those variants
-    keys: tuple[str, ...]
+    runs: tuple[RunData, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,15 +118,13 @@ class Sanity:
             if c.failed
         }
         if measure == ALIGNMENT:
-            by_key = {r.run.key: r.run for r in self.runs}
             for clash in self.clashes:
-                for key in clash.keys:
-                    old = out.get(key)
-                    run = by_key.get(key)
+                for run in clash.runs:
+                    old = out.get(run.key)
                     if old is not None:
-                        out[key] = dataclasses.replace(old, checks=(*old.checks, PRIORS))
-                    elif run is not None:
-                        out[key] = RunFailure(run.variant, run.task, run.seed, (PRIORS,))
+                        out[run.key] = dataclasses.replace(old, checks=(*old.checks, PRIORS))
+                    else:
+                        out[run.key] = RunFailure(run.variant, run.task, run.seed, (PRIORS,))
         return out
 
 
@@ -205,8 +203,8 @@ def _clashes(data: BenchData) -> list[PriorClash]:
             if cond.cells(v, ALIGNMENT) and cond.priors(v)
         }
         if len({p for ps in priors.values() for p in ps}) > 1:
-            keys = tuple(r.key for r in cond.runs if r.variant in priors)
-            out.append(PriorClash(cond.title, priors, keys))
+            runs = tuple(r for r in cond.runs if r.variant in priors)
+            out.append(PriorClash(cond.title, priors, runs))
     return out
 
 
