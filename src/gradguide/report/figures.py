@@ -150,8 +150,14 @@ Panel = tuple[str, Sequence[str], Mapping[str, Sequence[tuple[float, float | Non
 
 
 def panel_bars(panels: Sequence[Panel], *, ylabel: str, hline: float | None = 0.0) -> bytes:
-    """Grouped bars in panels stacked vertically (one per condition), each with its own legend."""
+    """Grouped bars in panels stacked vertically (one per condition), each with its own legend; a
+    series keeps its colour in every panel (its label up to a parenthesised note names it)."""
     widest = max(len(cats) * max(1, len(series)) for _, cats, series in panels)
+    names = list(dict.fromkeys(label.split(" (")[0] for _, _, series in panels for label in series))
+    palette: list[Any] = list(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    if len(names) > len(palette):
+        palette = [plt.get_cmap("tab20")(i) for i in range(20)]
+    colour = {name: palette[i % len(palette)] for i, name in enumerate(names)}
     fig, axes = plt.subplots(
         len(panels),
         1,
@@ -169,7 +175,15 @@ def panel_bars(panels: Sequence[Panel], *, ylabel: str, hline: float | None = 0.
                 xs.append(j - 0.4 + width * (i + 0.5))
                 ys.append(v[0])
                 errs.append(v[1] if v[1] is not None and math.isfinite(v[1]) else 0.0)
-            ax.bar(xs, ys, width=width, yerr=errs, capsize=2, label=label)
+            ax.bar(
+                xs,
+                ys,
+                width=width,
+                yerr=errs,
+                capsize=2,
+                label=label,
+                color=colour[label.split(" (")[0]],
+            )
         if hline is not None:
             ax.axhline(hline, color="black", linewidth=0.8)
         ax.set_xticks(range(len(categories)))
