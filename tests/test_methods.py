@@ -432,6 +432,7 @@ def test_cached_in_context_prefix_scores_like_the_full_rows(
             alm, queries, prefix, ScoringOptions(prefix_cache=True, batch_size=3)
         )
         full = score_dataset(alm, queries, prefix, ScoringOptions(prefix_cache=False, batch_size=3))
+    assert cached.shared_prefixes >= 1
     torch.testing.assert_close(
         torch.tensor(cached.scores), torch.tensor(full.scores), rtol=0, atol=1e-4
     )
