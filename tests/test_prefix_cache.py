@@ -14,6 +14,7 @@ from gradguide.models import load_model
 from gradguide.prefix_tree import common_prefix, shared_prefix_tree
 from gradguide.scoring import (
     ScoringOptions,
+    candidate_scores,
     causal_row_logprobs,
     extend_cache,
     score_dataset,
@@ -237,6 +238,18 @@ def test_tokenizer_padding_side_changes_nothing(lm, side: str) -> None:
     assert cached.shared_prefixes
     assert_same(cached, reference)
     assert_same(full, reference)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_encoders_are_scored_in_full(side: str) -> None:
+    enc_lm = load_model("tiny-bert", seed=0)
+    enc_lm.tokenizer.padding_side = side
+    xs = multirc_like((" no", " yes"))[:5]
+    cached, full = both(enc_lm, xs, batch_size=2)
+    assert cached.shared_prefixes == 0 and cached.scores == full.scores
+    with torch.no_grad():
+        direct = candidate_scores(enc_lm, xs)
+    torch.testing.assert_close(torch.tensor(cached.scores), direct, rtol=0, atol=1e-5)
 
 
 class NoCache(torch.nn.Module):

@@ -251,8 +251,14 @@ def row_scores(
 def _mean_pool(
     model: torch.nn.Module, tokenizer: Any, texts: list[str], max_length: int
 ) -> torch.Tensor:
+    # Right padding whatever the tokenizer's default: absolute positions count from the left.
     batch = tokenizer(
-        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        texts,
+        padding=True,
+        padding_side="right",
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
     )
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
