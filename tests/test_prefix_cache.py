@@ -20,6 +20,7 @@ from gradguide.scoring import (
     score_dataset,
 )
 from gradguide.tasks.base import Instance
+from gradguide.train import TrainConfig, validate
 
 PASSAGES = (
     "The river ran past the old mill, and the children watched the boats go by every "
@@ -275,9 +276,14 @@ def test_a_model_without_a_cache_is_scored_in_full(lm) -> None:
 
 
 def test_bad_min_tokens_is_refused(lm) -> None:
+    """At scoring time, and before a training run starts (not after it has trained)."""
     xs = multirc_like((" no", " yes"))[:2]
-    with pytest.raises(GradguideError, match="prefix_min_tokens"):
+    with pytest.raises(GradguideError, match="at least 1") as err:
         score_dataset(lm, xs, "", ScoringOptions(prefix_min_tokens=0))
+    assert err.value.field == "scoring.prefix_min_tokens"
+    config = TrainConfig(task="rte", scoring=ScoringOptions(prefix_min_tokens=0))
+    with pytest.raises(GradguideError, match="at least 1"):
+        validate(config)
 
 
 def test_default_threshold_leaves_short_shared_parts_alone(lm) -> None:

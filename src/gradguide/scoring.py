@@ -316,6 +316,15 @@ class ScoredSet:
     shared_prefixes: int = 0
 
 
+def check_options(options: ScoringOptions) -> None:
+    """Refuse scoring settings that cannot work, before anything is loaded or trained."""
+    if options.prefix_min_tokens < 1:
+        raise GradguideError(
+            f"must be at least 1, got {options.prefix_min_tokens}",
+            field="scoring.prefix_min_tokens",
+        )
+
+
 def score_dataset(
     lm: Any,
     instances: Sequence[Instance],
@@ -328,11 +337,7 @@ def score_dataset(
     ``progress`` is an optional callable receiving the number of instances just scored.
     """
     options = options or ScoringOptions()
-    if options.prefix_min_tokens < 1:
-        raise GradguideError(
-            f"prefix_min_tokens must be at least 1, got {options.prefix_min_tokens}",
-            field="scoring.prefix_min_tokens",
-        )
+    check_options(options)
     causal = lm.kind != "encoder"
     if causal and options.prefix_cache and instances:
         return _score_shared_prefixes(lm, instances, prefix, options, progress)
