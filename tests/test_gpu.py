@@ -273,9 +273,10 @@ def test_a_killed_run_resumes_exactly_on_the_device(tmp_path, monkeypatch):
         {"dtype": "bf16", "guidance": GuidanceConfig(use="sgg", hvp="exact", prior="ema:0.5")},
         {"bf16": True, "guidance": GuidanceConfig(use="sgg", hvp="exact", prior="ema:0.5")},
         {"dtype": "bf16", "method": "ofa", "guidance": GuidanceConfig(ofa=OfaOptions(jvp="exact"))},
+        {"bf16": True, "method": "ofa"},
         {"dtype": "bf16", "method": "full", "guidance": GuidanceConfig(use="spectral")},
     ],
-    ids=["bf16-weights-sgg-exact", "bf16-autocast-sgg-exact", "bf16-ofa", "bf16-spectral"],
+    ids=["bf16-sgg", "autocast-sgg", "bf16-ofa-exact", "autocast-ofa-fd", "bf16-spectral"],
 )
 def test_bf16_runs_are_finite_at_every_step(tmp_path, settings):
     r = train(tiny(tmp_path, **settings), show_progress=False)

@@ -107,6 +107,7 @@ def evaluate_instances(
         "fast_path": scored.fast_path,
         "sequences": scored.sequences,
         "truncated_sequences": scored.truncated,
+        "shared_prefixes": scored.shared_prefixes,
         "truncation_policy": TRUNCATION_POLICY,
     }
     return metrics, scored, facts

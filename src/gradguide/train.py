@@ -74,7 +74,7 @@ from gradguide.methods import Adapted, MethodOptions, get_method
 from gradguide.metrics import GradientTracker, dynamics_summary
 from gradguide.models import LoadedModel, load_model
 from gradguide.record import environment, new_run_dir, peak_rss_mb, reset_peak_rss, write_record
-from gradguide.scoring import ScoringOptions, candidate_scores
+from gradguide.scoring import ScoringOptions, candidate_scores, check_options
 from gradguide.steplog import StepLogger
 from gradguide.tasks import get_task, resolve_data_root, sample_demonstrations, sample_k_shot
 from gradguide.tasks.base import Instance, Task
@@ -228,6 +228,7 @@ def validate(config: TrainConfig) -> None:
         if not ok:
             raise GradguideError(message, field=name)
     validate_options(g.ofa)
+    check_options(config.scoring)
     names = parse_guidance(g.use)
     if config.bf16 and g.hvp == "fd" and needs_penalty_engine(names):
         raise GradguideError(
