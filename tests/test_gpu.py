@@ -162,8 +162,9 @@ def test_ofa_terms_agree_across_devices(batch):
         (p,) = sharp.capture.take()
         j = ratio.value(ratio.capture.take())
         # the same probes on both devices: drawn on the CPU from one seed, then moved
-        s = sharp.value([p], torch.Generator().manual_seed(5))
-        grads = torch.autograd.grad(j + s, params, allow_unused=True)
+        # per-block signed values (the penalty keeps their positive parts: could be all zero)
+        s = sharp.layer_values([p], torch.Generator().manual_seed(5))
+        grads = torch.autograd.grad(j + s.sum(), params, allow_unused=True)
         out[device.type] = (j.detach(), s.detach(), flat(grads, params))
         # a training step draws its probes on the model's device
         sharp.begin_step(0)
@@ -173,7 +174,7 @@ def test_ofa_terms_agree_across_devices(batch):
         sharp.close()
     (j0, s0, g0), (j1, s1, g1) = out[CPU.type], out[DEVICE.type]
     assert float(j1) == pytest.approx(float(j0), rel=REL)
-    assert float(s1) == pytest.approx(float(s0), rel=REL)
+    assert rel(s1, s0) < REL
     assert rel(g1, g0) < REL
 
 
