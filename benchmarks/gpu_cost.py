@@ -13,7 +13,8 @@ backward, AdamW):
   measures the cost only;
 * ``lora-ckpt``, ``sgg-exact-ckpt``: the same with gradient checkpointing (non-reentrant);
 * ``layernorm`` and ``ofa``: the normalisation gains, plain and with OFA's step-ratio and sharpness
-  terms (exact JVP, which needs eager attention: the fd JVP is refused in bf16; both arms eager);
+  terms (exact JVP, which needs eager attention: the fd JVP is refused on bf16 weights; both
+  arms eager);
 * ``spectral``: LoRA + the spectral regulariser and filter (graph bases built once, on the CPU,
   before the timed steps; their build time is printed apart).
 

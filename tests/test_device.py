@@ -397,18 +397,19 @@ def test_checkpointing_recomputes_each_block_in_the_backward_pass(batch):
 
 
 @pytest.mark.parametrize(
-    "guidance",
+    ("method", "guidance"),
     [
-        GuidanceConfig(use="sgg", hvp="fd", prior="ema:0.5"),
-        GuidanceConfig(use="sgg", hvp="exact", prior="ema:0.5"),
-        GuidanceConfig(use="spectral"),
+        ("lora", GuidanceConfig(use="sgg", hvp="fd", prior="ema:0.5")),
+        ("lora", GuidanceConfig(use="sgg", hvp="exact", prior="ema:0.5")),
+        ("lora", GuidanceConfig(use="spectral")),
+        ("ofa", GuidanceConfig()),  # the fd JVP re-runs checkpointed blocks
     ],
-    ids=["sgg-fd", "sgg-exact", "spectral"],
+    ids=["sgg-fd", "sgg-exact", "spectral", "ofa-fd"],
 )
-def test_gradient_checkpointing_changes_no_number(tmp_path, guidance):
+def test_gradient_checkpointing_changes_no_number(tmp_path, method, guidance):
     runs = [
         train(
-            tiny(tmp_path / str(ck), guidance=guidance, gradient_checkpointing=ck),
+            tiny(tmp_path / str(ck), method=method, guidance=guidance, gradient_checkpointing=ck),
             show_progress=False,
         )
         for ck in (False, True)
