@@ -513,6 +513,8 @@ def run_key(config: TrainConfig) -> str:
     for name in _NOT_HASHED:
         data.pop(name, None)
     data["checkpoint_every"] = 0  # where checkpoints are taken changes no result
+    # nor does which shared prefixes evaluation caches (scores equal full scoring, tested)
+    data["scoring"].pop("prefix_min_tokens", None)
     default_use = get_method(config.method).default_guidance
     if config.guidance.use == default_use:
         # train() writes a method's default guidance (ofa's) into the config it records: the
