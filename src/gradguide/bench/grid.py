@@ -516,6 +516,8 @@ def run_key(config: TrainConfig) -> str:
     data["checkpoint_every"] = 0  # where checkpoints are taken changes no result
     if data.get("dtype") == "fp32":  # the default weights (runs stored before it keep their keys)
         data.pop("dtype")
+    # nor does which shared prefixes evaluation caches (scores equal full scoring, tested)
+    data["scoring"].pop("prefix_min_tokens", None)
     default_use = get_method(config.method).default_guidance
     if config.guidance.use == default_use:
         # train() writes a method's default guidance (ofa's) into the config it records: the
