@@ -13,10 +13,12 @@ magnitude term uses the subgradient 0 at g = 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from gradguide.guidance.base import PenaltyContext
+from gradguide.guidance.registry import GuidanceSpec, Term, register_guidance
 
 EPS = 1e-12
 
@@ -86,3 +88,32 @@ class AlignmentPenalty:
             return g.new_zeros(())
         cos = torch.dot(g, s) / (_norm(g) * _norm(s))
         return self.weight * (1 - cos)
+
+
+def _exact_hvp(cfg: Any) -> bool:
+    return bool(cfg.hvp == "exact")
+
+
+# weights and HVP settings are guidance.lambda_dir, … (GuidanceConfig's own fields)
+SGG = register_guidance(
+    GuidanceSpec(
+        names={
+            "sgg": ("dir", "mag", "align"),
+            "sgg-dir": ("dir",),
+            "sgg-mag": ("mag",),
+            "sgg-align": ("align",),
+        },
+        terms=(
+            Term("dir", "penalty", lambda c: DirectionPenalty(c.lambda_dir), _exact_hvp),
+            Term("mag", "penalty", lambda c: MagnitudePenalty(c.lambda_mag, c.tau), _exact_hvp),
+            Term(
+                "align",
+                "penalty",
+                lambda c: AlignmentPenalty(c.lambda_align),
+                _exact_hvp,
+                needs_source=True,
+            ),
+        ),
+        cost={"sgg": 3.0, "sgg-dir": 3.0, "sgg-mag": 3.0, "sgg-align": 4.0},
+    )
+)
