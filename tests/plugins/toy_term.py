@@ -47,9 +47,10 @@ class PullTerm:
 
     def loss(self, params: dict[str, torch.nn.Parameter]) -> torch.Tensor:
         """The weighted squared distance of ``params`` from where the run started."""
-        value = self.weight * torch.stack(
-            [((p - self.start[n]) ** 2).sum() for n, p in params.items()]
-        ).sum()
+        value = (
+            self.weight
+            * torch.stack([((p - self.start[n]) ** 2).sum() for n, p in params.items()]).sum()
+        )
         self.last = float(value.detach())
         return value
 
