@@ -97,7 +97,7 @@ def test_one_registration_reaches_every_registry_and_undoes_cleanly(tmp_path):
 
 
 def test_the_new_term_trains_runs_in_a_grid_and_reaches_the_report(tmp_path, pull, capsys):
-    start = dict(load_model("tiny-llama", seed=1).model.named_parameters())
+    start = {n: p.detach() for n, p in load_model("tiny-llama", seed=1).model.named_parameters()}
 
     def drift(run) -> float:
         trained = run.adapted.trainable
