@@ -121,6 +121,8 @@ def _eval_overrides(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from gradguide.guidance import GUIDANCE
+
     _add_common_args(p)
     p.add_argument("--shots", type=int, help="size of the k-shot training sample (default 32)")
     p.add_argument("--seed", type=int, help="seed of the sample, the data order and the init")
@@ -150,8 +152,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("gradient guidance (SGG)")
     g.add_argument(
         "--guidance",
-        help="comma-separated: sgg, sgg-dir, sgg-mag, sgg-align, ofa, ofa-step, ofa-sharp, … "
-        "(OFA settings: --set guidance.ofa.NAME=VALUE)",
+        help=f"comma-separated: {', '.join(GUIDANCE)} (a family's settings: "
+        "--set guidance.ofa.NAME=VALUE, guidance.spectral.NAME=VALUE, …)",
     )
     g.add_argument("--lambda-dir", type=float, help="weight of the direction penalty")
     g.add_argument("--lambda-mag", type=float, help="weight of the magnitude penalty")

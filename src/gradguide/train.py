@@ -49,6 +49,8 @@ from gradguide.guidance import (
     build_loss_terms,
     build_penalties,
     build_transforms,
+    carries_term_options,
+    check_guidance_options,
     expand_terms,
     needs_eager_attention,
     needs_penalty_engine,
@@ -56,7 +58,6 @@ from gradguide.guidance import (
 )
 from gradguide.guidance.base import GradientTransform, LossTerm
 from gradguide.guidance.engine import HVP_MODES, GuidedGradient, LossFn, StepStats
-from gradguide.guidance.ofa import OfaOptions, validate_options
 from gradguide.guidance.priors import (
     MEAN_GRADIENT_FILE,
     PRIOR_FILE,
@@ -68,7 +69,7 @@ from gradguide.guidance.priors import (
     reference_corpus,
     save_vector,
 )
-from gradguide.guidance.spectral import SpectralOptions, check_spectral
+from gradguide.guidance.registry import term_options
 from gradguide.layerwise import layer_diagnostics
 from gradguide.methods import Adapted, MethodOptions, get_method
 from gradguide.metrics import GradientTracker, dynamics_summary
@@ -114,6 +115,7 @@ class OptimConfig:
     max_skipped_steps: int = 10
 
 
+@carries_term_options
 @dataclasses.dataclass
 class GuidanceConfig:
     """Gradient guidance (SGG): which terms, their weights, the prior, the source, the HVP mode.
@@ -121,6 +123,8 @@ class GuidanceConfig:
     ``use`` lists names from gradguide.guidance.GUIDANCE ("sgg", "sgg-dir", …; "" = none).
     ``tau=None`` targets the first step's gradient norm. ``measure_alignment`` computes d_prior for
     every trained run (baselines included) so that directional alignment is measured alike.
+    Each registered guidance family with options adds a field after these (``ofa``, ``spectral``:
+    gradguide.guidance.registry).
     """
 
     use: str = ""
@@ -138,9 +142,10 @@ class GuidanceConfig:
     fd_eps: float = 1e-4
     lazy: int = 1
     measure_alignment: bool = True
-    #: the OFA terms (guidance ofa, ofa-step, ofa-sharp; gradguide.guidance.ofa)
-    ofa: OfaOptions = dataclasses.field(default_factory=OfaOptions)
-    spectral: SpectralOptions = dataclasses.field(default_factory=SpectralOptions)
+
+    def __getattr__(self, name: str) -> Any:
+        """A family's options on a config built before that family registered: its defaults."""
+        return term_options(name)
 
 
 @dataclasses.dataclass
@@ -227,7 +232,6 @@ def validate(config: TrainConfig) -> None:
     for ok, name, message in checks:
         if not ok:
             raise GradguideError(message, field=name)
-    validate_options(g.ofa)
     check_options(config.scoring)
     names = parse_guidance(g.use)
     if config.bf16 and g.hvp == "fd" and needs_penalty_engine(names):
@@ -244,7 +248,7 @@ def validate(config: TrainConfig) -> None:
         )
     if names and not method.trains:
         raise GradguideError(f"guidance needs a trained method, not {method.name}", field="method")
-    check_spectral(g.spectral, method.name, expand_terms(names))
+    check_guidance_options(g, method.name, expand_terms(names))
 
 
 def data_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
@@ -297,7 +301,7 @@ class _Setup:
 
 def _prepare_data(config: TrainConfig) -> _Setup:
     data_root = resolve_data_root(config.data_dir)
-    task = resolve_task(_as_eval_config(config))
+    task = resolve_task(as_eval_config(config))
     pool = task.load(task.train_split, data_root)
     train = sample_k_shot(pool, config.shots, config.seed)
     split = config.eval_split or task.eval_split
@@ -305,7 +309,8 @@ def _prepare_data(config: TrainConfig) -> _Setup:
     return _Setup(task, data_root, train, eval_set)
 
 
-def _as_eval_config(config: TrainConfig) -> EvalConfig:
+def as_eval_config(config: TrainConfig) -> EvalConfig:
+    """The evaluation settings that name a run's model and task (to resolve the task)."""
     return EvalConfig(
         model=config.model,
         task=config.task,

@@ -68,6 +68,7 @@ from typing import Any
 import torch
 
 from gradguide.errors import GradguideError
+from gradguide.guidance.registry import GuidanceSpec, Term, register_guidance
 from gradguide.methods.layernorm import norm_modules
 
 JVP_MODES = ("fd", "exact")
@@ -583,3 +584,24 @@ def build_sharpness(ctx: Any) -> OfaSharpness:
     """The ``ofa-sharp`` term for a run (``ctx`` is a guidance.BuildContext)."""
     _check_decoder(ctx)
     return OfaSharpness(ctx.lm.model, ctx.config.ofa, ctx.seed)
+
+
+OFA = register_guidance(
+    GuidanceSpec(
+        names={"ofa": OFA_TERMS, "ofa-step": ("ofa-step",), "ofa-sharp": ("ofa-sharp",)},
+        terms=(
+            Term("ofa-step", "loss", build_step_ratio),
+            # the exact sharpness JVP is forward-mode AD, which SDPA attention does not implement
+            Term("ofa-sharp", "loss", build_sharpness, lambda cfg: cfg.ofa.jvp == "exact"),
+        ),
+        options=OfaOptions,
+        options_key="ofa",
+        validate=lambda options, method, terms: validate_options(options),
+        # the layer diagnostics probe with the sharpness term's settings
+        options_in_use=lambda config: config.layer_diagnostics > 0,
+        # LayerNorm tuning on smollm2-135m, benchmarks/ofa_cost.py (3 steps on a loaded machine,
+        # noisy): x1.13-1.30 (step ratio), x4.3 (sharpness, fd JVP, 1 probe, 30 blocks), x4.3 (both)
+        cost={"ofa": 4.3, "ofa-step": 1.2, "ofa-sharp": 4.3},
+        method="layernorm",
+    )
+)
