@@ -607,3 +607,23 @@ def test_archived_runs_keep_their_keys():
             assert run_key(config) == row["key"], (row["key"], row["config"]["method"])
             same += 1
     assert same > 100 and revised > 0
+
+
+def test_a_reduced_preset_says_how_it_was_reduced():
+    """The report's provenance names every departure of a stored grid from its preset."""
+    from gradguide.bench.grid import departures_from_preset, load_grid
+
+    exact = load_grid("ofa").to_dict()
+    assert departures_from_preset(exact) == []
+    reduced = load_grid("ofa", ["tasks=[sst2,trec]", "base.eval_limit=300"]).to_dict()
+    assert departures_from_preset(reduced) == [
+        "tasks sst2, trec (preset: sst2, trec, emo, mr, subj, agnews)",
+        "base.eval_limit 300 (preset: 500)",
+    ]
+    renamed = load_grid("ofa", ["name=ofa-small", "seeds=[1]"]).to_dict()
+    assert departures_from_preset(renamed)[:2] == [
+        "named ofa-small (preset ofa)",
+        "seeds 1 (preset: 1, 2, 3)",
+    ]
+    elsewhere = {**reduced, "source": "/tmp/my-grid.yaml"}  # not a preset: nothing to compare
+    assert departures_from_preset(elsewhere) == []

@@ -184,6 +184,41 @@ def preset_path(name: str) -> Path:
     return path
 
 
+def departures_from_preset(stored: Mapping[str, Any]) -> list[str]:
+    """How a stored grid differs from the preset it was run from (axes and base settings).
+
+    Grids are often reduced to fit a machine (fewer tasks, ``eval_limit``): a report must say so.
+    Empty when the grid is not a preset's (another name or source) or matches it.
+    """
+    source = Path(str(stored.get("source") or ""))
+    name = str(stored.get("name") or "")
+    # a preset of any checkout (the grid may have run from another tree), read from this one
+    if source.parent.parts[-3:] != ("gradguide", "bench", "presets"):
+        return []
+    if not (PRESETS_DIR / source.name).is_file():
+        return []
+    try:
+        preset = load_grid(source.stem).to_dict()
+    except GradguideError:
+        return []
+    out = [] if source.stem == name else [f"named {name} (preset {source.stem})"]
+    for axis in ("models", "tasks", "methods", "shots", "seeds"):
+        have, want = stored.get(axis), preset.get(axis)
+        if have != want:
+            out.append(f"{axis} {_listed(have)} (preset: {_listed(want)})")
+    base, want_base = stored.get("base") or {}, preset.get("base") or {}
+    for key in sorted(set(base) | set(want_base)):
+        if key == "checkpoint_every":  # where checkpoints go changes no result
+            continue
+        if base.get(key) != want_base.get(key):
+            out.append(f"base.{key} {base.get(key)} (preset: {want_base.get(key)})")
+    return out
+
+
+def _listed(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def load_grid(name_or_path: str | Path, overrides: Sequence[str] = ()) -> GridSpec:
     """Read a grid file, or a preset by name, into a GridSpec (structure checked, not runs).
 

@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+from gradguide.bench.grid import departures_from_preset
 from gradguide.report.data import BenchData
 from gradguide.report.doc import Doc
 from gradguide.report.render import Block, BulletList, Figure, Heading, Paragraph, Table
@@ -43,6 +44,9 @@ def provenance_section(doc: Doc, data: BenchData) -> None:
             + (f": {desc}" if desc else "")
             + f" ({spec.get('source')}): {len(own)} runs stored under it, run time {hours:.2f} h"
         )
+        departures = departures_from_preset(spec)
+        if departures:
+            line += "; reduced or changed from its preset: " + "; ".join(departures)
         if name in data.grid_keys:
             asked = data.grid_keys[name]
             found = [r for r in runs if r.key in asked]
