@@ -267,6 +267,8 @@ def candidate_scores(
     This is the function training differentiates; ``score_dataset`` wraps it for evaluation.
     """
     options = options or ScoringOptions()
+    if lm.predictor is not None:
+        return lm.predictor(instances, prefix, options)
     if lm.kind == "encoder":
         return encoder_scores(lm.model, lm.tokenizer, instances, prefix, options)
     enc = encode_causal(lm.tokenizer, instances, prefix, options)
@@ -299,7 +301,7 @@ def score_dataset(
     order = sorted(range(len(instances)), key=lambda i: len(instances[i].prompt))
     scores: list[list[float]] = [[] for _ in instances]
     fast, truncated, sequences = True, 0, 0
-    causal = lm.kind != "encoder"
+    causal = lm.kind != "encoder" and lm.predictor is None
     prefix_ids = prefix_token_ids(lm.tokenizer, prefix) if causal else []
     cache = None
     if prefix_ids and options.prefix_cache and len(prefix_ids) < options.max_length:
@@ -309,7 +311,11 @@ def score_dataset(
         for start in range(0, len(order), options.batch_size):
             chunk = order[start : start + options.batch_size]
             batch = [instances[i] for i in chunk]
-            if not causal:
+            if lm.predictor is not None:  # a method's own head (SetFit): one sequence each
+                s = lm.predictor(batch, prefix, options)
+                sequences += len(batch)
+                fast = False
+            elif not causal:
                 s = encoder_scores(lm.model, lm.tokenizer, batch, prefix, options)
                 sequences += len(batch) + sum(len(x.candidates) for x in batch)
                 fast = False

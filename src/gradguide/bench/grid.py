@@ -57,6 +57,7 @@ from gradguide.guidance.ofa import OFA_TERMS
 from gradguide.guidance.priors import check_prior_fits
 from gradguide.guidance.spectral import SPECTRAL_TERMS
 from gradguide.methods import get_method, list_methods
+from gradguide.methods.base import SCOPED_OPTIONS
 from gradguide.models import model_kind
 from gradguide.tasks import get_task, resolve_data_root, sample_k_shot
 from gradguide.train import TrainConfig, validate
@@ -513,6 +514,10 @@ def run_key(config: TrainConfig) -> str:
         # train() writes a method's default guidance (ofa's) into the config it records: the
         # recorded config and the grid's, which leaves it implied, are one run
         data["guidance"]["use"] = ""
+    for prefix, owner in SCOPED_OPTIONS.items():  # one method's options (setfit_*) when unused
+        if config.method != owner:
+            for name in [k for k in data["method_options"] if k.startswith(prefix)]:
+                del data["method_options"][name]
     if not any(t in SPECTRAL_TERMS for t in expand_terms(parse_guidance(config.guidance.use))):
         # options of unused spectral terms change nothing (and runs stored before they existed
         # keep their keys)
