@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -148,6 +149,27 @@ def normalised_loss_auc(
     return sum(xs) / (len(xs) * ref)
 
 
+def median_defined(values: Sequence[float | None]) -> float | None:
+    """The median of the defined, finite values (None when there are none)."""
+    xs = sorted(v for v in values if v is not None and math.isfinite(v))
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def median_ratio(
+    numerator: Sequence[float | None], denominator: Sequence[float | None]
+) -> float | None:
+    """Median over steps of numerator/denominator (steps where both are defined, denominator > 0).
+
+    For ‖guided g‖/‖g‖ this is the sanity measure of a guided run: about 1 when the penalties
+    steer the gradient, far above 1 when the HVP measures noise.
+    """
+    pairs = zip(numerator, denominator, strict=False)
+    return median_defined([a / b for a, b in pairs if a is not None and b is not None and b > 0])
+
+
 def dynamics_summary(curves: dict[str, list[float | None]]) -> dict[str, float | None]:
     """Run-level measures from per-step curves: stability, cosines, alignments, convergence.
 
@@ -164,6 +186,11 @@ def dynamics_summary(curves: dict[str, list[float | None]]) -> dict[str, float |
         "source_alignment": mean_defined(curves.get("cos_source", [])),
         "steps_to_loss_threshold": float(steps) if steps is not None else None,
         "loss_auc": normalised_loss_auc(losses),
+        "guided_ratio_median": median_ratio(
+            curves.get("guided_norm", []), curves.get("grad_norm", [])
+        ),
+        "penalty_share_median": median_defined(curves.get("penalty_share", [])),
+        "clip_scale_median": median_defined(curves.get("clip_scale", [])),
     }
     for key, values in curves.items():
         if key.startswith("term_"):

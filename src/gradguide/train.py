@@ -41,10 +41,11 @@ from gradguide.guidance import (
     build_transforms,
     expand_terms,
     needs_eager_attention,
+    needs_penalty_engine,
     parse_guidance,
 )
 from gradguide.guidance.base import GradientTransform, LossTerm
-from gradguide.guidance.engine import HVP_MODES, GuidedGradient, LossFn
+from gradguide.guidance.engine import HVP_MODES, GuidedGradient, LossFn, StepStats
 from gradguide.guidance.ofa import OfaOptions, validate_options
 from gradguide.guidance.priors import (
     MEAN_GRADIENT_FILE,
@@ -54,6 +55,7 @@ from gradguide.guidance.priors import (
     Prior,
     build_prior,
     load_vector,
+    reference_corpus,
     save_vector,
 )
 from gradguide.guidance.spectral import SpectralOptions, check_spectral
@@ -78,6 +80,8 @@ CURVE_KEYS = (
     "cos_prev",
     "cos_prior",
     "cos_source",
+    "penalty_share",
+    "clip_scale",
     "penalty_dir",
     "penalty_mag",
     "penalty_align",
@@ -209,9 +213,22 @@ def validate(config: TrainConfig) -> None:
         if not ok:
             raise GradguideError(message, field=name)
     validate_options(g.ofa)
-    if parse_guidance(g.use) and not method.trains:
+    names = parse_guidance(g.use)
+    if config.bf16 and g.hvp == "fd" and needs_penalty_engine(names):
+        raise GradguideError(
+            "bf16 with a finite-difference HVP is refused: its step is below bf16's resolution "
+            "(relative error ~40 measured); use guidance.hvp=exact or turn bf16 off",
+            field="guidance.hvp",
+        )
+    if g.two_sided and g.source_run:
+        raise GradguideError(
+            "two_sided differentiates through the source batch's gradient; a saved run "
+            "(guidance.source_run) gives a constant vector: use guidance.source_task",
+            field="guidance.two_sided",
+        )
+    if names and not method.trains:
         raise GradguideError(f"guidance needs a trained method, not {method.name}", field="method")
-    check_spectral(g.spectral, method.name, expand_terms(parse_guidance(g.use)))
+    check_spectral(g.spectral, method.name, expand_terms(names))
     validate_run = getattr(method, "validate_run", None)
     if validate_run is not None:  # a method's own checks (SetFit: its settings, no decoder)
         validate_run(model_kind(config.model), config.model, config.method_options)
@@ -525,6 +542,8 @@ def _fit(
             state["train_s"],
         )
         carried_s = train_s
+        for key in (*CURVE_KEYS, *guide.term_keys()):  # a checkpoint from before a curve existed
+            curves.setdefault(key, [None] * start_step)
         extra = load_extra(run_dir)
         tracker.load_state(extra)
         prior = guide.engine.prior
@@ -553,6 +572,7 @@ def _fit(
             norm = stats.grad_norm
             current_lr = optimizer.param_groups[0]["lr"]
             loss_value = first_values.get("task_loss", stats.loss)
+            clip_scale: float | None = None
             if not stats.finite:
                 skipped.append(step)
                 optimizer.zero_grad(set_to_none=True)
@@ -568,7 +588,8 @@ def _fit(
                 for transform in guide.transforms:
                     transform.apply(adapted.trainable)
                 if o.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+                    applied = float(torch.nn.utils.clip_grad_norm_(params, o.grad_clip))
+                    clip_scale = min(1.0, o.grad_clip / applied) if applied > 0 else 1.0
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -584,10 +605,14 @@ def _fit(
                 ("cos_prev", cos_prev),
                 ("cos_prior", stats.cos_prior),
                 ("cos_source", stats.cos_source),
+                ("penalty_share", _share(stats)),
+                ("clip_scale", clip_scale),
                 *((f"penalty_{k}", stats.penalties.get(k)) for k in ("dir", "mag", "align")),
                 *((k, first_values.get(k)) for k in guide.term_keys()),
             ):
-                curves[key].append(_finite_or_none(value) if value is not None else None)
+                curves.setdefault(key, []).append(
+                    _finite_or_none(value) if value is not None else None
+                )
             if logger is not None:
                 logger.log(
                     {
@@ -759,7 +784,10 @@ def _guidance(
     if (wants_prior or g.measure_alignment) and g.prior not in ("", "none"):
         saved = run_dir / PRIOR_FILE
         if resume is not None and saved.exists():
-            prior = FixedPrior(load_vector(saved, keys, params), g.prior)
+            made = None
+            if g.prior == "pretrain":  # the corpus it was measured on, for the record
+                made = {"corpus": reference_corpus(setup.data_root, g.prior_corpus).info()}
+            prior = FixedPrior(load_vector(saved, keys, params), g.prior, made)
         else:
             try:
                 prior = build_prior(g.prior, lm, adapted.trainable, setup.data_root, g.prior_corpus)
@@ -770,6 +798,8 @@ def _guidance(
             if isinstance(prior, FixedPrior) and dist.is_main:
                 save_vector(saved, prior.vector, keys, params)
     info["prior"] = prior.name if prior is not None else None
+    if isinstance(prior, FixedPrior) and prior.info:
+        info["prior_made_from"] = prior.info
     engine = GuidedGradient(
         penalties,
         hvp=g.hvp,
@@ -802,6 +832,13 @@ def _summed(dist: DistContext, values: dict[str, float]) -> dict[str, float]:
     keys = sorted(values)
     total = dist.sum(torch.tensor([values[k] for k in keys], dtype=torch.float64))
     return dict(zip(keys, total.tolist(), strict=True))
+
+
+def _share(stats: StepStats) -> float | None:
+    """The penalties' share of the applied gradient, ‖guided − g‖/‖guided‖ (None if not applied)."""
+    if not (stats.penalty_applied and stats.finite) or stats.guided_norm == 0.0:
+        return None
+    return stats.penalty_norm / stats.guided_norm
 
 
 def _median(values: Sequence[float | None]) -> float | None:

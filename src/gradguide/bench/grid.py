@@ -64,6 +64,11 @@ from gradguide.train import TrainConfig, validate
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 KEY_VERSION = "gradguide-bench-1"
+#: Gradient-penalty runs get a revision in their key when a defect changed what they compute, so
+#: a grid retrains them instead of reusing the stored run: revision 2 replays the dropout masks in
+#: the finite-difference HVP and builds the pretrain prior from training passages (revision-1
+#: runs trained on dropout noise on encoders, or with a prior from BoolQ's evaluation split).
+PENALTY_REVISION = 2
 #: Methods of the papers that later versions add; named so that a preset using them fails clearly.
 PLANNED_METHODS: tuple[str, ...] = ()  # OFA and spectral landed; none pending
 #: Run settings the grid itself sets (axes) or the bench sets (out); not allowed in base/sweep.
@@ -527,8 +532,18 @@ def run_key(config: TrainConfig) -> str:
         use = config.guidance.use or default_use
         if not any(t in OFA_TERMS for t in expand_terms(parse_guidance(use))):
             data["guidance"].pop("ofa", None)
+    if _has_active_penalty(config):
+        data["guidance"]["revision"] = PENALTY_REVISION
     text = json.dumps([KEY_VERSION, data], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _has_active_penalty(config: TrainConfig) -> bool:
+    """Whether the run applies a gradient penalty (SGG's HVP engine) with a non-zero weight."""
+    g = config.guidance
+    terms = expand_terms(parse_guidance(g.use or get_method(config.method).default_guidance))
+    weights = {"dir": g.lambda_dir, "mag": g.lambda_mag, "align": g.lambda_align}
+    return any(weights[t] != 0 for t in terms if t in weights)
 
 
 def _combos_for(spec: GridSpec, method: str) -> list[dict[str, Any]]:

@@ -4,9 +4,17 @@
 trainable parameters it fills ``.grad`` with the gradient of the whole objective and returns the
 step's measurements. With no active penalty it is exactly ``loss.backward()`` (bit for bit).
 
-Lazy mode (``lazy=k``) adds the penalty gradient only on every k-th step, weighted by k, so its
-average over steps matches the exact one at 1/k of the cost. Non-finite losses or gradients are
-reported (``finite=False``) before any HVP, so the caller can skip the step.
+Lazy mode (``lazy=k``) adds the penalty gradient only on every k-th step, weighted by k: the
+average of the applied gradients over k steps matches the exact one at 1/k of the cost. That is all
+it promises: the trajectory differs (the parameters the HVP is taken at, and for adaptive
+optimisers such as AdamW, whose moments are not linear in the gradient, the step too).
+Non-finite losses or gradients are reported (``finite=False``) before any HVP, so the caller can
+skip the step.
+
+Within one step every evaluation of a closure replays the random state of its first evaluation
+(:mod:`gradguide.guidance.rng`), so a finite difference sees one function: the same dropout masks.
+The finite difference needs fp32: ε is below bf16's resolution, so an fd HVP under an active
+autocast is refused (gradguide's training refuses ``bf16`` with ``hvp: fd`` the same way).
 """
 
 from __future__ import annotations
@@ -16,9 +24,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gradguide.errors import GradguideError
 from gradguide.guidance.base import GradientPenalty, PenaltyContext
 from gradguide.guidance.hvp import exact_hvp, fd_hvp, flat, loss_gradient, unflat
 from gradguide.guidance.priors import Prior
+from gradguide.guidance.rng import Replayed, replayed
 
 LossFn = Callable[[], torch.Tensor]
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -38,6 +48,8 @@ class StepStats:
     cos_prior: float | None = None
     cos_source: float | None = None
     gradient: torch.Tensor | None = None
+    #: ‖applied gradient − g‖, the penalties' part of the update (0 when none was applied)
+    penalty_norm: float = 0.0
 
 
 def cosine(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
@@ -48,6 +60,16 @@ def cosine(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
     if float(na) == 0.0 or float(nb) == 0.0:
         return None
     return float(torch.dot(a, b) / (na * nb))
+
+
+def _refuse_fd_under_autocast() -> None:
+    """A finite difference under bf16/fp16 autocast measures rounding, not curvature: refuse it."""
+    for device in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(device):
+            raise GradguideError(
+                f"a finite-difference HVP (hvp 'fd') cannot run under {device} autocast: its "
+                "step is below bf16/fp16 resolution; use hvp 'exact' or train in fp32"
+            )
 
 
 class GuidedGradient:
@@ -102,8 +124,18 @@ class GuidedGradient:
         The source gradient comes from ``source_fn`` (a loss closure on a source-task batch) or
         is given directly as ``source_gradient`` (e.g. a saved run's mean gradient).
         """
+        if self.two_sided and source_fn is None and source_gradient is not None:
+            raise GradguideError(
+                "two_sided alignment differentiates through the source batch's gradient, "
+                "which a given source gradient (source_run) does not have: use a source task "
+                "or turn two_sided off"
+            )
         prior = self.prior.direction() if self.prior is not None else None
         apply = self.active and step % self.lazy == 0
+        if apply and self.hvp == "fd":
+            _refuse_fd_under_autocast()
+        loss_fn = Replayed(loss_fn)
+        source_fn = replayed(source_fn)
         if not apply:
             for p in params:
                 p.grad = None
@@ -156,7 +188,7 @@ class GuidedGradient:
     ) -> torch.Tensor:
         if self.hvp == "exact":
             loss = source_fn()
-            grads = torch.autograd.grad(loss, params, create_graph=True)
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             return self._reduced(exact_hvp(grads, params, v_source))
         assert source is not None
         return fd_hvp(source_fn, params, source, v_source, self.fd_eps, self.reduce)
@@ -206,6 +238,7 @@ class GuidedGradient:
             loss=float(loss),
             grad_norm=float(torch.linalg.vector_norm(g)),
             guided_norm=float(torch.linalg.vector_norm(guided)),
+            penalty_norm=float(torch.linalg.vector_norm(guided - g)) if applied else 0.0,
             finite=finite,
             penalty_applied=applied,
             penalties=values,

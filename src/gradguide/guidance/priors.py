@@ -1,9 +1,10 @@
 """Reference directions d_prior for the direction penalty and the alignment measure.
 
 * ``pretrain``: the normalised mean gradient of the language-modelling loss over a reference
-  corpus at the initial parameters, in the trainable space (default corpus: the first passages of
-  SuperGLUE BoolQ's validation set in the data root, which are Wikipedia text; or a text file,
-  one passage per line);
+  corpus at the initial parameters, in the trainable space (default corpus: the passages of
+  SuperGLUE BoolQ's ``train32`` split in the data root, Wikipedia text from a training split, so
+  that no evaluation split gradguide ships shares text with it (tested); or a text file, one
+  passage per line). The corpus (file and passage ids) is recorded with the prior;
 * ``task:RUN_DIR``: the mean gradient direction an earlier run recorded
   (``RUN_DIR/mean_gradient.safetensors``, written by every training run);
 * ``ema:β``: a running average of past gradients (the prior at step t excludes g_t);
@@ -31,7 +32,10 @@ from gradguide.guidance.hvp import flat, unflat
 
 PRIOR_FILE = "prior.safetensors"
 MEAN_GRADIENT_FILE = "mean_gradient.safetensors"
-CORPUS_FILE = "superglue/BoolQ/val.jsonl"
+#: the default pretrain-prior corpus: a training split, never an evaluation split
+CORPUS_FILE = "superglue/BoolQ/train32.jsonl"
+#: BoolQ's evaluation split, which asks questions of some of the same passages: those are skipped
+CORPUS_EXCLUDE = "superglue/BoolQ/val.jsonl"
 
 
 class Prior(Protocol):
@@ -56,10 +60,11 @@ def unit(v: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class FixedPrior:
-    """A constant direction (pretrain, task:RUN_DIR, file:PATH)."""
+    """A constant direction (pretrain, task:RUN_DIR, file:PATH); ``info`` says how it was made."""
 
     vector: torch.Tensor
     name: str
+    info: dict[str, Any] | None = None
 
     def direction(self) -> torch.Tensor | None:
         return self.vector
@@ -86,30 +91,57 @@ class EmaPrior:
         self.mean = g.clone() if self.mean is None else self.beta * self.mean + (1 - self.beta) * g
 
 
-def reference_corpus(data_root: Path | None, path: str | None = None, n: int = 32) -> list[str]:
-    """The passages the pretrain prior is measured on (a text file, or BoolQ passages)."""
+@dataclass
+class Corpus:
+    """The passages a pretrain prior is measured on, with where they come from (for the record)."""
+
+    texts: list[str]
+    source: str
+    ids: list[str]
+
+    def info(self) -> dict[str, Any]:
+        """What the run record keeps of the corpus."""
+        return {"file": self.source, "ids": self.ids}
+
+
+def reference_corpus(data_root: Path | None, path: str | None = None, n: int = 32) -> Corpus:
+    """The passages the pretrain prior is measured on (a text file, or BoolQ train32 passages)."""
     if path is not None:
         file = Path(path)
         try:
             lines = [x.strip() for x in file.read_text(encoding="utf-8").splitlines()]
         except (OSError, UnicodeDecodeError) as e:
             raise GradguideError(f"cannot read the prior corpus: {e}", file=file) from None
-        texts = [x for x in lines if x]
-        if not texts:
+        numbered = [(f"line:{i}", x) for i, x in enumerate(lines, start=1) if x][:n]
+        if not numbered:
             raise GradguideError("the prior corpus has no text", file=file)
-        return texts[:n]
+        return Corpus([x for _, x in numbered], str(file), [i for i, _ in numbered])
     if data_root is None or not (data_root / CORPUS_FILE).is_file():
         raise GradguideError(
-            "the pretrain prior needs a reference corpus: the BoolQ passages under the data root "
-            "(--data-dir / GRADGUIDE_DATA) or a text file (guidance.prior_corpus)"
+            "the pretrain prior needs a reference corpus: the BoolQ train32 passages under the "
+            "data root (--data-dir / GRADGUIDE_DATA) or a text file (guidance.prior_corpus)"
         )
-    texts = []
+    texts: list[str] = []
+    ids: list[str] = []
+    evaluated = _passages(data_root / CORPUS_EXCLUDE)
     with (data_root / CORPUS_FILE).open(encoding="utf-8") as handle:
-        for line in handle:
-            texts.append(json.loads(line)["passage"])
+        for i, line in enumerate(handle):
+            passage = json.loads(line)["passage"]
+            if passage in texts or passage in evaluated:  # one passage, several questions
+                continue
+            texts.append(passage)
+            ids.append(f"train32:{i}")
             if len(texts) == n:
                 break
-    return texts
+    return Corpus(texts, CORPUS_FILE, ids)
+
+
+def _passages(file: Path) -> set[str]:
+    """The passages of a BoolQ-format file (empty when the file is absent)."""
+    if not file.is_file():
+        return set()
+    with file.open(encoding="utf-8") as handle:
+        return {json.loads(line)["passage"] for line in handle if line.strip()}
 
 
 def check_prior_fits(spec: str, model: str, kind: str | None) -> None:
@@ -203,8 +235,9 @@ def build_prior(
         return FixedPrior(unit(load_vector(Path(spec), names, params)), f"file:{spec}")
     if spec == "pretrain":
         check_prior_fits(spec, lm.name, lm.kind)  # before reading the corpus
-        vector = pretrain_prior(lm, params, reference_corpus(data_root, corpus))
-        return FixedPrior(vector, "pretrain")
+        texts = reference_corpus(data_root, corpus)
+        vector = pretrain_prior(lm, params, texts.texts)
+        return FixedPrior(vector, "pretrain", {"corpus": texts.info()})
     kind, _, arg = spec.partition(":")
     if kind == "ema":
         try:
