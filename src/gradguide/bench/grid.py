@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from gradguide.bench.compare import is_guidance_arm, recipe
+from gradguide.bench.compare import arm_method, composite_arm, is_guidance_arm, recipe
 from gradguide.bench.store import arm_name
 from gradguide.config import EvalConfig, from_dict, merge, nest, read_yaml, to_dict
 from gradguide.errors import GradguideError
@@ -50,7 +50,6 @@ from gradguide.guidance import (
     GUIDANCE,
     build_penalties,
     expand_terms,
-    guidance_method,
     parse_guidance,
 )
 from gradguide.guidance.ofa import OFA_TERMS
@@ -460,6 +459,12 @@ def _check_names(spec: GridSpec) -> None:
         if m in available:
             continue
         where = f"methods[{i}]"
+        if "+" in m:  # a method with its guidance (setfit+sgg)
+            try:
+                composite_arm(m)
+            except GradguideError as e:
+                raise GradguideError(e.message, file=spec.source, field=where) from None
+            continue
         if m in PLANNED_METHODS:
             raise GradguideError(
                 f"method {m} is not available in this version (available: "
@@ -563,8 +568,8 @@ def expand_grid(spec: GridSpec) -> list[GridRun]:
     ):
         own = spec.method_base.get(method, {})
         for_model = spec.model_base.get(model, {})
-        as_guidance = is_guidance_arm(method)
-        trained = guidance_method(method) if as_guidance else method
+        as_guidance = is_guidance_arm(method) or composite_arm(method) is not None
+        trained = arm_method(method)
         axes = {"model": model, "task": task, "method": trained, "shots": shots, "seed": seed}
         # base < model_base < method_base, then each swept combination on top
         fixed = merge(merge(merge(base_nested, axes), nest(for_model)), nest(own))

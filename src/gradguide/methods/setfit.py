@@ -409,12 +409,13 @@ class SetFit:
 
 
 def head_tensors(head: Any) -> dict[str, torch.Tensor]:
-    """A fitted LogisticRegression as tensors: coef, intercept, classes (float64, exact)."""
+    """A fitted LogisticRegression as tensors: coef, intercept (in their own dtype: restored
+    bit for bit), classes."""
     if not hasattr(head, "classes_"):
         raise GradguideError("the SetFit head was never fitted; nothing to save")
     return {
-        "coef": torch.from_numpy(np.ascontiguousarray(head.coef_, dtype=np.float64)),
-        "intercept": torch.from_numpy(np.ascontiguousarray(head.intercept_, dtype=np.float64)),
+        "coef": torch.from_numpy(np.ascontiguousarray(head.coef_)),
+        "intercept": torch.from_numpy(np.ascontiguousarray(head.intercept_)),
         "classes": torch.from_numpy(np.asarray(head.classes_, dtype=np.int64)),
     }
 
