@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -342,6 +341,13 @@ class SetFit:
         "k shots, then a logistic-regression head"
     )
 
+    def planned_items(
+        self, shots: int, n_labels: int, options: MethodOptions
+    ) -> tuple[int, int, int]:
+        """(pairs, pairs per batch, epochs) a k-shot run will train on (for run-time estimates)."""
+        pairs = pair_count(balanced_counts(shots, n_labels), options)
+        return pairs, options.setfit_batch_size, options.setfit_epochs
+
     def validate_run(self, model_kind: str | None, model: str, options: MethodOptions) -> None:
         """Refuse what cannot run before anything loads: bad settings, a decoder."""
         check_options(options)
@@ -437,8 +443,3 @@ def set_head(head: Any, tensors: dict[str, torch.Tensor], path: Path) -> None:
     head.classes_ = classes.copy()
     head.n_features_in_ = int(coef.shape[1])
     head.n_iter_ = np.zeros(1, dtype=np.int32)
-
-
-def steps_per_epoch(n_pairs: int, batch_size: int) -> int:
-    """Optimisation steps of one pass over the pairs."""
-    return math.ceil(n_pairs / batch_size)
