@@ -278,3 +278,31 @@ def test_guided_contrastive_gradient_matches_autograd(demo, mode):
         err = float((got - expected).norm() / expected.norm())
         assert err < tol, f"{mode}/{hvp}: relative error {err:.2e}"
         assert stats.penalty_applied and set(stats.penalties) == {"dir", "mag", "align"}
+
+
+def test_interrupted_setfit_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    from gradguide.methods.setfit import SetFitObjective
+    from gradguide.train import load_run_config
+
+    c = config(tmp_path / "whole", checkpoint_every=1)
+    whole = train(c, show_progress=False)
+    original = SetFitObjective.loss
+    calls = {"n": 0}
+
+    def failing(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return original(self, batch)
+
+    monkeypatch.setattr(SetFitObjective, "loss", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(config(tmp_path / "cut", checkpoint_every=1), show_progress=False)
+    monkeypatch.setattr(SetFitObjective, "loss", original)
+    (run_dir,) = (tmp_path / "cut").iterdir()
+    resumed = train(load_run_config(run_dir), resume=run_dir, show_progress=False)
+    assert resumed.record["timings"]["resumed_at_step"] == 2
+    assert resumed.record["curves"]["loss"] == whole.record["curves"]["loss"]
+    assert resumed.metrics == whole.metrics
+    for name, p in whole.adapted.trainable.items():
+        assert torch.equal(p, resumed.adapted.trainable[name]), name
