@@ -1,5 +1,5 @@
-"""The real embedded models on real data: zero-shot SST-2 accuracy of the LLM, and SetFit, SetFit+SGG
-and the encoder methods compared on minilm-l6 (each skips without its wheel or the data)."""
+"""The real embedded models on real data: zero-shot SST-2 accuracy of the LLM, and SetFit,
+SetFit+SGG and the encoder methods compared on minilm-l6 (each skips without its wheel or data)."""
 
 from __future__ import annotations
 
