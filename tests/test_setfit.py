@@ -306,3 +306,14 @@ def test_interrupted_setfit_run_resumes_to_the_uninterrupted_result(tmp_path, mo
     assert resumed.metrics == whole.metrics
     for name, p in whole.adapted.trainable.items():
         assert torch.equal(p, resumed.adapted.trainable[name]), name
+
+
+def test_alignment_with_a_source_task_trains_on_its_pairs(tmp_path):
+    c = config(tmp_path)
+    c.guidance.use = "sgg-align"
+    c.guidance.source_task = TASK  # the demo task is the only one without a data root
+    rec = train(c, show_progress=False).record
+    assert rec["guidance"]["terms"] == ["align"]
+    assert len(rec["guidance"]["source"]["ids"]) == 8
+    assert all(v is not None for v in rec["curves"]["cos_source"])
+    assert all(v is not None for v in rec["curves"]["penalty_align"])
