@@ -581,3 +581,30 @@ def test_unknown_backend_and_bad_workers(tmp_path):
     with pytest.raises(GradguideError, match=">= 0"):
         run_grid(spec, tmp_path, workers=-1)
     assert bench_main([str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_archived_runs_keep_their_keys():
+    """A new config field must not change the key of any stored run (grids would retrain all).
+
+    Every archived run without a gradient penalty re-keys to its stored key; penalty runs carry
+    the revision their defects called for, so their old keys must differ.
+    """
+    import json
+    from pathlib import Path
+
+    from gradguide.bench.grid import _has_active_penalty, run_key
+    from gradguide.config import from_dict
+    from gradguide.train import TrainConfig
+
+    rows_file = Path(__file__).resolve().parents[1] / "results" / "rows.jsonl"
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    assert len(rows) > 100
+    same, revised = 0, 0
+    for row in rows:
+        config = from_dict(TrainConfig, row["config"])
+        if _has_active_penalty(config):
+            revised += run_key(config) != row["key"]
+        else:
+            assert run_key(config) == row["key"], (row["key"], row["config"]["method"])
+            same += 1
+    assert same > 100 and revised > 0

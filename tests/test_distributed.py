@@ -118,3 +118,21 @@ def test_killed_distributed_run_resumes_exactly(tmp_path):
     b = json.loads((full_dir / "record.json").read_text())
     assert a["curves"]["loss"] == b["curves"]["loss"] and len(a["curves"]["loss"]) == 30
     assert a["metrics"] == b["metrics"]
+
+
+@needs_torchrun
+def test_a_one_process_launch_takes_the_group_path_and_equals_a_plain_run(tmp_path):
+    """torchrun with one process joins a process group (gloo here; NCCL on one GPU, the path
+    tests/test_gpu.py takes there) whose sums are identities: the run equals a plain process's."""
+    extra = ("--guidance", "sgg-dir,sgg-mag", "--prior", "ema:0.9")
+    plain = _run(tmp_path / "plain", *extra)
+    args = [*COMMON, *extra, "--out", str(tmp_path / "group")]
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node=1", "-m", "gradguide", *args]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = [d for d in (tmp_path / "group").iterdir() if d.is_dir()]
+    _assert_close(load_file(run / "adapter" / "adapter_model.safetensors"), plain, 1e-6)
+    device = json.loads((run / "record.json").read_text())["device"]
+    assert device["backend"] == "gloo" and device["world"] == 1
+    (plain_run,) = [d for d in (tmp_path / "plain").iterdir() if d.is_dir()]
+    assert json.loads((plain_run / "record.json").read_text())["device"]["backend"] is None

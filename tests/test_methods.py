@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections.abc import Callable
@@ -420,12 +421,15 @@ def test_load_uses_the_saved_shapes(tmp_path: Path) -> None:
 def test_cached_in_context_prefix_scores_like_the_full_rows(
     method: str, instances: list[Instance]
 ) -> None:
-    """score_dataset caches a shared demonstration prefix; adapted models must agree with it."""
+    """score_dataset caches shared prefixes (the demonstrations, then a passage shared by some
+    queries, extending that cache); adapted models must agree with full scoring."""
     lm = sharpen_attention(fresh(LLAMA))
     adapted = get_method(method).apply(lm, MethodOptions(prompt_tokens=8))
     train(adapted, lm, instances, steps=3)
     alm = adapted.as_lm(lm)
     demos, queries = instances[:2], instances[2:]
+    passage = "A passage shared by several questions, about a film, its cast and its music.\n"
+    queries += [dataclasses.replace(x, id=f"{x.id}+p", prompt=passage + x.prompt) for x in queries]
     prefix = build_prefix(demos)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # past_key_values -> cache rename
@@ -433,6 +437,7 @@ def test_cached_in_context_prefix_scores_like_the_full_rows(
             alm, queries, prefix, ScoringOptions(prefix_cache=True, batch_size=3)
         )
         full = score_dataset(alm, queries, prefix, ScoringOptions(prefix_cache=False, batch_size=3))
+    assert cached.shared_prefixes >= 2
     torch.testing.assert_close(
         torch.tensor(cached.scores), torch.tensor(full.scores), rtol=0, atol=1e-4
     )

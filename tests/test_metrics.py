@@ -76,3 +76,41 @@ def test_convergence_measures_on_hand_computed_curves():
     dyn = dynamics_summary({"loss": losses, "term_x": [1.0, None, 3.0]})
     assert dyn["steps_to_loss_threshold"] == 7.0 and dyn["loss_auc"] == pytest.approx(0.75)
     assert dyn["mean_term_x"] == 2.0 and dyn["gradient_stability"] is None
+
+
+def test_gradient_stability_on_hand_computed_norms():
+    from gradguide.metrics import gradient_stability
+
+    # 1, 3: mean 2, population sd 1, CV 1/2 -> 1 / (1 + 1/2)
+    assert gradient_stability([1.0, 3.0]) == pytest.approx(2 / 3, rel=1e-12)
+    # 2, 4, 6, 8 (a skipped step left out): mean 5, population variance (9+1+1+9)/4 = 5
+    assert gradient_stability([2.0, None, 4.0, 6.0, 8.0]) == pytest.approx(
+        1 / (1 + 5**0.5 / 5), rel=1e-12
+    )
+    assert gradient_stability([0.5, 0.5, 0.5]) == 1.0  # constant norms: perfectly stable
+    assert gradient_stability([1.0]) is None and gradient_stability([0.0, 0.0]) is None
+
+
+def test_directional_alignment_and_stability_of_hand_made_gradients():
+    """Through the engine: loss c_t·θ has gradient c_t, so cos(g_t, d) and ‖g_t‖ are known."""
+    import torch
+
+    from gradguide.guidance.engine import GuidedGradient
+    from gradguide.guidance.priors import FixedPrior
+    from gradguide.metrics import dynamics_summary
+
+    theta = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    engine = GuidedGradient(prior=FixedPrior(torch.tensor([2.0, 0.0], dtype=torch.float64), "x"))
+    curves: dict[str, list[float | None]] = {"grad_norm": [], "cos_prior": []}
+    for step, c in enumerate([(3.0, 0.0), (1.0, 1.0), (0.0, 2.0)]):
+        stats = engine.backward(
+            lambda c=c: torch.dot(torch.tensor(c).double(), theta), [theta], step
+        )
+        curves["grad_norm"].append(stats.grad_norm)
+        curves["cos_prior"].append(stats.cos_prior)
+    # cosines with d = (1, 0): 1, 1/√2, 0; norms 3, √2, 2
+    dyn = dynamics_summary(curves)
+    assert dyn["directional_alignment"] == pytest.approx((1 + 0.5**0.5) / 3, rel=1e-12)
+    mean = (3 + 2**0.5 + 2) / 3
+    sd = (((3 - mean) ** 2 + (2**0.5 - mean) ** 2 + (2 - mean) ** 2) / 3) ** 0.5
+    assert dyn["gradient_stability"] == pytest.approx(1 / (1 + sd / mean), rel=1e-12)

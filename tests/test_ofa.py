@@ -127,6 +127,100 @@ def test_hutchinson_is_exact_for_a_diagonal_hessian():
     torch.testing.assert_close(est, torch.full((2, 7), exact, dtype=torch.float64))
 
 
+class LinearBlock(torch.nn.Module):
+    """A block whose residual update is exactly u(z) = −A z; its norm's gain is P = diag(γ)."""
+
+    def __init__(self, a: torch.Tensor, gain: torch.Tensor) -> None:
+        super().__init__()
+        self.input_layernorm = torch.nn.LayerNorm(a.shape[0], dtype=a.dtype)
+        with torch.no_grad():
+            self.input_layernorm.weight.copy_(gain)
+        self.register_buffer("a", a)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states - hidden_states @ self.a.T
+
+
+class LinearStack(torch.nn.Module):
+    def __init__(self, blocks: list[LinearBlock]) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(blocks)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        for block in self.layers:
+            z = block(z)
+        return z
+
+
+def known_curvature(d: int = 4, seed: int = 0):
+    """Three linear blocks with M_t = A_t P_t (the estimator's −J_u P = A P, trace known):
+    M_0 = P H P with H positive semi-definite (the paper's u = −P ∇L of L = ½zᵀHz), M_1
+    non-symmetric with a positive semi-definite symmetric part, M_2 non-symmetric and expanding
+    (its symmetric part negative definite)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand() -> torch.Tensor:
+        return torch.randn(d, d, generator=g, dtype=torch.float64)
+
+    def psd() -> torch.Tensor:
+        b = rand()
+        return b @ b.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+
+    def skew() -> torch.Tensor:
+        k = rand()
+        return k - k.T
+
+    gains = [0.5 + torch.rand(d, generator=g, dtype=torch.float64) for _ in range(3)]
+    p = [torch.diag(x) for x in gains]
+    ms = [p[0] @ psd() @ p[0], psd() + skew(), -psd() + skew()]
+    a = [m @ torch.linalg.inv(q) for m, q in zip(ms, p, strict=True)]
+    model = LinearStack([LinearBlock(x, y) for x, y in zip(a, gains, strict=True)])
+    return model, ms, a
+
+
+@pytest.mark.parametrize("jvp", ["fd", "exact"])
+def test_sharpness_penalty_is_the_trace_clipped_at_zero_per_block(jvp):
+    """On blocks of known curvature the signed S_t converge to tr(A_t P_t) and the penalty is
+    Σ_t max(S_t, 0): a block that expands adds nothing and gets no gradient (a signed sum would
+    reward it without bound)."""
+    model, ms, a = known_curvature()
+    exact = [float(torch.trace(m)) for m in ms]
+    assert exact[0] > 0 and exact[1] > 0 and exact[2] < 0
+    n, probes = 256, 64
+    samples = n * probes
+    z = torch.randn(1, n, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    term = OfaSharpness(model, OfaOptions(lambda_sharp=1.0, probes=probes, jvp=jvp), seed=0)
+    term.begin_step(0)
+    model(z)
+    s = term.loss({})
+    signed = term.signed[0]
+    # Rademacher: νᵀMν = tr M + Σ_{i<j} (M_ij + M_ji) ν_i ν_j, uncorrelated terms of variance 1
+    se = [math.sqrt(float(torch.triu(m + m.T, 1).pow(2).sum()) / samples) for m in ms]
+    for got, want, err in zip(signed, exact, se, strict=True):
+        assert abs(got - want) < 5 * err and err < 0.05 * abs(want)
+    assert term.summary()["signed_layer_means"] == signed
+    assert float(s.detach()) == pytest.approx(signed[0] + signed[1], rel=1e-12)
+    # ∂S/∂γ_t: E[ν_j (A_tᵀν)_j] = (A_t)_jj for the blocks that count, exactly 0 for block 2
+    gains = [block.input_layernorm.weight for block in model.layers]
+    grads = torch.autograd.grad(s, gains)
+    assert torch.equal(grads[2], torch.zeros_like(grads[2]))
+    for t in (0, 1):
+        off = a[t] - torch.diag(torch.diag(a[t]))
+        bound = 5 * (off.pow(2).sum(0) / samples).sqrt()
+        assert torch.all((grads[t] - torch.diag(a[t])).abs() < bound), t
+    term.close()
+    # where the curvature is positive semi-definite every single probe is already >= 0: the clip
+    # changes nothing there, and S_t stays unbiased
+    one = OfaSharpness(model, OfaOptions(lambda_sharp=1.0, probes=1, jvp=jvp), seed=1)
+    for step in range(20):
+        one.begin_step(step)
+        with torch.no_grad():
+            model(z[:, :2])
+            one.loss({})
+        assert one.signed[step][0] > 0 and one.signed[step][1] > 0
+    one.close()
+
+
 # --------------------------------------------------------------------------------------------
 # The step ratio on a real model's hidden states
 
@@ -231,6 +325,31 @@ def test_fd_and_exact_jvp_agree(batch):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3 * float(b.abs().max()))
 
 
+def test_fd_sharpness_under_bf16_autocast_matches_float32(batch):
+    """The fd re-runs leave bf16 autocast (its resolution is far coarser than the step): only the
+    hidden states' own bf16 rounding remains (none at block 0, whose input is the embeddings)."""
+    lm = deep_llama(3, torch.float32)
+    term = OfaSharpness(lm.model, OfaOptions(lambda_sharp=1.0, probes=8, jvp="fd"), seed=1)
+    signed = {}
+    for bf16 in (False, True):
+        term.begin_step(0)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            _value(term, lm, batch)
+        signed[bf16] = torch.tensor(term.signed.pop(0))
+        term.values.clear()
+    term.close()
+    assert float(signed[False].abs().min()) > 0.1  # each block's value is far from 0
+    torch.testing.assert_close(signed[True], signed[False], rtol=0.05, atol=1e-3)
+    # a model stored in bf16 cannot resolve the step at all: refused, naming the options
+    low = deep_llama(2, torch.bfloat16)
+    term = OfaSharpness(low.model, OfaOptions(lambda_sharp=1.0, jvp="fd"), seed=1)
+    term.begin_step(0)
+    with torch.no_grad(), pytest.raises(GradguideError, match="jvp=exact") as e:
+        _value(term, low, batch)
+    assert e.value.field == "guidance.ofa.jvp" and "float32" in str(e.value)
+    term.close()
+
+
 @pytest.mark.parametrize(
     ("kind", "options"),
     [
@@ -328,7 +447,12 @@ def test_ofa_training_changes_only_normalisation_parameters(tmp_path):
         assert len(rec["curves"][key]) == 3 and all(v is not None for v in rec["curves"][key])
     summaries = rec["guidance"]["term_summaries"]
     assert summaries["ofa-sharp"]["jvp"] == "fd" and summaries["ofa-sharp"]["layers"] == [0, 1]
-    assert summaries["ofa-step"]["pairs"] == [0] and summaries["ofa-step"]["mean_value"] > 0
+    assert summaries["ofa-step"]["pairs"] == [0]
+    # each summary's unweighted mean is its curve's (λ · value per step) over λ: both come from
+    # the step's first closure call, not from the fd HVP's or a later one
+    for key, lam in (("ofa-step", OfaOptions.lambda_step), ("ofa-sharp", OfaOptions.lambda_sharp)):
+        curve = rec["curves"][f"term_{key}"]
+        assert summaries[key]["mean_value"] == pytest.approx(sum(curve) / (3 * lam), rel=1e-6)
     diag = rec["layer_diagnostics"]
     assert diag["n_examples"] == 6 and diag["blocks"] == 2
     assert len(diag["probe_accuracy"]) == 3 and len(diag["probe_loss"]) == 3
@@ -345,7 +469,11 @@ def test_zero_weights_give_layernorm_tuning_bit_for_bit(tmp_path):
     b = train(tiny(tmp_path / "ln", method="layernorm"), show_progress=False)
     for key in ("loss", "grad_norm"):
         assert a.record["curves"][key] == b.record["curves"][key]
-    assert a.record["curves"]["term_ofa-step"] == [0.0, 0.0, 0.0]
+    # the zero-weight terms were still evaluated at every step, so the match shows that
+    # evaluating them (hooks, block re-runs) leaves training alone
+    summaries = a.record["guidance"]["term_summaries"]
+    assert [summaries[k]["steps_measured"] for k in ("ofa-step", "ofa-sharp")] == [3, 3]
+    assert all(v is not None and v != 0 for v in summaries["ofa-sharp"]["signed_layer_means"])
     assert a.metrics == b.metrics
     for (n, p), (m, q) in zip(
         a.adapted.trainable.items(), b.adapted.trainable.items(), strict=True

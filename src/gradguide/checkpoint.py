@@ -2,7 +2,9 @@
 
 A checkpoint is a directory built aside and renamed into place whole (gradguide.atomic), with a
 manifest of checksums; a damaged one is reported, never loaded. Optimiser state is read back with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)`` onto the CPU (the optimiser moves it to its parameters' device).
+Files hold CPU tensors, so a checkpoint resumes on another device; the random state of every
+CUDA device is saved beside the CPU's, so a GPU run resumes exactly where the device is the same.
 """
 
 from __future__ import annotations
@@ -24,12 +26,18 @@ EXTRA_NAME = "guidance.safetensors"
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(_tuplify(state["python"]))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _tuplify(x: Any) -> Any:
@@ -48,8 +56,8 @@ def save_checkpoint(
 
     def build(tmp: Path) -> None:
         if extra:
-            save_file({k: v.contiguous() for k, v in extra.items()}, str(tmp / EXTRA_NAME))
-        tensors = {k: p.detach().contiguous() for k, p in adapted.trainable.items()}
+            save_file({k: v.cpu().contiguous() for k, v in extra.items()}, str(tmp / EXTRA_NAME))
+        tensors = {k: p.detach().cpu().contiguous() for k, p in adapted.trainable.items()}
         save_file(tensors, str(tmp / "trainable.safetensors"))
         torch.save(
             {
@@ -81,7 +89,7 @@ def load_checkpoint(
     with torch.no_grad():
         for name, p in adapted.trainable.items():
             p.copy_(tensors[name])
-    extra = torch.load(path / "optimizer.pt", weights_only=True)
+    extra = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     _set_rng_state(extra["rng"])
@@ -89,7 +97,10 @@ def load_checkpoint(
     return state
 
 
-def load_extra(run_dir: Path) -> dict[str, torch.Tensor]:
-    """The extra tensors a checkpoint was saved with (empty when there are none)."""
+def load_extra(run_dir: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The extra tensors a checkpoint was saved with, on ``device`` (empty when there are none)."""
     path = run_dir / CHECKPOINT_NAME / EXTRA_NAME
-    return load_file(str(path)) if path.exists() else {}
+    tensors = load_file(str(path), device=str(device)) if path.exists() else {}
+    # fresh memory: a reduction over a tensor read from the file can round differently (the first
+    # cos_prev after a resume differed by 3e-7), so the resume would not be exact
+    return {k: v.clone() for k, v in tensors.items()}

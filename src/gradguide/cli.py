@@ -45,6 +45,8 @@ def _add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-field", help="user file: label field (default label)")
     p.add_argument("--eval-file", help="user file: separate evaluation file")
     p.add_argument("--max-length", type=int, help="tokens per sequence (prompt cut from the start)")
+    p.add_argument("--device", help="auto (CUDA when available; default), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", help="weight precision: fp32 (default) or bf16")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, dotted"
     )
@@ -57,6 +59,8 @@ def _common_overrides(a: argparse.Namespace) -> dict[str, Any]:
         "data_dir": a.data_dir,
         "cache_dir": a.cache_dir,
         "out": a.out,
+        "device": a.device,
+        "dtype": a.dtype,
         "template": a.template,
         "scoring.max_length": a.max_length,
         "user_task.text_fields": a.text_fields,
@@ -117,6 +121,8 @@ def _eval_overrides(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from gradguide.guidance import GUIDANCE
+
     _add_common_args(p)
     p.add_argument("--shots", type=int, help="size of the k-shot training sample (default 32)")
     p.add_argument("--seed", type=int, help="seed of the sample, the data order and the init")
@@ -127,7 +133,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-ratio", type=float, help="fraction of steps of linear warm-up")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay")
     p.add_argument("--grad-clip", type=float, help="clip the gradient norm (0 = off)")
-    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast on CPU")
+    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (fp32 weights)")
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        default=None,
+        help="recompute activations in the backward pass (less memory)",
+    )
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (0 = at end)")
     p.add_argument("--eval-limit", type=int, help="evaluate on the first N examples only")
     p.add_argument("--icl-shots", type=int, help="demonstrations for the icl method (default 4)")
@@ -140,8 +152,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("gradient guidance (SGG)")
     g.add_argument(
         "--guidance",
-        help="comma-separated: sgg, sgg-dir, sgg-mag, sgg-align, ofa, ofa-step, ofa-sharp, … "
-        "(OFA settings: --set guidance.ofa.NAME=VALUE)",
+        help=f"comma-separated: {', '.join(GUIDANCE)} (a family's settings: "
+        "--set guidance.ofa.NAME=VALUE, guidance.spectral.NAME=VALUE, …)",
     )
     g.add_argument("--lambda-dir", type=float, help="weight of the direction penalty")
     g.add_argument("--lambda-mag", type=float, help="weight of the magnitude penalty")
@@ -172,6 +184,7 @@ def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
             "optim.weight_decay": a.weight_decay,
             "optim.grad_clip": a.grad_clip,
             "bf16": a.bf16,
+            "gradient_checkpointing": a.gradient_checkpointing,
             "checkpoint_every": a.checkpoint_every,
             "eval_limit": a.eval_limit,
             "icl_shots": a.icl_shots,

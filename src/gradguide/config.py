@@ -46,6 +46,9 @@ class EvalConfig:
     template: str | None = None
     verbalizer: dict[str, str] | None = None
     out: str = "runs"
+    #: where the model runs (auto, cpu, cuda, cuda:N) and its weights' precision (fp32, bf16)
+    device: str = "auto"
+    dtype: str = "fp32"
     user_task: UserTaskOptions = dataclasses.field(default_factory=UserTaskOptions)
     scoring: ScoringOptions = dataclasses.field(default_factory=ScoringOptions)
 

@@ -1,7 +1,9 @@
 """Data-parallel training without a model wrapper: shard each batch, all-reduce every gradient.
 
 ``torchrun --nproc_per_node N -m gradguide train …`` (or ``accelerate launch -m gradguide train …``)
-sets RANK/WORLD_SIZE; :func:`init` then joins the process group (gloo on CPU, NCCL on GPUs).
+sets RANK/WORLD_SIZE; :func:`init` then joins the process group (gloo on CPU; NCCL on GPUs, rank
+r on ``cuda:LOCAL_RANK``). A job of one process launched that way joins a group too, so the NCCL
+path can be run on one GPU (its sums are then identities).
 Rank r takes the examples ``batch[r::N]`` of every global batch and scales its loss by its share
 of the batch, so the *sum* over ranks of the local gradients is exactly the gradient of the global
 batch's mean loss. The guidance engine sums every gradient it computes (task, source, HVP) across
@@ -13,6 +15,7 @@ Only rank 0 writes records, logs and checkpoints; every rank reads them on resum
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +23,9 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from gradguide.device import resolve_device
+from gradguide.errors import GradguideError
 
 T = TypeVar("T")
 
@@ -30,11 +36,16 @@ class DistContext:
 
     rank: int = 0
     world: int = 1
+    #: this process's compute device; the collectives run on it (NCCL takes CUDA tensors only)
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    #: a process group was joined (torchrun/accelerate), even one of a single process
+    grouped: bool = False
+    backend: str | None = None
 
     @property
     def active(self) -> bool:
-        """Whether more than one process takes part."""
-        return self.world > 1
+        """Whether gradients are summed over a process group."""
+        return self.world > 1 or self.grouped
 
     @property
     def is_main(self) -> bool:
@@ -53,7 +64,7 @@ class DistContext:
         """The sum of ``tensor`` over ranks (``tensor`` itself when alone)."""
         if not self.active:
             return tensor
-        out = tensor.detach().clone()
+        out = tensor.detach().to(self.device, copy=True)
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
@@ -71,15 +82,35 @@ class DistContext:
             dist.barrier()
 
 
-def init() -> DistContext:
-    """Join the process group that torchrun/accelerate describe in the environment, if any."""
+def init(device: str = "auto") -> DistContext:
+    """Join the process group that torchrun/accelerate describe in the environment, if any.
+
+    ``device`` is the run's setting: a CUDA device makes the group NCCL and puts this rank on
+    ``cuda:LOCAL_RANK``; the CPU makes it gloo. Outside such a launch, the device as resolved.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistContext()
+    launched = world > 1 or ("RANK" in os.environ and "MASTER_ADDR" in os.environ)
+    if not launched:
+        return DistContext(device=resolve_device(device))
+    if device.startswith("cuda:"):
+        raise GradguideError(
+            "a distributed run puts each rank on cuda:LOCAL_RANK; use device cuda or auto",
+            field="device",
+        )
+    on_gpu = resolve_device(device).type == "cuda"
+    local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if on_gpu else None
+    if local is not None:
+        torch.cuda.set_device(local)  # before NCCL starts: each rank owns its GPU
+    backend = "nccl" if on_gpu else "gloo"
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
-    return DistContext(rank=dist.get_rank(), world=dist.get_world_size())
+    return DistContext(
+        rank=dist.get_rank(),
+        world=dist.get_world_size(),
+        device=local if local is not None else torch.device("cpu"),
+        grouped=True,
+        backend=str(dist.get_backend()),
+    )
 
 
 def finish() -> None:

@@ -17,6 +17,14 @@ from tqdm.auto import tqdm
 
 from gradguide.atomic import write_text_atomic
 from gradguide.config import EvalConfig, to_dict
+from gradguide.device import (
+    describe,
+    model_device,
+    parse_dtype,
+    peak_memory_mb,
+    reset_peak_memory,
+    resolve_device,
+)
 from gradguide.errors import GradguideError
 from gradguide.metrics import compute_metrics
 from gradguide.models import LoadedModel, load_model
@@ -99,6 +107,7 @@ def evaluate_instances(
         "fast_path": scored.fast_path,
         "sequences": scored.sequences,
         "truncated_sequences": scored.truncated,
+        "shared_prefixes": scored.shared_prefixes,
         "truncation_policy": TRUNCATION_POLICY,
     }
     return metrics, scored, facts
@@ -124,8 +133,15 @@ def evaluate(
         demos = sample_demonstrations(pool, config.shots, config.seed)
     load_start = time.perf_counter()
     if lm is None:
-        lm = load_model(config.model, cache_dir=config.cache_dir, seed=config.seed)
+        lm = load_model(
+            config.model,
+            cache_dir=config.cache_dir,
+            seed=config.seed,
+            dtype=parse_dtype(config.dtype),
+            device=resolve_device(config.device),
+        )
     load_seconds = time.perf_counter() - load_start
+    reset_peak_memory(model_device(lm.model))
     metrics, scored, facts = evaluate_instances(
         lm,
         task,
@@ -162,7 +178,12 @@ def evaluate(
             **{k: v for k, v in facts.items() if k != "seconds"},
         },
         "metrics": metrics,
-        "timings": {"model_load_s": load_seconds, "eval_s": facts["seconds"]},
+        "timings": {
+            "model_load_s": load_seconds,
+            "eval_s": facts["seconds"],
+            "peak_device_mb": peak_memory_mb(model_device(lm.model)),
+        },
+        "device": describe(model_device(lm.model), lm.info.get("dtype", "?"), False),
     }
     run_dir = None
     if write:

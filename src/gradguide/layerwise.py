@@ -10,7 +10,8 @@ some evaluation examples, one forward pass per batch records every block's input
   gradguide.scoring scores the model's own output (same encoding, same candidate log-likelihoods),
   then accuracy and cross entropy over the candidates, as in training;
 * sharpness of block t: Hutchinson's tr(P_t H_t P_tᵀ) per token, the same estimator as the
-  ``ofa-sharp`` term (same probes, JVP mode and fd step from ``guidance.ofa``);
+  ``ofa-sharp`` term (same probes, JVP mode and fd step from ``guidance.ofa``), signed: the term
+  penalises max(S_t, 0), this reports S_t itself (negative where the block expands);
 * step ratio of block t: s_{t+1}/(s_t + eps), and the step norm s_t itself, as in ``ofa-step``.
 
 Sharpness and step ratio are means over the non-padding tokens of the scored sequences
@@ -51,7 +52,8 @@ from gradguide.tasks.base import Instance
 NOTES = (
     "probe_accuracy/probe_loss[l]: hidden state after block l-1 (l=0: embeddings) through the "
     "final norm and output head, candidates scored as in gradguide.scoring; sharpness[t]: "
-    "Hutchinson tr(P_t H_t P_t^T) per token of block t (P_t = diag of its input norm gain); "
+    "Hutchinson tr(P_t H_t P_t^T) per token of block t (P_t = diag of its input norm gain), "
+    "signed (ofa-sharp penalises max(sharpness[t], 0)); "
     "step_ratio[t]: s_(t+1)/(s_t+eps); step_norm[t]: s_t = ||Z_(t+1) - Z_t||; token means over "
     "non-padding tokens, demonstrations included"
 )

@@ -631,16 +631,21 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     attn_implementation: str | None = None,
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> LoadedModel:
     """Load a registered name, local directory or hub id as an eval-mode model with its tokenizer.
 
-    ``seed`` only affects the randomly initialised tiny models. ``attn_implementation`` passes
-    through to transformers ("eager" is needed for double backward); None keeps its default.
+    ``seed`` only affects the randomly initialised tiny models (drawn on the CPU, so a seed gives
+    the same weights on every device). ``attn_implementation`` passes through to transformers
+    (None keeps its default, SDPA). The model ends on ``device``.
     """
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar on every load
     try:
-        return _load_model(name_or_path, cache_dir, dtype, attn_implementation, seed)
+        lm = _load_model(name_or_path, cache_dir, dtype, attn_implementation, seed)
+        if torch.device(device) != torch.device("cpu"):
+            lm.model.to(device)
+        return lm
     finally:
         if bars:
             hf_logging.enable_progress_bar()

@@ -7,6 +7,11 @@ same position: only the last ``max completion length + 1`` logits are ever mater
 memory flat for 49k-word vocabularies. Encoder models score a candidate by the scaled cosine between
 the mean-pooled encodings of prompt and completion (the sentence-transformers reading of MiniLM).
 
+Evaluation encodes a prefix shared by several rows once (``prefix_cache``): in-context
+demonstrations, a MultiRC passage under its answer options, a premise under its candidates. The
+shared prefixes are found on the rows' own token ids (gradguide.prefix_tree), their keys and values
+are cached, and the rest of each row continues that cache; the scores equal full scoring.
+
 Truncation policy: a sequence longer than ``max_length`` tokens loses tokens from the *start* of
 the prompt (for in-context learning the oldest demonstrations go first); completions are never cut.
 """
@@ -23,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from gradguide.errors import GradguideError
+from gradguide.prefix_tree import PrefixNode, shared_prefix_tree
 from gradguide.tasks.base import Instance
 
 ENCODER_SCALE = 20.0
@@ -41,6 +47,7 @@ class ScoringOptions:
     length_normalize: bool = False
     fast_path: bool = True
     prefix_cache: bool = True
+    prefix_min_tokens: int = 16
     demo_separator: str = "\n\n"
 
 
@@ -71,14 +78,11 @@ def encode_causal(
     instances: Sequence[Instance],
     prefix: str | list[int],
     options: ScoringOptions,
-    *,
-    prefix_cached: bool = False,
 ) -> Encoded:
     """Tokenise prefix, prompts and completions separately; choose the fast or the slow path.
 
     The prefix (in-context demonstrations) is tokenised on its own, so a row is always
-    ``prefix ids + prompt ids + completion ids``; with ``prefix_cached`` the rows leave the prefix
-    out (its keys and values come from a cache) and must fit ``max_length - len(prefix)``.
+    ``prefix ids + prompt ids + completion ids`` (its start cut when it exceeds ``max_length``).
     """
     cand_ids = [[_token_ids(tokenizer, c, special=False) for c in x.candidates] for x in instances]
     for x, ids in zip(instances, cand_ids, strict=True):
@@ -87,10 +91,9 @@ def encode_causal(
     fast = options.fast_path and all(len(c) == 1 for ids in cand_ids for c in ids)
     enc = Encoded(rows=[], completion_lens=[], owner=[], n_candidates=[], fast=fast)
     prefix_ids = prefix if isinstance(prefix, list) else prefix_token_ids(tokenizer, prefix)
-    budget = options.max_length - (len(prefix_ids) if prefix_cached else 0)
+    budget = options.max_length
     for i, (x, ids) in enumerate(zip(instances, cand_ids, strict=True)):
-        own = _token_ids(tokenizer, x.prompt, special=not prefix_ids)
-        prompt = own if prefix_cached else prefix_ids + own
+        prompt = prefix_ids + _token_ids(tokenizer, x.prompt, special=not prefix_ids)
         enc.n_candidates.append(len(ids))
         if fast:
             room = budget - 1
@@ -132,14 +135,26 @@ def _pad_left(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
-def prefix_cache(model: torch.nn.Module, prefix_ids: list[int]) -> Any:
-    """Keys and values of a shared prefix, computed once and reused by every batch (no grad)."""
+def extend_cache(model: torch.nn.Module, parent: Any, parent_len: int, ids: list[int]) -> Any:
+    """Keys and values of a prefix: ``parent``'s ``parent_len`` tokens (none when ``parent`` is
+    None) followed by ``ids``, as a batch-1 cache (no grad). ``parent`` is copied, never changed:
+    its siblings still need it. None when the model returns no cache."""
     device = next(model.parameters()).device
-    ids = torch.tensor([prefix_ids], device=device)
+    total = parent_len + len(ids)
+    extra: dict[str, Any] = {}
+    if parent is not None:
+        extra[_cache_kwarg(model)] = copy.deepcopy(parent)
     with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+        out = model(
+            input_ids=torch.tensor([ids], device=device),
+            attention_mask=torch.ones(1, total, dtype=torch.long, device=device),
+            position_ids=torch.arange(parent_len, total, device=device)[None],
+            use_cache=True,
+            logits_to_keep=1,
+            **extra,
+        )
     cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
+    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str:
@@ -205,29 +220,45 @@ def scores_from_logprobs(enc: Encoded, logp: torch.Tensor, normalize: bool) -> t
     """
     n = len(enc.n_candidates)
     width = max(enc.n_candidates)
-    keep = logp.shape[1]
-    device = logp.device
+    values = row_scores(enc, range(len(enc.rows)), logp, normalize)
+    scores = torch.full((n, width), float("-inf"), device=logp.device)
     if enc.fast:
-        scores = torch.full((n, width), float("-inf"), device=device)
         for k, (i, _) in enumerate(enc.owner):
-            targets = torch.tensor(enc.fast_targets[k], device=device)
-            scores[i, : len(targets)] = logp[k, -1, targets]
+            scores[i, : len(values[k])] = values[k]
         return scores
-    per_row = []
-    for k, c in enumerate(enc.completion_lens):
-        targets = torch.tensor(enc.rows[k][-c:], device=device)
-        tok = logp[k, keep - 1 - c : keep - 1, :].gather(-1, targets[:, None]).squeeze(-1)
-        per_row.append(tok.mean() if normalize else tok.sum())
-    scores = torch.full((n, width), float("-inf"), device=device)
-    index = torch.tensor(enc.owner, device=device)
-    return scores.index_put((index[:, 0], index[:, 1]), torch.stack(per_row))
+    index = torch.tensor(enc.owner, device=logp.device)
+    return scores.index_put((index[:, 0], index[:, 1]), torch.stack(values))
+
+
+def row_scores(
+    enc: Encoded, rows: Sequence[int], logp: torch.Tensor, normalize: bool
+) -> list[torch.Tensor]:
+    """The scores read from each row of ``logp`` (``logp[b]`` belongs to ``enc`` row ``rows[b]``):
+    one per candidate on the fast path, the row's one candidate otherwise."""
+    keep = logp.shape[1]
+    out = []
+    for b, k in enumerate(rows):
+        if enc.fast:
+            out.append(logp[b, -1, torch.tensor(enc.fast_targets[k], device=logp.device)])
+            continue
+        c = enc.completion_lens[k]
+        targets = torch.tensor(enc.rows[k][-c:], device=logp.device)
+        tok = logp[b, keep - 1 - c : keep - 1, :].gather(-1, targets[:, None]).squeeze(-1)
+        out.append(tok.mean() if normalize else tok.sum())
+    return out
 
 
 def _mean_pool(
     model: torch.nn.Module, tokenizer: Any, texts: list[str], max_length: int
 ) -> torch.Tensor:
+    # Right padding whatever the tokenizer's default: absolute positions count from the left.
     batch = tokenizer(
-        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        texts,
+        padding=True,
+        padding_side="right",
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
     )
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
@@ -284,6 +315,16 @@ class ScoredSet:
     fast_path: bool
     truncated: int
     sequences: int
+    shared_prefixes: int = 0
+
+
+def check_options(options: ScoringOptions) -> None:
+    """Refuse scoring settings that cannot work, before anything is loaded or trained."""
+    if options.prefix_min_tokens < 1:
+        raise GradguideError(
+            f"must be at least 1, got {options.prefix_min_tokens}",
+            field="scoring.prefix_min_tokens",
+        )
 
 
 def score_dataset(
@@ -298,14 +339,14 @@ def score_dataset(
     ``progress`` is an optional callable receiving the number of instances just scored.
     """
     options = options or ScoringOptions()
+    check_options(options)
+    causal = lm.kind != "encoder" and lm.predictor is None  # a method's own head: no prompts
+    if causal and options.prefix_cache and instances:
+        return _score_shared_prefixes(lm, instances, prefix, options, progress)
     order = sorted(range(len(instances)), key=lambda i: len(instances[i].prompt))
     scores: list[list[float]] = [[] for _ in instances]
     fast, truncated, sequences = True, 0, 0
-    causal = lm.kind != "encoder" and lm.predictor is None
     prefix_ids = prefix_token_ids(lm.tokenizer, prefix) if causal else []
-    cache = None
-    if prefix_ids and options.prefix_cache and len(prefix_ids) < options.max_length:
-        cache = prefix_cache(lm.model, prefix_ids)
     pad = lm.tokenizer.pad_token_id
     with torch.inference_mode():
         for start in range(0, len(order), options.batch_size):
@@ -320,14 +361,8 @@ def score_dataset(
                 sequences += len(batch) + sum(len(x.candidates) for x in batch)
                 fast = False
             else:
-                enc = encode_causal(lm.tokenizer, batch, prefix_ids, options, prefix_cached=True)
-                if cache is not None and not enc.truncated:
-                    s = causal_scores(
-                        lm.model, enc, pad, options.length_normalize, cache, len(prefix_ids)
-                    )
-                else:  # no prefix, or rows that need the prefix cut: score in full
-                    enc = encode_causal(lm.tokenizer, batch, prefix_ids, options)
-                    s = causal_scores(lm.model, enc, pad, options.length_normalize)
+                enc = encode_causal(lm.tokenizer, batch, prefix_ids, options)
+                s = causal_scores(lm.model, enc, pad, options.length_normalize)
                 fast, truncated = fast and enc.fast, truncated + enc.truncated
                 sequences += len(enc.rows)
             for i, row, x in zip(chunk, s.tolist(), batch, strict=True):
@@ -336,3 +371,67 @@ def score_dataset(
                 progress(len(chunk))
     predictions = [max(range(len(r)), key=r.__getitem__) for r in scores]
     return ScoredSet(scores, predictions, fast, truncated, sequences)
+
+
+def _score_shared_prefixes(
+    lm: Any,
+    instances: Sequence[Instance],
+    prefix: str,
+    options: ScoringOptions,
+    progress: Any,
+) -> ScoredSet:
+    """``score_dataset`` for a decoder: every shared prefix is encoded once, then continued.
+
+    Rows are grouped by the token prefixes they share (gradguide.prefix_tree); a group's prefix
+    extends its parent's cache, and its rows are scored in batches (shortest rest first) against
+    it. Rows sharing nothing are scored in full, as are all of a group's rows should the model
+    return no cache.
+    """
+    model, pad = lm.model, lm.tokenizer.pad_token_id
+    enc = encode_causal(lm.tokenizer, instances, prefix_token_ids(lm.tokenizer, prefix), options)
+    limits = [len(r) - c - 1 for r, c in zip(enc.rows, enc.completion_lens, strict=True)]
+    tree = shared_prefix_tree(enc.rows, limits, options.prefix_min_tokens)
+    scores = [[float("-inf")] * n for n in enc.n_candidates]
+    pending = [0] * len(instances)
+    for i, _ in enc.owner:
+        pending[i] += 1
+    shared = 0
+    stack: list[tuple[PrefixNode, Any, int]] = [(tree, None, 0)]
+    with torch.inference_mode():
+        while stack:
+            node, cache, cached = stack.pop()
+            rows = node.rows
+            if node.length > cached:
+                ids = enc.rows[node.example][cached : node.length]
+                cache, cached = extend_cache(model, cache, cached, ids), node.length
+                shared += 1
+                if cache is None:
+                    rows, cached = node.all_rows(), 0
+            if cache is not None or not node.length:
+                stack.extend((child, cache, cached) for child in reversed(node.children))
+            rows = sorted(rows, key=lambda k: len(enc.rows[k]))
+            for start in range(0, len(rows), options.batch_size):
+                chunk = rows[start : start + options.batch_size]
+                logp = causal_row_logprobs(
+                    model,
+                    [enc.rows[k][cached:] for k in chunk],
+                    [enc.completion_lens[k] for k in chunk],
+                    pad,
+                    cache if cached else None,
+                    cached,
+                )
+                done = 0
+                for k, value in zip(
+                    chunk, row_scores(enc, chunk, logp, options.length_normalize), strict=True
+                ):
+                    i, j = enc.owner[k]
+                    if enc.fast:
+                        scores[i] = value.tolist()
+                    else:
+                        scores[i][j] = float(value)
+                    pending[i] -= 1
+                    done += pending[i] == 0
+                if progress is not None and done:
+                    progress(done)
+    predictions = [max(range(len(r)), key=r.__getitem__) for r in scores]
+    return ScoredSet(scores, predictions, enc.fast, enc.truncated, len(enc.rows), shared)

@@ -30,6 +30,16 @@ from tqdm.auto import tqdm
 from gradguide.atomic import write_json_atomic
 from gradguide.checkpoint import load_checkpoint, load_extra, save_checkpoint
 from gradguide.config import EvalConfig, UserTaskOptions, from_dict, to_dict
+from gradguide.device import (
+    autocast,
+    check_device_settings,
+    describe,
+    enable_checkpointing,
+    parse_dtype,
+    peak_memory_mb,
+    reset_peak_memory,
+    resolve_device,
+)
 from gradguide.distributed import DistContext
 from gradguide.distributed import init as init_distributed
 from gradguide.errors import GradguideError
@@ -39,6 +49,8 @@ from gradguide.guidance import (
     build_loss_terms,
     build_penalties,
     build_transforms,
+    carries_term_options,
+    check_guidance_options,
     expand_terms,
     needs_eager_attention,
     needs_penalty_engine,
@@ -46,7 +58,6 @@ from gradguide.guidance import (
 )
 from gradguide.guidance.base import GradientTransform, LossTerm
 from gradguide.guidance.engine import HVP_MODES, GuidedGradient, LossFn, StepStats
-from gradguide.guidance.ofa import OfaOptions, validate_options
 from gradguide.guidance.priors import (
     MEAN_GRADIENT_FILE,
     PRIOR_FILE,
@@ -58,14 +69,14 @@ from gradguide.guidance.priors import (
     reference_corpus,
     save_vector,
 )
-from gradguide.guidance.spectral import SpectralOptions, check_spectral
+from gradguide.guidance.registry import term_options
 from gradguide.layerwise import layer_diagnostics
 from gradguide.methods import Adapted, MethodOptions, get_method
 from gradguide.methods.base import Objective, OwnObjective
 from gradguide.metrics import GradientTracker, dynamics_summary
 from gradguide.models import LoadedModel, load_model, model_kind
 from gradguide.record import environment, new_run_dir, peak_rss_mb, reset_peak_rss, write_record
-from gradguide.scoring import ScoringOptions, candidate_scores
+from gradguide.scoring import ScoringOptions, candidate_scores, check_options
 from gradguide.steplog import StepLogger
 from gradguide.tasks import get_task, resolve_data_root, sample_demonstrations, sample_k_shot
 from gradguide.tasks.base import Instance, Task
@@ -105,6 +116,7 @@ class OptimConfig:
     max_skipped_steps: int = 10
 
 
+@carries_term_options
 @dataclasses.dataclass
 class GuidanceConfig:
     """Gradient guidance (SGG): which terms, their weights, the prior, the source, the HVP mode.
@@ -112,6 +124,8 @@ class GuidanceConfig:
     ``use`` lists names from gradguide.guidance.GUIDANCE ("sgg", "sgg-dir", …; "" = none).
     ``tau=None`` targets the first step's gradient norm. ``measure_alignment`` computes d_prior for
     every trained run (baselines included) so that directional alignment is measured alike.
+    Each registered guidance family with options adds a field after these (``ofa``, ``spectral``:
+    gradguide.guidance.registry).
     """
 
     use: str = ""
@@ -129,9 +143,10 @@ class GuidanceConfig:
     fd_eps: float = 1e-4
     lazy: int = 1
     measure_alignment: bool = True
-    #: the OFA terms (guidance ofa, ofa-step, ofa-sharp; gradguide.guidance.ofa)
-    ofa: OfaOptions = dataclasses.field(default_factory=OfaOptions)
-    spectral: SpectralOptions = dataclasses.field(default_factory=SpectralOptions)
+
+    def __getattr__(self, name: str) -> Any:
+        """A family's options on a config built before that family registered: its defaults."""
+        return term_options(name)
 
 
 @dataclasses.dataclass
@@ -153,6 +168,11 @@ class TrainConfig:
     eval_limit: int | None = None
     icl_shots: int = 4
     bf16: bool = False
+    #: where the run computes (auto, cpu, cuda, cuda:N) and the weights' precision (fp32, bf16)
+    device: str = "auto"
+    dtype: str = "fp32"
+    #: recompute each block's activations in the backward pass (less memory, one more forward)
+    gradient_checkpointing: bool = False
     checkpoint_every: int = 0
     tensorboard: bool = False
     #: per-layer diagnostics (gradguide.layerwise) on this many evaluation examples; 0 = off
@@ -177,6 +197,7 @@ class TrainResult:
 def validate(config: TrainConfig) -> None:
     """Reject impossible settings before anything is loaded (field named in the error)."""
     method = get_method(config.method)
+    check_device_settings(config)
     o = config.optim
     checks = [
         (config.shots > 0, "shots", f"must be positive, got {config.shots}"),
@@ -212,7 +233,7 @@ def validate(config: TrainConfig) -> None:
     for ok, name, message in checks:
         if not ok:
             raise GradguideError(message, field=name)
-    validate_options(g.ofa)
+    check_options(config.scoring)
     names = parse_guidance(g.use)
     if config.bf16 and g.hvp == "fd" and needs_penalty_engine(names):
         raise GradguideError(
@@ -228,7 +249,7 @@ def validate(config: TrainConfig) -> None:
         )
     if names and not method.trains:
         raise GradguideError(f"guidance needs a trained method, not {method.name}", field="method")
-    check_spectral(g.spectral, method.name, expand_terms(names))
+    check_guidance_options(g, method.name, expand_terms(names))
     validate_run = getattr(method, "validate_run", None)
     if validate_run is not None:  # a method's own checks (SetFit: its settings, no decoder)
         validate_run(model_kind(config.model), config.model, config.method_options)
@@ -321,7 +342,7 @@ class _Setup:
 
 def _prepare_data(config: TrainConfig) -> _Setup:
     data_root = resolve_data_root(config.data_dir)
-    task = resolve_task(_as_eval_config(config))
+    task = resolve_task(as_eval_config(config))
     pool = task.load(task.train_split, data_root)
     train = sample_k_shot(pool, config.shots, config.seed)
     split = config.eval_split or task.eval_split
@@ -329,7 +350,8 @@ def _prepare_data(config: TrainConfig) -> _Setup:
     return _Setup(task, data_root, train, eval_set)
 
 
-def _as_eval_config(config: TrainConfig) -> EvalConfig:
+def as_eval_config(config: TrainConfig) -> EvalConfig:
+    """The evaluation settings that name a run's model and task (to resolve the task)."""
     return EvalConfig(
         model=config.model,
         task=config.task,
@@ -355,7 +377,9 @@ def train(
         config = dataclasses.replace(
             config, guidance=dataclasses.replace(config.guidance, use=method.default_guidance)
         )
-    dist = init_distributed()
+    dist = init_distributed(config.device)
+    device = dist.device
+    reset_peak_memory(device)
     if dist.world > config.optim.batch_size:
         raise GradguideError(
             f"{dist.world} processes need a batch of at least {dist.world} examples",
@@ -375,9 +399,14 @@ def train(
         run_dir = resume
     eager = needs_eager_attention(parse_guidance(config.guidance.use), config.guidance)
     eager = eager or (config.layer_diagnostics > 0 and config.guidance.ofa.jvp == "exact")
-    attn = "eager" if eager else None  # CPU SDPA has no double backward
+    attn = "eager" if eager else None  # SDPA has no forward-mode derivative
     lm = load_model(
-        config.model, cache_dir=config.cache_dir, seed=config.seed, attn_implementation=attn
+        config.model,
+        cache_dir=config.cache_dir,
+        seed=config.seed,
+        attn_implementation=attn,
+        dtype=parse_dtype(config.dtype),
+        device=device,
     )
     if config.layer_diagnostics and lm.kind != "causal":
         raise GradguideError(
@@ -388,6 +417,8 @@ def train(
     torch.manual_seed(config.seed)
     adapted = method.apply(lm, config.method_options) if method.trains else None
     model_lm = adapted.as_lm(lm) if adapted is not None else lm
+    if config.gradient_checkpointing and adapted is not None:
+        enable_checkpointing(lm.model, lm.name)
 
     fit = _Fitted({k: [] for k in ("loss", "grad_norm", "lr", "step_seconds")}, [], 0.0)
     steps = 0
@@ -489,6 +520,12 @@ def train(
             "total_s": time.perf_counter() - started + fit.carried_s,
             "resumed_at_step": fit.resumed_at,
             "peak_rss_mb": peak_rss_mb(),
+            "peak_device_mb": peak_memory_mb(device),
+        },
+        "device": {
+            **describe(device, lm.info["dtype"], config.bf16),
+            "world": dist.world,
+            "backend": dist.backend,  # the process group's (None: not launched distributed)
         },
         # "run": the peak of this run alone; "process": of its whole process (earlier runs too)
         "peak_rss_scope": "run" if own_peak else "process",
@@ -544,7 +581,7 @@ def _fit(
         carried_s = train_s
         for key in (*CURVE_KEYS, *guide.term_keys()):  # a checkpoint from before a curve existed
             curves.setdefault(key, [None] * start_step)
-        extra = load_extra(run_dir)
+        extra = load_extra(run_dir, guide.device)
         tracker.load_state(extra)
         prior = guide.engine.prior
         if isinstance(prior, EmaPrior) and "ema" in extra:
@@ -664,6 +701,11 @@ class _Guide:
     transforms: list[GradientTransform] = dataclasses.field(default_factory=list)
     dist: DistContext = dataclasses.field(default_factory=DistContext)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the run computes (its process's device)."""
+        return self.dist.device
+
     def term_keys(self) -> list[str]:
         """Curve names of the loss terms' per-step values."""
         return [f"term_{t.name}" for t in self.loss_terms]
@@ -723,7 +765,7 @@ class _Guide:
         return local, self.dist.share(len(local), len(batch))
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+        return autocast(self.device, self.bf16)
 
     def tau(self) -> float | None:
         """The magnitude target in force (set at the first step when not configured)."""
@@ -830,7 +872,8 @@ def _guidance(
 def _summed(dist: DistContext, values: dict[str, float]) -> dict[str, float]:
     """Per-rank weighted values summed over ranks: the global batch's values."""
     keys = sorted(values)
-    total = dist.sum(torch.tensor([values[k] for k in keys], dtype=torch.float64))
+    local = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=dist.device)
+    total = dist.sum(local)  # on the device: NCCL rejects CPU tensors
     return dict(zip(keys, total.tolist(), strict=True))
 
 
@@ -889,7 +932,13 @@ def load_trained(run_dir: str | Path) -> TrainedRun:
         raise GradguideError("run has not finished (no record.json); resume it first", file=run_dir)
     record = json.loads(record_path.read_text())
     method = get_method(config.method)
-    lm = load_model(config.model, cache_dir=config.cache_dir, seed=config.seed)
+    lm = load_model(
+        config.model,
+        cache_dir=config.cache_dir,
+        seed=config.seed,
+        dtype=parse_dtype(config.dtype),
+        device=resolve_device(config.device),
+    )
     if method.trains:
         lm = method.load(lm, run_dir / ADAPTER_NAME, config.method_options).as_lm(lm)
     lm.model.eval()

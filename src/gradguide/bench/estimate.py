@@ -28,6 +28,7 @@ from gradguide.bench.grid import DataCheck, GridRun
 from gradguide.bench.store import RunRow, arm_name
 from gradguide.config import from_dict, to_dict
 from gradguide.errors import GradguideError
+from gradguide.guidance import guidance_cost
 from gradguide.methods import get_method
 from gradguide.tasks import get_task
 from gradguide.train import TrainConfig, total_steps
@@ -48,26 +49,13 @@ MODEL_COSTS: dict[str, ModelCost] = {
     "tiny-llama": ModelCost(load_s=0.1, step_s_per8=0.03, eval_per_s=600.0),
     "tiny-bert": ModelCost(load_s=0.1, step_s_per8=0.03, eval_per_s=600.0),
 }
-#: Extra cost of a training step, relative to a LoRA step.
+#: Extra cost of a training step of a method, relative to a LoRA step (a guidance's own factor
+#: is declared with it: gradguide.guidance.guidance_cost).
 STEP_FACTOR: dict[str, float] = {
     "full": 1.5,
-    "sgg": 3.0,
-    "sgg-dir": 3.0,
-    "sgg-mag": 3.0,
-    "sgg-align": 4.0,
-    # LayerNorm tuning on smollm2-135m, benchmarks/ofa_cost.py (3 steps on a loaded machine,
-    # noisy): x1.13-1.30 (step ratio), x4.3 (sharpness, fd JVP, 1 probe, 30 blocks), x4.3 (both)
-    "ofa": 4.3,
-    "ofa-step": 1.2,
-    "ofa-sharp": 4.3,
-    # LoRA on smollm2-135m, benchmarks/spectral_cost.py (4 steps on a loaded machine, noisy):
-    # 1.02 (reg), 1.02 (filter), 1.18 (both); the graphs cost ~5 s once per run
-    "spectral": 1.1,
-    "spectral-reg": 1.05,
-    "spectral-filter": 1.05,
     # SetFit's body step on minilm-l6 per 8 pairs (16 sentences, every weight), benchmarks/
     # setfit_cost.py (4 steps on a loaded machine, noisy): x4.3 a LoRA step of 8 instances; with
-    # SGG (fd HVP) x12.2, about this times "sgg"'s 3.0. Its steps count pairs: setfit.pair_count.
+    # SGG (fd HVP) x12.2, about this times sgg's 3.0. Its steps count pairs: setfit.pair_count.
     "setfit": 4.3,
 }
 #: SetFit evaluates by one embedding per example: 57 vs 33 SST-2 examples/s for the encoder
@@ -125,7 +113,7 @@ def estimate_config_seconds(c: TrainConfig, data: DataCheck | None = None) -> fl
         step = cost.step_s_per8 * max(1, batch) / 8
         factor = STEP_FACTOR.get(c.method, 1.0)
         for name in c.guidance.use.split(","):
-            factor *= STEP_FACTOR.get(name.strip(), 1.0)
+            factor *= guidance_cost(name.strip())
         if c.guidance.source_task:
             factor += 1.0  # a forward and backward pass on the source batch
         seconds += steps * step * factor * train_scale

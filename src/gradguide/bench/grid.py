@@ -43,7 +43,7 @@ import yaml
 
 from gradguide.bench.compare import arm_method, composite_arm, is_guidance_arm, recipe
 from gradguide.bench.store import arm_name
-from gradguide.config import EvalConfig, from_dict, merge, nest, read_yaml, to_dict
+from gradguide.config import from_dict, merge, nest, read_yaml, to_dict
 from gradguide.errors import GradguideError
 from gradguide.evaluate import limit_instances, resolve_task
 from gradguide.guidance import (
@@ -52,14 +52,13 @@ from gradguide.guidance import (
     expand_terms,
     parse_guidance,
 )
-from gradguide.guidance.ofa import OFA_TERMS
 from gradguide.guidance.priors import check_prior_fits
-from gradguide.guidance.spectral import SPECTRAL_TERMS
+from gradguide.guidance.registry import option_specs
 from gradguide.methods import get_method, list_methods
 from gradguide.methods.base import SCOPED_OPTIONS
 from gradguide.models import model_kind
 from gradguide.tasks import get_task, resolve_data_root, sample_k_shot
-from gradguide.train import TrainConfig, validate
+from gradguide.train import TrainConfig, as_eval_config, validate
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 KEY_VERSION = "gradguide-bench-1"
@@ -73,8 +72,9 @@ PLANNED_METHODS: tuple[str, ...] = ()  # OFA and spectral landed; none pending
 #: Run settings the grid itself sets (axes) or the bench sets (out); not allowed in base/sweep.
 AXES = {"model": "models", "task": "tasks", "method": "methods", "shots": "shots", "seed": "seeds"}
 _BENCH_SET = ("out",)
-#: Configuration fields that say where files live, not what is computed: not part of a run key.
-_NOT_HASHED = ("out", "cache_dir")
+#: Configuration fields that say where files live or where and how thriftily a run computes, not
+#: what it computes: not part of a run key (a grid resumed on a GPU keeps its CPU runs).
+_NOT_HASHED = ("out", "cache_dir", "device", "gradient_checkpointing")
 _USER_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 _SPEC_FIELDS = (
     "name",
@@ -519,6 +519,10 @@ def run_key(config: TrainConfig) -> str:
     for name in _NOT_HASHED:
         data.pop(name, None)
     data["checkpoint_every"] = 0  # where checkpoints are taken changes no result
+    if data.get("dtype") == "fp32":  # the default weights (runs stored before it keep their keys)
+        data.pop("dtype")
+    # nor does which shared prefixes evaluation caches (scores equal full scoring, tested)
+    data["scoring"].pop("prefix_min_tokens", None)
     default_use = get_method(config.method).default_guidance
     if config.guidance.use == default_use:
         # train() writes a method's default guidance (ofa's) into the config it records: the
@@ -528,15 +532,15 @@ def run_key(config: TrainConfig) -> str:
         if config.method != owner:
             for name in [k for k in data["method_options"] if k.startswith(prefix)]:
                 del data["method_options"][name]
-    if not any(t in SPECTRAL_TERMS for t in expand_terms(parse_guidance(config.guidance.use))):
-        # options of unused spectral terms change nothing (and runs stored before they existed
-        # keep their keys)
-        data["guidance"].pop("spectral", None)
-    if not config.layer_diagnostics:  # likewise the diagnostics when off, and unused OFA options
+    if not config.layer_diagnostics:  # the diagnostics when off change nothing
         data.pop("layer_diagnostics", None)
-        use = config.guidance.use or default_use
-        if not any(t in OFA_TERMS for t in expand_terms(parse_guidance(use))):
-            data["guidance"].pop("ofa", None)
+    in_use = expand_terms(parse_guidance(config.guidance.use or default_use))
+    for spec in option_specs():
+        # options of guidance not in use change nothing (and runs stored before a family
+        # existed keep their keys)
+        used = any(t.name in in_use for t in spec.terms)
+        if not used and not (spec.options_in_use and spec.options_in_use(config)):
+            data["guidance"].pop(spec.options_key, None)
     if _has_active_penalty(config):
         data["guidance"]["revision"] = PENALTY_REVISION
     text = json.dumps([KEY_VERSION, data], sort_keys=True, separators=(",", ":"))
@@ -612,16 +616,6 @@ class DataCheck:
     chars: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
 
-def _eval_config(config: TrainConfig) -> EvalConfig:
-    return EvalConfig(
-        model=config.model,
-        task=config.task,
-        template=config.template,
-        verbalizer=config.verbalizer,
-        user_task=config.user_task,
-    )
-
-
 def _data_signature(config: TrainConfig) -> str:
     return json.dumps(
         [
@@ -649,7 +643,7 @@ def check_data(runs: Sequence[GridRun], source: str = "<grid>") -> DataCheck:
         c = group[0].config
         try:
             root = resolve_data_root(c.data_dir)
-            task = resolve_task(_eval_config(c))
+            task = resolve_task(as_eval_config(c))
             pool = task.load(task.train_split, root)
             evals = limit_instances(task.load(c.eval_split or task.eval_split, root), c.eval_limit)
             sizes[c.task] = len(evals)

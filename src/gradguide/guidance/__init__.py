@@ -3,78 +3,64 @@
 ``--guidance`` takes a comma-separated list of the names in ``GUIDANCE``; each name expands to
 terms of the three kinds the loop knows (guidance/base.py): gradient penalties (SGG, through one
 HVP per step, ``sgg.py``), loss terms (OFA's step ratio and sharpness, ``ofa.py``) and gradient
-transforms. Adding a term is one small class plus a line in ``GUIDANCE`` and one in
-``LOSS_TERMS`` or ``TRANSFORMS``; ``GUIDANCE_METHOD`` names the method a guidance trains when a
-comparison names only the guidance.
+transforms. Each family is declared once, by its own module, with
+``register_guidance(GuidanceSpec(...))`` (guidance/registry.py): the registries below, the
+config's options field, validation, run keys and cost estimates all follow from that declaration.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from gradguide.errors import GradguideError
+
+# each module registers its family; sgg first, so that GUIDANCE lists it first
+from gradguide.guidance import sgg  # noqa: F401
+
+# isort: split
+from gradguide.guidance import ofa, spectral  # noqa: F401
 from gradguide.guidance.base import GradientPenalty, GradientTransform, LossTerm
-from gradguide.guidance.ofa import build_sharpness, build_step_ratio
-from gradguide.guidance.sgg import AlignmentPenalty, DirectionPenalty, MagnitudePenalty
-from gradguide.guidance.spectral import build_filter, build_regulariser
+from gradguide.guidance.registry import (
+    DOUBLE_BACKWARD,
+    GUIDANCE,
+    GUIDANCE_METHOD,
+    LOSS_TERMS,
+    PENALTIES,
+    SPECS,
+    TRANSFORMS,
+    BuildContext,
+    GuidanceSpec,
+    Term,
+    carries_term_options,
+    check_guidance_options,
+    declared_term,
+    guidance_cost,
+    load_plugins,
+    register_guidance,
+    unregister_guidance,
+)
 
-#: guidance name → the terms it switches on (ablations switch on one term each)
-GUIDANCE: dict[str, tuple[str, ...]] = {
-    "sgg": ("dir", "mag", "align"),
-    "sgg-dir": ("dir",),
-    "sgg-mag": ("mag",),
-    "sgg-align": ("align",),
-    "ofa": ("ofa-step", "ofa-sharp"),
-    "ofa-step": ("ofa-step",),
-    "ofa-sharp": ("ofa-sharp",),
-    "spectral": ("spectral-reg", "spectral-filter"),
-    "spectral-reg": ("spectral-reg",),
-    "spectral-filter": ("spectral-filter",),
-}
-#: guidance name → the method it trains by default where a comparison names only the guidance
-#: (`gradguide compare`, bench grids); names not listed train LoRA
-GUIDANCE_METHOD: dict[str, str] = {
-    "ofa": "layernorm",
-    "ofa-step": "layernorm",
-    "ofa-sharp": "layernorm",
-}
-
-PENALTY_TERMS = ("dir", "mag", "align")
-
-
-@dataclass
-class BuildContext:
-    """What a loss term or transform may need to build itself for one run."""
-
-    lm: Any  # gradguide.models.LoadedModel (the adapted model)
-    adapted: Any  # gradguide.methods.Adapted
-    config: Any  # gradguide.train.GuidanceConfig
-    seed: int
-    run_dir: Path | None = None
-    #: what terms of one run build once and share (e.g. the spectral graphs of reg and filter)
-    shared: dict[str, Any] = field(default_factory=dict)
-
-
-#: term name → builder of a loss term (the term validates its options and raises GradguideError)
-LOSS_TERMS: dict[str, Callable[[BuildContext], LossTerm]] = {
-    "ofa-step": build_step_ratio,
-    "ofa-sharp": build_sharpness,
-    "spectral-reg": build_regulariser,
-}
-#: term name → builder of a gradient transform
-TRANSFORMS: dict[str, Callable[[BuildContext], GradientTransform]] = {
-    "spectral-filter": build_filter,
-}
-#: term name → whether, under this GuidanceConfig, it differentiates through a gradient or a
-#: JVP of the model (CPU SDPA attention has no double backward: such runs load eager attention)
-DOUBLE_BACKWARD: dict[str, Callable[[Any], bool]] = {
-    t: (lambda cfg: cfg.hvp == "exact") for t in ("dir", "mag", "align")
-}
-# the exact sharpness JVP is forward-mode AD, which CPU SDPA attention does not implement
-DOUBLE_BACKWARD["ofa-sharp"] = lambda cfg: cfg.ofa.jvp == "exact"
+__all__ = [
+    "DOUBLE_BACKWARD",
+    "GUIDANCE",
+    "GUIDANCE_METHOD",
+    "LOSS_TERMS",
+    "PENALTIES",
+    "SPECS",
+    "TRANSFORMS",
+    "BuildContext",
+    "GuidanceSpec",
+    "Term",
+    "carries_term_options",
+    "check_guidance_options",
+    "declared_term",
+    "guidance_cost",
+    "register_guidance",
+    "unregister_guidance",
+]
+#: the penalty terms of the built-in families (SGG's); PENALTIES holds every registered one
+PENALTY_TERMS = tuple(PENALTIES)
 
 
 def guidance_method(name: str, default: str = "lora") -> str:
@@ -102,24 +88,24 @@ def expand_terms(names: Sequence[str]) -> list[str]:
 
 
 def build_penalties(names: Sequence[str], cfg: Any, has_source: bool) -> list[GradientPenalty]:
-    """The penalty objects for the requested guidance (``cfg`` is a GuidanceConfig)."""
-    terms = [t for t in expand_terms(names) if t in PENALTY_TERMS]
-    explicit_align = any(n == "sgg-align" for n in names)
-    if "align" in terms and not has_source:
-        if explicit_align:
-            raise GradguideError(
-                "the alignment term needs a source task (guidance.source_task) or a saved run "
-                "(guidance.source_run)",
-                field="guidance.source_task",
-            )
-        terms.remove("align")  # plain `sgg` without a source: the two single-task terms
+    """The penalty objects for the requested guidance (``cfg`` is a GuidanceConfig).
+
+    A term on the source task's gradient is left out of a family name (plain ``sgg``: the two
+    single-task terms) when there is no source, and refused where a name asks for it alone.
+    """
     penalties: list[GradientPenalty] = []
-    if "dir" in terms:
-        penalties.append(DirectionPenalty(cfg.lambda_dir))
-    if "mag" in terms:
-        penalties.append(MagnitudePenalty(cfg.lambda_mag, cfg.tau))
-    if "align" in terms:
-        penalties.append(AlignmentPenalty(cfg.lambda_align))
+    used = expand_terms(names)
+    for term in (t for t in PENALTIES if t in used):  # in registration order, whatever the names'
+        declared = declared_term(term)
+        if declared is not None and declared.needs_source and not has_source:
+            if any(GUIDANCE[n] == (term,) for n in names):
+                raise GradguideError(
+                    f"the {term} term needs a source task (guidance.source_task) or a saved run "
+                    "(guidance.source_run)",
+                    field="guidance.source_task",
+                )
+            continue
+        penalties.append(PENALTIES[term](cfg))
     return penalties
 
 
@@ -135,9 +121,12 @@ def build_transforms(names: Sequence[str], ctx: BuildContext) -> list[GradientTr
 
 def needs_penalty_engine(names: Sequence[str]) -> bool:
     """Whether any named guidance uses a gradient penalty (and so the HVP engine)."""
-    return any(t in PENALTY_TERMS for t in expand_terms(names))
+    return any(t in PENALTIES for t in expand_terms(names))
 
 
 def needs_eager_attention(names: Sequence[str], cfg: Any) -> bool:
     """Whether the named guidance needs double backward through attention under ``cfg``."""
     return any(t in DOUBLE_BACKWARD and DOUBLE_BACKWARD[t](cfg) for t in expand_terms(names))
+
+
+load_plugins()

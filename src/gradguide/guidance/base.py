@@ -6,7 +6,8 @@
 * a **loss term**, an extra differentiable loss on outputs or parameters;
 * a **gradient transform**, which edits the gradients in place before the optimiser step.
 
-A new term is one small class implementing one of these protocols plus a registry line.
+A new term is one small class implementing one of these protocols, declared in its module with
+register_guidance (guidance/registry.py, docs/extending.md).
 """
 
 from __future__ import annotations

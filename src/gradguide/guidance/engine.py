@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gradguide.device import double_backward_attention
 from gradguide.errors import GradguideError
 from gradguide.guidance.base import GradientPenalty, PenaltyContext
 from gradguide.guidance.hvp import exact_hvp, fd_hvp, flat, loss_gradient, unflat
@@ -75,8 +76,9 @@ def _refuse_fd_under_autocast() -> None:
 class GuidedGradient:
     """Fills ``.grad`` with the gradient of task loss + gradient penalties (DESIGN.md identity).
 
-    ``penalties``: the active terms (empty = plain backward). ``hvp``: "fd" or "exact" (exact needs
-    eager attention). ``prior``: supplies d_prior (and learns from g for the EMA prior).
+    ``penalties``: the active terms (empty = plain backward). ``hvp``: "fd" or "exact" (exact
+    steps run SDPA on its math kernel). ``prior``: supplies d_prior (and learns from g for the EMA
+    prior).
     ``two_sided``: also differentiate R_align through the source gradient (an extra HVP on the
     source batch); by default g_source is a constant, as in gradient-surgery methods.
     ``reduce``: data-parallel training's sum over ranks (gradguide.distributed): every gradient,
@@ -112,6 +114,20 @@ class GuidedGradient:
         return bool(self.penalties)
 
     def backward(
+        self,
+        loss_fn: LossFn,
+        params: Sequence[torch.nn.Parameter],
+        step: int = 0,
+        source_fn: LossFn | None = None,
+        source_gradient: torch.Tensor | None = None,
+    ) -> StepStats:
+        """:meth:`_backward`, on SDPA's math kernel in a step that takes an exact HVP (the fused
+        kernels have no double backward; the other steps keep them)."""
+        exact = self.active and step % self.lazy == 0 and self.hvp == "exact"
+        with double_backward_attention(exact):
+            return self._backward(loss_fn, params, step, source_fn, source_gradient)
+
+    def _backward(
         self,
         loss_fn: LossFn,
         params: Sequence[torch.nn.Parameter],

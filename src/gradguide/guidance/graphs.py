@@ -123,36 +123,49 @@ class Graph:
 
     def dirichlet(self, x: torch.Tensor) -> torch.Tensor:
         """tr(xᵀ L x) for x (n × c), from the edge list; differentiable in x."""
+        x = x.to(self._wide(x))
         s = self.scale.to(x.dtype)[:, None]
         diff = (s[self.edges[0]] * x[self.edges[0]]) - (s[self.edges[1]] * x[self.edges[1]])
         return (self.weights.to(x.dtype)[:, None] * diff * diff).sum()
 
     def dirichlet_lowrank(self, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """tr((BA)ᵀ L (BA)) = Σ((Bᵀ L B) ⊙ (A Aᵀ)) for B (n × r), A (r × c), never forming BA."""
+        b, a = b.to(self._wide(b)), a.to(self._wide(a))
         s = self.scale.to(b.dtype)[:, None]
         diff = (s[self.edges[0]] * b[self.edges[0]]) - (s[self.edges[1]] * b[self.edges[1]])
         gram = a @ a.T
         return (self.weights.to(b.dtype)[:, None] * (diff @ gram) * diff).sum()
 
     def filter(self, g: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
-        """U diag(h) Uᵀ g for g (n × c) and a response h (n), using only the columns with h ≠ 0."""
+        """U diag(h) Uᵀ g for g (n × c) and a response h (n), using only the columns with h ≠ 0.
+
+        Computed in the basis' precision (at least), returned in ``g``'s: a bf16 basis is no
+        longer orthonormal, so the filter would not be a low-pass projection.
+        """
         keep = torch.nonzero(response).flatten()
         if keep.numel() == self.n:
             u, h = self.eigenvectors, response
         else:
             u, h = self.eigenvectors[:, keep], response[keep]
-        u = u.to(g.dtype)
-        return u @ (h.to(g.dtype)[:, None] * (u.T @ g))
+        wide = self._wide(g)
+        u, x = u.to(wide), g.to(wide)
+        return (u @ (h.to(wide)[:, None] * (u.T @ x))).to(g.dtype)
 
     def frequency_energy(self, x: torch.Tensor) -> torch.Tensor:
         """Energy ‖(Uᵀx)_k‖² of x (n × c) in each eigen-component k (ascending frequency)."""
+        x = x.to(self._wide(x))
         c = self.eigenvectors.to(x.dtype).T @ x
         return (c * c).sum(1)
 
     def frequency_energy_lowrank(self, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Energy of BA in each eigen-component, without forming BA."""
+        b, a = b.to(self._wide(b)), a.to(self._wide(a))
         c = self.eigenvectors.to(b.dtype).T @ b
         return ((c @ (a @ a.T)) * c).sum(1)
+
+    def _wide(self, x: torch.Tensor) -> torch.dtype:
+        """The dtype to compute in: ``x``'s or the basis', whichever is wider."""
+        return torch.promote_types(x.dtype, self.eigenvectors.dtype)
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None

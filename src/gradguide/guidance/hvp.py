@@ -1,8 +1,9 @@
 """Hessian-vector products of the task loss with respect to the trainable parameters.
 
-* ``exact_hvp``: double backward through the graph kept by ``create_graph=True``. PyTorch's CPU
-  scaled-dot-product (flash) attention has no double backward, so exact mode needs the model's
-  attention in "eager" mode (``attention_error`` explains it when it is not).
+* ``exact_hvp``: double backward through the graph kept by ``create_graph=True``. PyTorch's fused
+  scaled-dot-product attention kernels have no double backward, so the step runs SDPA on its math
+  backend (gradguide.device.double_backward_attention; GuidedGradient does it) or the model's
+  attention in "eager" mode (``attention_error`` explains it when neither holds).
 * ``fd_hvp``: a forward finite difference H·v ≈ (∇L(θ + ε v̂) − ∇L(θ)) / ε · ‖v‖: one extra forward
   and backward, no graph kept, any attention kernel. ε = ``rel_eps`` · (1 + ‖θ‖) (θ the trainable
   parameters), so the step is small relative to the parameters whatever their scale; θ is restored
@@ -39,15 +40,26 @@ def unflat(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Ten
     return out
 
 
+def norm_of(tensors: Sequence[torch.Tensor]) -> float:
+    """‖(t₁, t₂, …)‖ of tensors taken as one vector, without concatenating them (in ≥ fp32)."""
+    if not tensors:
+        return 0.0
+    norms = [
+        torch.linalg.vector_norm(t, dtype=torch.promote_types(t.dtype, torch.float32))
+        for t in tensors
+    ]
+    return float(torch.linalg.vector_norm(torch.stack([n.to(norms[0]) for n in norms])))
+
+
 def attention_error(err: RuntimeError) -> GradguideError | None:
     """A clear error when double backward failed inside a fused attention kernel."""
     text = str(err)
     if "derivative for" in text and "attention" in text and "not implemented" in text:
         return GradguideError(
-            "exact Hessian-vector products need double backward, which PyTorch's CPU "
-            "scaled-dot-product (flash) attention does not implement; load the model with "
-            "attn_implementation='eager' (gradguide does this when hvp is 'exact') or use "
-            "hvp 'fd' (finite difference, works with any attention)"
+            "exact Hessian-vector products need double backward, which PyTorch's fused "
+            "scaled-dot-product attention kernels do not implement; run the step under "
+            "gradguide.device.double_backward_attention() (GuidedGradient does), load the model "
+            "with attn_implementation='eager', or use hvp 'fd' (works with any attention)"
         )
     return None
 
@@ -108,9 +120,8 @@ def fd_hvp(
     v_norm = torch.linalg.vector_norm(v)
     if float(v_norm) == 0.0:
         return torch.zeros_like(v)
-    saved = [p.detach().clone() for p in params]
-    theta_norm = torch.linalg.vector_norm(torch.cat([s.reshape(-1) for s in saved]))
-    eps = rel_eps * (1.0 + float(theta_norm))
+    saved = [p.detach().clone() for p in params]  # all trainable: autograd.grad needs that
+    eps = rel_eps * (1.0 + norm_of(saved))
     direction = unflat(v / v_norm, params)
     try:
         with torch.no_grad():

@@ -20,9 +20,20 @@ here; what follows separates what is reported from it ([paper]) from gradguide's
   s_{t+1}² / (s_t² + eps) instead. ``layers`` picks the t of the pairs (t + 1 must be a block).
 * [choice] Sharpness ("ofa-sharp"): u_t ≈ −P_t ∇L, so its Jacobian is ≈ −P_t H_t and
   tr(P_t H_t P_tᵀ) = E_ν[νᵀ P_t H_t P_tᵀ ν] ≈ −E_ν[νᵀ J_{u_t}(Z_t) (P_tᵀ ν)], with ν Rademacher
-  over the non-padding tokens. S = Σ_t over the chosen blocks of the trace per token (the sum over
-  tokens divided by their number), each averaged over ``probes`` probes. The estimate is signed:
-  the residual map's Jacobian need not be symmetric or definite.
+  over the non-padding tokens. S_t, block t's estimate, is the sum over the batch's tokens divided
+  by their number, averaged over ``probes`` probes.
+* [choice] The penalty is S = Σ_t max(S_t, 0) over the chosen blocks, not Σ_t S_t. S_t is signed:
+  a real block's Jacobian need not be −P H with H positive semi-definite (real blocks give
+  S_t < 0, some at initialisation), and a signed sum is unbounded below, so minimising it would
+  reward blocks that expand their hidden states, the opposite of the paper's tr(P H Pᵀ) ≥ 0. Where
+  M = −J_{u_t} P_tᵀ has a positive semi-definite symmetric part (the paper's regime, with every
+  token of the batch in one M: attention couples them) each probe's νᵀMν is ≥ 0, so the clip
+  changes nothing and S_t stays an unbiased estimate of the trace; elsewhere the block adds 0 and
+  no gradient. Where the true S_t is near 0 or below, the clip of a noisy estimate is biased
+  upwards (E max(X, 0) ≥ max(E X, 0)); more probes shrink that. Symmetrising M is no remedy:
+  νᵀMν = νᵀ ½(M + Mᵀ) ν already, with the same sign problem. A data-parallel run
+  clips each rank's S_t (its own batch shard). The signed S_t are kept: the term's summary gives
+  their mean per block (``signed_layer_means``), the layer diagnostics report them unclipped.
 * [choice] P_t = diag(γ_t), γ_t the gain of the normalisation that preconditions block t: the
   block's first normalisation module that is a direct child (Llama's ``input_layernorm``, GPT-2's
   ``ln_1``; the first one anywhere in the block where none is a direct child).
@@ -30,11 +41,15 @@ here; what follows separates what is reported from it ([paper]) from gradguide's
   needs eager attention: CPU SDPA has no forward derivative); ``jvp="fd"`` by the central
   difference (u_t(Z + εw) − u_t(Z − εw)) / 2ε of two extra forward passes of block t (the paper's
   Algorithm 1), with ε = fd_eps · RMS(Z_t) / RMS(w), so the step is relative to the hidden
-  states' scale. Both are differentiable with respect to every normalisation gain (that of block t
-  through w and the block, earlier ones through Z_t). The re-runs assume the block has no active
+  states' scale. The two re-runs are in float32 with autocast off, whatever the forward pass
+  used: the step is below bf16's resolution (under bf16 autocast the difference changed sign);
+  ``fd`` on blocks stored in bf16/fp16 is refused (``exact`` runs in the forward's precision).
+  Both are differentiable with respect to every normalisation gain (that of block t through w
+  and the block, earlier ones through Z_t). The re-runs assume the block has no active
   dropout (Llama has none; gradguide's LoRA dropout defaults to 0).
 * [choice] The probes of step k come from a torch.Generator seeded from (run seed, k): every
   call of the loss closure within a step sees the same probes and a resumed run repeats them.
+  The generator lives on the model's device (no copy per step), so a GPU draws other probes.
 
 The hooks record only during a full forward pass of the module that owns the blocks (so the
 terms' own re-runs of single blocks are not recorded); a term reads the last pass recorded (the
@@ -47,18 +62,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 
 from gradguide.errors import GradguideError
+from gradguide.guidance.registry import GuidanceSpec, Term, register_guidance
 from gradguide.methods.layernorm import norm_modules
 
 JVP_MODES = ("fd", "exact")
 #: the loss terms of this module (guidance names in gradguide.guidance.GUIDANCE)
 OFA_TERMS = ("ofa-step", "ofa-sharp")
 StepFn = Callable[[torch.Tensor], torch.Tensor]
+#: parameter dtypes fine enough for the fd JVP's step (integer buffers are not parameters)
+WIDE = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 
 
 @dataclasses.dataclass
@@ -289,8 +307,10 @@ def step_ratio_sums(
 def rademacher(
     shape: Sequence[int], generator: torch.Generator, like: torch.Tensor
 ) -> torch.Tensor:
-    """±1 entries drawn on the CPU from ``generator`` (reproducible on any device)."""
-    bits = torch.randint(0, 2, tuple(shape), generator=generator, dtype=torch.int8)
+    """±1 entries drawn from ``generator`` on its device (no copy when it is ``like``'s)."""
+    bits = torch.randint(
+        0, 2, tuple(shape), generator=generator, dtype=torch.int8, device=generator.device
+    )
     return (2 * bits - 1).to(device=like.device, dtype=like.dtype)
 
 
@@ -318,13 +338,38 @@ def hutchinson(
         if jvp == "exact":
             jw = torch.func.jvp(step, (z,), (w,))[1]
         else:
-            count = (mask > 0).sum().clamp_min(1) * z.shape[-1]
-            rms_z = (masked(z.detach(), mask).pow(2).sum() / count).sqrt().clamp_min(1e-6)
-            rms_w = (w.detach().pow(2).sum() / count).sqrt().clamp_min(1e-12)
-            e = float(fd_eps * rms_z / rms_w)
-            jw = (step(z + e * w) - step(z - e * w)) / (2 * e)
+            jw = fd_jvp(step, z, w, mask, fd_eps)
         total = total - masked(_wide(nu) * _wide(jw), mask).sum(-1)
     return total / probes
+
+
+def fd_jvp(
+    step: StepFn, z: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, fd_eps: float
+) -> torch.Tensor:
+    """J_u(z)·w as (u(z + εw) − u(z − εw)) / 2ε, the two re-runs in float32 with autocast off.
+
+    ε·w is ``fd_eps`` (1e-3) of z's scale, below bf16's resolution (2⁻⁸): under bf16 autocast
+    the difference would be rounding noise, its sign arbitrary.
+    """
+    count = (mask > 0).sum().clamp_min(1) * z.shape[-1]
+    rms_z = (masked(z.detach(), mask).pow(2).sum() / count).sqrt().clamp_min(1e-6)
+    rms_w = (w.detach().pow(2).sum() / count).sqrt().clamp_min(1e-12)
+    e = float(fd_eps * rms_z / rms_w)
+    z, w = _wide(z), _wide(w)
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        return (step(z + e * w) - step(z - e * w)) / (2 * e)
+
+
+def check_fd_precision(block: torch.nn.Module) -> None:
+    """Refuse the fd JVP on a block stored below float32 (its re-runs cannot resolve the step)."""
+    low = sorted({str(p.dtype) for p in block.parameters() if p.dtype not in WIDE})
+    if low:
+        raise GradguideError(
+            f"the fd JVP needs float32 block weights, this model's are {', '.join(low)}: the "
+            "step is below their resolution; load the model in float32 (bf16 autocast is fine) "
+            "or set guidance.ofa.jvp=exact",
+            field="guidance.ofa.jvp",
+        )
 
 
 def sharpness_sums(
@@ -339,11 +384,26 @@ def sharpness_sums(
     """Σ over real tokens of the per-token sharpness estimate, one entry per block in ``layers``."""
     out = []
     for t in layers:
+        if jvp == "fd":
+            check_fd_precision(stack.blocks[t])
         est = hutchinson(
             p.step_fn(stack, t), p.inputs[t], stack.gain(t), p.mask, generator, probes, jvp, fd_eps
         )
         out.append(est.sum())  # zero on padding already
     return torch.stack(out)
+
+
+def penalised(layer_values: torch.Tensor) -> torch.Tensor:
+    """S = Σ_t max(S_t, 0): bounded below by 0, the signed S_t where they are ≥ 0 (docstring)."""
+    return layer_values.clamp_min(0.0).sum()
+
+
+def signed_means(steps: Iterable[list[float]], n_layers: int) -> list[float | None]:
+    """The mean over steps of each block's signed S_t (None for every block without a step)."""
+    rows = list(steps)
+    if not rows:
+        return [None] * n_layers
+    return [sum(r[i] for r in rows) / len(rows) for i in range(n_layers)]
 
 
 def probe_seed(seed: int, step: int) -> int:
@@ -458,12 +518,16 @@ class OfaStepRatio(_OfaTerm):
 
 
 class OfaSharpness(_OfaTerm):
-    """λ_sharp · S: Σ_t Hutchinson's tr(P_t H_t P_tᵀ) per token (module docstring)."""
+    """λ_sharp · S: Σ_t max(S_t, 0), S_t Hutchinson's tr(P_t H_t P_tᵀ) per token (docstring)."""
 
     name = "ofa-sharp"
 
-    def value(self, passes: Sequence[Pass], generator: torch.Generator) -> torch.Tensor:
-        """S over the given passes (token-weighted per block, summed over blocks), unweighted."""
+    def __init__(self, model: torch.nn.Module, options: OfaOptions, seed: int) -> None:
+        super().__init__(model, options, seed)
+        self.signed: dict[int, list[float]] = {}  # per step: the signed S_t of each block
+
+    def layer_values(self, passes: Sequence[Pass], generator: torch.Generator) -> torch.Tensor:
+        """The signed S_t of each chosen block over the given passes (token-weighted)."""
         o = self.options
         stack = self.capture.stack
         sums = [
@@ -471,13 +535,16 @@ class OfaSharpness(_OfaTerm):
             for p in passes
         ]
         tokens = torch.as_tensor(sum(p.tokens() for p in passes)).clamp_min(1.0)
-        return (torch.stack(sums).sum(0) / tokens).sum()
+        return torch.stack(sums).sum(0) / tokens
 
     def loss(self, params: dict[str, torch.nn.Parameter]) -> torch.Tensor:
         """λ_sharp · S on the hidden states of the forward pass that just ran."""
-        generator = torch.Generator().manual_seed(probe_seed(self.seed, self.step))
-        s = self.value(self._passes(), generator)
+        device = next(self.capture.stack.blocks[0].parameters()).device  # probes drawn there
+        generator = torch.Generator(device).manual_seed(probe_seed(self.seed, self.step))
+        signed = self.layer_values(self._passes(), generator)
+        s = penalised(signed)
         self._record(s)
+        self.signed.setdefault(self.step, signed.detach().double().cpu().tolist())
         return self.options.lambda_sharp * s
 
     def summary(self) -> dict[str, Any]:
@@ -494,6 +561,8 @@ class OfaSharpness(_OfaTerm):
             "jvp": o.jvp,
             "fd_eps": o.fd_eps if o.jvp == "fd" else None,
             "preconditioner": f"gain of each block's {self.capture.stack.preconditioner_name}",
+            "form": "sum over blocks of max(S_t, 0)",
+            "signed_layer_means": signed_means(self.signed.values(), len(self.layers)),
         }
 
 
@@ -515,3 +584,24 @@ def build_sharpness(ctx: Any) -> OfaSharpness:
     """The ``ofa-sharp`` term for a run (``ctx`` is a guidance.BuildContext)."""
     _check_decoder(ctx)
     return OfaSharpness(ctx.lm.model, ctx.config.ofa, ctx.seed)
+
+
+OFA = register_guidance(
+    GuidanceSpec(
+        names={"ofa": OFA_TERMS, "ofa-step": ("ofa-step",), "ofa-sharp": ("ofa-sharp",)},
+        terms=(
+            Term("ofa-step", "loss", build_step_ratio),
+            # the exact sharpness JVP is forward-mode AD, which SDPA attention does not implement
+            Term("ofa-sharp", "loss", build_sharpness, lambda cfg: cfg.ofa.jvp == "exact"),
+        ),
+        options=OfaOptions,
+        options_key="ofa",
+        validate=lambda options, method, terms: validate_options(options),
+        # the layer diagnostics probe with the sharpness term's settings
+        options_in_use=lambda config: config.layer_diagnostics > 0,
+        # LayerNorm tuning on smollm2-135m, benchmarks/ofa_cost.py (3 steps on a loaded machine,
+        # noisy): x1.13-1.30 (step ratio), x4.3 (sharpness, fd JVP, 1 probe, 30 blocks), x4.3 (both)
+        cost={"ofa": 4.3, "ofa-step": 1.2, "ofa-sharp": 4.3},
+        method="layernorm",
+    )
+)

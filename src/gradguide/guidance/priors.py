@@ -162,7 +162,8 @@ def lm_loss(lm: Any, texts: Sequence[str], max_tokens: int = 128) -> torch.Tenso
     batch = lm.tokenizer(
         list(texts), truncation=True, max_length=max_tokens, padding=True, return_tensors="pt"
     )
-    ids, mask = batch["input_ids"], batch["attention_mask"]
+    device = next(lm.model.parameters()).device
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     if lm.tokenizer.padding_side == "left":
         raise GradguideError("lm_loss expects a right-padding tokenizer")
     logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[
@@ -194,7 +195,8 @@ def save_vector(
 ) -> None:
     """Store a flat vector as named tensors (the parameter space travels with it)."""
     tensors = {
-        n: t.contiguous().clone() for n, t in zip(names, unflat(vector, params), strict=True)
+        n: t.detach().to("cpu", copy=True).contiguous()
+        for n, t in zip(names, unflat(vector, params), strict=True)
     }
     write_bytes_atomic(path, save(tensors))
 
@@ -217,7 +219,8 @@ def load_vector(path: Path, names: Sequence[str], params: Sequence[torch.Tensor]
     for n, p in zip(names, params, strict=True):
         if tensors[n].shape != p.shape:
             raise GradguideError(f"prior tensor {n} has shape {tuple(tensors[n].shape)}", file=path)
-    return flat([tensors[n].to(p.dtype) for n, p in zip(names, params, strict=True)], params)
+    parts = [tensors[n].to(p.device, p.dtype) for n, p in zip(names, params, strict=True)]
+    return flat(parts, params)  # on the parameters' device
 
 
 def build_prior(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from gradguide.guidance.base import PenaltyContext
+from gradguide.guidance.registry import GuidanceSpec, Term, register_guidance
 
 EPS = 1e-12
 
@@ -86,3 +87,28 @@ class AlignmentPenalty:
             return g.new_zeros(())
         cos = torch.dot(g, s) / (_norm(g) * _norm(s))
         return self.weight * (1 - cos)
+
+
+# weights and HVP settings are guidance.lambda_dir, … (GuidanceConfig's own fields). No term
+# needs eager attention: the engine runs exact HVP steps on SDPA's math kernel (gradguide.device).
+SGG = register_guidance(
+    GuidanceSpec(
+        names={
+            "sgg": ("dir", "mag", "align"),
+            "sgg-dir": ("dir",),
+            "sgg-mag": ("mag",),
+            "sgg-align": ("align",),
+        },
+        terms=(
+            Term("dir", "penalty", lambda c: DirectionPenalty(c.lambda_dir)),
+            Term("mag", "penalty", lambda c: MagnitudePenalty(c.lambda_mag, c.tau)),
+            Term(
+                "align",
+                "penalty",
+                lambda c: AlignmentPenalty(c.lambda_align),
+                needs_source=True,
+            ),
+        ),
+        cost={"sgg": 3.0, "sgg-dir": 3.0, "sgg-mag": 3.0, "sgg-align": 4.0},
+    )
+)

@@ -91,6 +91,81 @@ class Condition:
         return {r.prior for r in self.runs_of(variant) if r.prior}
 
 
+@dataclasses.dataclass(frozen=True)
+class AlignmentColumn:
+    """Directional alignment as one table may show it: against one prior for every arm shown.
+
+    A cosine with a running mean of a run's own gradients (``ema:0.9``) and one with a fixed
+    pretraining direction (``pretrain``) are different quantities, so a table shows the values of
+    the arms measured against one prior, the one most of its measured arms share, and says why
+    every other arm has none.
+    """
+
+    #: the prior every value shown was measured against (None: the records do not name one)
+    prior: str | None
+    #: the variants whose values are shown
+    shown: tuple[str, ...]
+    #: variant → why it has no value here
+    absent: dict[str, str]
+
+    @property
+    def header(self) -> str:
+        """The column's header, naming its prior."""
+        return "directional alignment" + (f" (vs {self.prior})" if self.prior else "")
+
+    def cell(self, variant: str, value: str) -> str:
+        """A table cell: the value, or why it is not shown."""
+        if variant in self.shown:
+            return value
+        return "other prior" if self.absent.get(variant, "").startswith("measured") else "n/a"
+
+    def note(self) -> str:
+        """A caption sentence: the prior shown and, grouped by reason, the arms without a value."""
+        if not self.shown:
+            text = "Directional alignment: no arm measured it"
+        else:
+            against = f"the {self.prior} prior" if self.prior else "a prior the records do not name"
+            text = f"Directional alignment: the mean cosine with {against} for every arm shown"
+        reasons: dict[str, list[str]] = {}
+        for v, why in self.absent.items():
+            reasons.setdefault(why, []).append(v)
+        if reasons:
+            text += "; none for " + "; ".join(
+                f"{', '.join(vs)} ({why})" for why, vs in reasons.items()
+            )
+        return text + ". "
+
+
+def alignment_column(cond: Condition, variants: Sequence[str]) -> AlignmentColumn:
+    """Which arms' directional alignments one table may show side by side (AlignmentColumn)."""
+    measured = {v: cond.priors(v) for v in variants if cond.cells(v, ALIGNMENT)}
+    single = {v: next(iter(p)) if p else None for v, p in measured.items() if len(p) <= 1}
+    counts: dict[str | None, int] = {}
+    for prior in single.values():
+        counts[prior] = counts.get(prior, 0) + 1
+    prior = max(counts, key=lambda p: counts[p]) if counts else None  # ties: the first arm's
+    shown = tuple(v for v in variants if v in single and single[v] == prior)
+    absent: dict[str, str] = {}
+    for v in variants:
+        if v in shown:
+            continue
+        if v in measured and len(measured[v]) > 1:
+            absent[v] = "measured against several priors: " + ", ".join(sorted(measured[v]))
+        elif v in single:
+            absent[v] = f"measured against {single[v] or 'an unnamed prior'}, not comparable"
+        else:
+            absent[v] = _why_unmeasured(cond.runs_of(v))
+    return AlignmentColumn(prior, shown, absent)
+
+
+def _why_unmeasured(runs: Sequence[RunData]) -> str:
+    """Why a variant has no directional alignment: untrained, or what its records say."""
+    if not any(r.dynamics for r in runs):
+        return "not trained"
+    notes = sorted({r.prior_note for r in runs if r.prior_note})
+    return "; ".join(notes) if notes else "not recorded"
+
+
 def conditions(runs: Iterable[RunData]) -> list[Condition]:
     """Runs grouped by (model, shots), in model then shots order."""
     groups: dict[tuple[str, int], list[RunData]] = {}

@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,10 @@ from gradguide.report.analysis import (
     BASELINES,
     METRIC,
     STABILITY,
+    AlignmentColumn,
     Comparison,
     Condition,
+    alignment_column,
     average,
     compare,
     conditions,
@@ -31,8 +32,10 @@ from gradguide.report.analysis import (
     mean_curve,
     method_rank,
 )
-from gradguide.report.claims import PAPERS
+from gradguide.report.claims import PAPERS, Paper
 from gradguide.report.data import BenchData, RunData, cells, load_bench
+from gradguide.report.doc import Doc
+from gradguide.report.provenance import provenance_section, relative_paths
 from gradguide.report.render import (
     FIGURES_DIR,
     Block,
@@ -44,7 +47,10 @@ from gradguide.report.render import (
     to_html,
     to_markdown,
 )
+from gradguide.report.sanity import Limits, Sanity, check, sanity_section
 from gradguide.report.spectral_diag import spectral_section
+from gradguide.report.summary import summary_section
+from gradguide.report.verdict import ClaimResult
 
 ABLATIONS = ("sgg-dir", "sgg-mag", "sgg-align")
 REPORT_MD = "report.md"
@@ -60,67 +66,23 @@ class ReportFiles:
     figures: list[Path]
 
 
-class _Doc:
-    """Blocks in order, with unique figure names."""
-
-    def __init__(self) -> None:
-        self.blocks: list[Block] = []
-        self.names: Counter[str] = Counter()
-
-    def add(self, *blocks: Block) -> None:
-        self.blocks.extend(blocks)
-
-    def figure(self, stem: str, png: bytes, caption: str) -> None:
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", stem).strip("-").lower() or "figure"
-        self.names[slug] += 1
-        name = slug if self.names[slug] == 1 else f"{slug}-{self.names[slug]}"
-        self.blocks.append(Figure(name, png, caption))
-
-
 def _upper_first(text: str) -> str:
     """Capitalise a label's first letter only (``str.capitalize`` would lower tr(P H P^T))."""
     return text[:1].upper() + text[1:]
 
 
-def _overview(doc: _Doc, data: BenchData) -> None:
+def _overview(doc: Doc, data: BenchData) -> None:
     runs = data.runs
     doc.add(Heading("Overview"))
     wall = sum(r.wall_s for r in runs if r.wall_s is not None)
     items = [
-        f"bench directory: {data.bench_dir}",
-        f"finished runs stored: {len(runs)} (total run time {wall / 3600:.2f} h)",
+        f"finished runs stored: {len(runs)} (total run time {wall / 3600:.2f} h; the grids, "
+        "commits and packages that ran them: Provenance, at the end)",
         "models: " + ", ".join(sorted({r.model for r in runs})),
         "tasks: " + ", ".join(dict.fromkeys(r.task for r in runs)),
         "methods: " + ", ".join(sorted({r.method for r in runs}, key=method_rank)),
         "seeds: " + ", ".join(str(s) for s in sorted({r.seed for r in runs})),
     ]
-    for name, spec in data.grids.items():
-        desc = spec.get("description") or ""
-        own = [r for r in runs if r.grid == name]
-        hours = sum(r.wall_s for r in own if r.wall_s is not None) / 3600
-        line = (
-            f"grid {name}"
-            + (f": {desc}" if desc else "")
-            + f" ({spec.get('source')}): {len(own)} runs stored under it, run time {hours:.2f} h"
-        )
-        if name in data.grid_keys:
-            asked = data.grid_keys[name]
-            found = [r for r in runs if r.key in asked]
-            line += (
-                f"; {len(found)} of the {len(asked)} runs it asks for are here, "
-                f"{sum(r.grid != name for r in found)} of them run by another grid"
-            )
-        items.append(line)
-    commits = sorted(
-        {_short_commit(r.environment.get("git_commit")) for r in runs if r.environment}
-    )
-    if commits:
-        items.append("gradguide commit(s): " + ", ".join(commits))
-    torch_versions = sorted(
-        {str((r.environment.get("packages") or {}).get("torch")) for r in runs if r.environment}
-    )
-    if torch_versions:
-        items.append("torch: " + ", ".join(torch_versions))
     if data.failures:
         items.append(
             f"runs that failed and have not finished since: {len({f.key for f in data.failures})}"
@@ -150,7 +112,7 @@ def _overview(doc: _Doc, data: BenchData) -> None:
     )
 
 
-def _claims(doc: _Doc, data: BenchData) -> None:
+def _claims(doc: Doc, results: Sequence[tuple[Paper, list[ClaimResult]]]) -> None:
     doc.add(Heading("Claims of the papers"))
     doc.add(
         Paragraph(
@@ -159,7 +121,7 @@ def _claims(doc: _Doc, data: BenchData) -> None:
             "the verdicts test their comparative statements."
         )
     )
-    for paper in PAPERS:
+    for paper, claims in results:
         doc.add(Heading(paper.title, 3))
         doc.add(Paragraph("Rules: " + " ".join(paper.rules)))
         doc.add(
@@ -167,15 +129,10 @@ def _claims(doc: _Doc, data: BenchData) -> None:
                 tuple(
                     f"**{c.claim}** ({c.where}): **{c.status}**. Paper: {c.paper}. "
                     f"Here: {c.evidence}."
-                    for c in paper.evaluate(data)
+                    for c in claims
                 )
             )
         )
-
-
-def _short_commit(commit: object) -> str:
-    text = str(commit)
-    return text[:12] + ("-dirty" if text.endswith("-dirty") else "")
 
 
 def _eval_sizes(cond: Condition) -> str:
@@ -184,19 +141,6 @@ def _eval_sizes(cond: Condition) -> str:
         if r.eval_size is not None:
             sizes.setdefault(r.task, r.eval_size)
     return ", ".join(f"{t} {n}" for t, n in sizes.items())
-
-
-def _priors(cond: Condition) -> str:
-    """Which prior each method's directional alignment was measured against: a cosine with a
-    running mean of the run's own gradients (ema) is not comparable to one with a fixed prior."""
-    by_prior: dict[str, list[str]] = {}
-    for v in cond.variants():
-        for prior in sorted(cond.priors(v)):
-            by_prior.setdefault(prior, []).append(v)
-    if not by_prior:
-        return ""
-    listed = "; ".join(f"{p} ({', '.join(vs)})" for p, vs in by_prior.items())
-    return f"Directional alignment is the cosine with each run's prior: {listed}. "
 
 
 def _average_tasks(cond: Condition, variants: list[str]) -> tuple[list[str], str]:
@@ -211,7 +155,21 @@ def _average_tasks(cond: Condition, variants: list[str]) -> tuple[list[str], str
     return tasks, partial
 
 
-def _results(doc: _Doc, data: BenchData) -> None:
+def _failed_arms(cond: Condition, sanity: Sanity) -> str:
+    """A caption sentence naming the arms with runs that failed a sanity check ("" if none)."""
+    failed = sanity.failures()
+    arms = []
+    for v in cond.variants():
+        runs = cond.runs_of(v)
+        bad = sum(r.key in failed for r in runs)
+        if bad:
+            arms.append(f"{v} ({bad} of {len(runs)} runs)")
+    if not arms:
+        return ""
+    return f" Runs that failed a sanity check (see Sanity checks): {', '.join(arms)}."
+
+
+def _results(doc: Doc, data: BenchData, sanity: Sanity) -> None:
     conds = conditions(data.runs)
     if not conds:
         return
@@ -220,6 +178,7 @@ def _results(doc: _Doc, data: BenchData) -> None:
         variants = cond.variants()
         tasks = cond.tasks()
         avg_tasks, partial = _average_tasks(cond, variants)
+        column = alignment_column(cond, variants)
         rows = []
         for v in variants:
             by_task = per_task(cond.cells(v, METRIC))
@@ -232,13 +191,15 @@ def _results(doc: _Doc, data: BenchData) -> None:
                     fmt_interval(avg, percent=True),
                     str(seeds),
                     fmt_interval(average(cond, v, STABILITY, avg_tasks), percent=False),
-                    fmt_interval(average(cond, v, ALIGNMENT, avg_tasks), percent=False),
+                    column.cell(
+                        v, fmt_interval(average(cond, v, ALIGNMENT, avg_tasks), percent=False)
+                    ),
                 )
             )
         doc.add(Heading(cond.title, 3))
         doc.add(
             Table(
-                ("method", *tasks, "avg", "seeds", "gradient stability", "directional alignment"),
+                ("method", *tasks, "avg", "seeds", "gradient stability", column.header),
                 tuple(rows),
                 caption=(
                     f"Accuracy (%) per task and averaged over {', '.join(avg_tasks) or 'no task'}"
@@ -246,7 +207,8 @@ def _results(doc: _Doc, data: BenchData) -> None:
                     + (f"; no average for {partial}" if partial else "")
                     + "); gradient stability and directional alignment "
                     "averaged the same way (n/a: not recorded, e.g. untrained methods). "
-                    f"{_priors(cond)}Evaluation examples: {_eval_sizes(cond)}."
+                    f"{column.note()}Evaluation examples: {_eval_sizes(cond)}."
+                    + _failed_arms(cond, sanity)
                 ),
             )
         )
@@ -288,12 +250,15 @@ def _comparison_row(c: Comparison) -> tuple[str, ...]:
     )
 
 
-def _comparisons(doc: _Doc, data: BenchData) -> None:
+def _comparisons(doc: Doc, data: BenchData) -> None:
     sections = []
     for cond in conditions(data.runs):
         rows = []
+        comparable = alignment_column(cond, cond.variants()).shown
         for a, b in _pairs(cond):
             for metric in (METRIC, STABILITY, ALIGNMENT):
+                if metric == ALIGNMENT and not (a in comparable and b in comparable):
+                    continue  # cosines with different priors are different quantities
                 c = compare(cond, a, b, metric)
                 if c is not None:
                     rows.append(_comparison_row(c))
@@ -332,7 +297,7 @@ def _comparisons(doc: _Doc, data: BenchData) -> None:
         )
 
 
-def _sample_size(doc: _Doc, data: BenchData) -> None:
+def _sample_size(doc: Doc, data: BenchData) -> None:
     by_model: dict[str, list[RunData]] = {}
     for r in data.runs:
         by_model.setdefault(r.model, []).append(r)
@@ -402,7 +367,7 @@ def _half(iv: Interval, scale: float) -> float | None:
     return scale * iv.half_width if iv.n >= 2 and math.isfinite(iv.half_width) else None
 
 
-def _domains(doc: _Doc, data: BenchData) -> None:
+def _domains(doc: Doc, data: BenchData) -> None:
     conds = conditions(r for r in data.runs if r.suite == "domain")
     if not conds:
         return
@@ -443,22 +408,27 @@ def _domains(doc: _Doc, data: BenchData) -> None:
 
 
 def _curves_section(
-    doc: _Doc,
+    doc: Doc,
     data: BenchData,
     title: str | None,
     name: str,
     ylabel: str,
     yscale: str = "linear",
+    only: Callable[[Condition], AlignmentColumn] | None = None,
 ) -> bool:
     """One figure per condition of ``curves[name]`` averaged per method; True if any.
 
-    ``title`` is the section heading added before the first figure (None: no heading).
+    ``title`` is the section heading added before the first figure (None: no heading); with
+    ``only``, a condition's figure shows only the arms its alignment column shows, and says why.
     """
     started = False
     for cond in conditions(data.runs):
         series = {}
         counts = []
+        column = only(cond) if only is not None else None
         for v in cond.variants():
+            if column is not None and v not in column.shown:
+                continue
             runs = cond.runs_of(v)
             curve = mean_curve(runs, name)
             if curve is not None:
@@ -481,12 +451,12 @@ def _curves_section(
             ),
             f"{_upper_first(ylabel)} per training step, mean over tasks and seeds per method, "
             f"{cond.title} "
-            f"(runs: {', '.join(counts)}).",
+            f"(runs: {', '.join(counts)}). {column.note() if column else ''}".rstrip(),
         )
     return started
 
 
-def _convergence(doc: _Doc, data: BenchData) -> None:
+def _convergence(doc: Doc, data: BenchData) -> None:
     """Convergence speed and step time per method, from each run's curves (metrics.py)."""
     sections = []
     for cond in conditions(data.runs):
@@ -539,7 +509,7 @@ def _convergence(doc: _Doc, data: BenchData) -> None:
         doc.add(Table(("method", "loss AUC", "steps to threshold", "step time (s)"), tuple(rows)))
 
 
-def _cost(doc: _Doc, data: BenchData) -> None:
+def _cost(doc: Doc, data: BenchData) -> None:
     """What each method costs per task: trainable parameters, step time, time per run."""
     sections = []
     for cond in conditions(data.runs):
@@ -607,13 +577,16 @@ def _cost(doc: _Doc, data: BenchData) -> None:
         doc.add(Table(header, tuple(rows)))
 
 
-def _dynamics(doc: _Doc, data: BenchData) -> None:
+def _dynamics(doc: Doc, data: BenchData) -> None:
     started = _curves_section(doc, data, "Gradient dynamics", "grad_norm", "gradient norm", "log")
     for cond in conditions(data.runs):
         variants = cond.variants()
         tasks = cond.common_tasks(variants)
+        column = alignment_column(cond, variants)
         stab = {v: average(cond, v, STABILITY, tasks) for v in variants}
-        align = {v: average(cond, v, ALIGNMENT, tasks) for v in variants}
+        align = {
+            v: average(cond, v, ALIGNMENT, tasks) if v in column.shown else None for v in variants
+        }
         shown = [v for v in variants if stab[v] is not None or align[v] is not None]
         if not shown:
             continue
@@ -633,10 +606,17 @@ def _dynamics(doc: _Doc, data: BenchData) -> None:
                 ylabel="value",
             ),
             "Gradient stability 1/(1+CV of the gradient norm) and mean cosine with the prior "
-            f"direction, averaged over tasks then seeds, {cond.title}.",
+            f"direction, averaged over tasks then seeds, {cond.title}. {column.note()}".rstrip(),
         )
     if started:
-        _curves_section(doc, data, None, "cos_prior", "cosine with the prior direction")
+        _curves_section(
+            doc,
+            data,
+            None,
+            "cos_prior",
+            "cosine with the prior direction",
+            only=lambda cond: alignment_column(cond, cond.variants()),
+        )
 
 
 def _bars(
@@ -650,7 +630,7 @@ def _bars(
     return out
 
 
-def _ablation(doc: _Doc, data: BenchData) -> None:
+def _ablation(doc: Doc, data: BenchData) -> None:
     started = False
     for cond in conditions(data.runs):
         variants = cond.variants()
@@ -713,13 +693,19 @@ def _ablation_measures(
     cond: Condition, accuracy: dict[str, Interval | None], tasks: list[str]
 ) -> Table:
     """Accuracy (already averaged per arm) and the gradient measures the SGG terms act on."""
+    column = alignment_column(cond, list(accuracy))
+
+    def measure(v: str, m: str) -> str:
+        text = fmt_interval(average(cond, v, m, tasks), percent=False)
+        return column.cell(v, text) if m == ALIGNMENT else text
+
     measures = (STABILITY, ALIGNMENT, "source_alignment")
     rows = tuple(
         (
             v,
             str(len({r.seed for r in cond.runs_of(v)})),
             fmt_interval(acc, percent=True),
-            *(fmt_interval(average(cond, v, m, tasks), percent=False) for m in measures),
+            *(measure(v, m) for m in measures),
         )
         for v, acc in accuracy.items()
     )
@@ -729,18 +715,18 @@ def _ablation_measures(
             "seeds",
             "accuracy",
             "gradient stability",
-            "directional alignment",
+            column.header,
             "source alignment",
         ),
         rows,
         caption=f"Averaged over {', '.join(tasks) or 'no task'} per seed, then mean ± 95% "
         "interval over seeds. Directional alignment: mean cos(g, d_prior); source alignment: "
         "mean cos(g_target, g_source), recorded only by arms with a source task (n/a: not "
-        f"recorded). {_priors(cond)}".rstrip(),
+        f"recorded). {column.note()}".rstrip(),
     )
 
 
-def _sensitivity(doc: _Doc, data: BenchData) -> None:
+def _sensitivity(doc: Doc, data: BenchData) -> None:
     """Accuracy against each swept setting, the other swept settings at their usual value."""
     started = False
     for cond in conditions(data.runs):
@@ -822,7 +808,7 @@ def _sort_value(v: object) -> tuple[int, float, str]:
     return (1, 0.0, str(v))
 
 
-def _failures(doc: _Doc, data: BenchData) -> None:
+def _failures(doc: Doc, data: BenchData) -> None:
     if not data.failures:
         return
     latest = {f.key: f for f in data.failures}
@@ -837,7 +823,7 @@ def _failures(doc: _Doc, data: BenchData) -> None:
     )
 
 
-def _superseded(doc: _Doc, data: BenchData) -> None:
+def _superseded(doc: Doc, data: BenchData) -> None:
     if not data.superseded:
         return
     doc.add(Heading("Superseded runs"))
@@ -871,7 +857,7 @@ LAYER_QUANTITIES = (
 )
 
 
-def _layerwise(doc: _Doc, data: BenchData) -> None:
+def _layerwise(doc: Doc, data: BenchData) -> None:
     """The OFA paper's per-layer figures, from the runs that recorded layer diagnostics."""
     started = False
     for cond in conditions(data.runs):
@@ -935,18 +921,24 @@ def _layer_points(rows: list[list[float]], scale: float) -> list[figures.Point]:
     return points
 
 
-def build_report(data: BenchData) -> tuple[str, list[Block]]:
-    """The report's title and blocks for the runs of one bench directory."""
-    doc = _Doc()
+def build_report(data: BenchData, limits: Limits | None = None) -> tuple[str, list[Block]]:
+    """The report's title and blocks for the runs of one bench directory: the verdicts and the
+    figure a reader wants first, the sanity checks, the details, and provenance at the end.
+    ``limits``: where the sanity checks fail a run (gradguide.report.sanity)."""
+    doc = Doc()
     names = ", ".join(data.grids) or data.bench_dir.name
     title = f"gradguide report: {names}"
     if not data.runs:
         doc.add(Paragraph("No finished runs are stored in this bench directory yet."))
         _failures(doc, data)
-        return title, doc.blocks
+        return title, relative_paths(doc.blocks, data.bench_dir)
+    sanity = check(data, limits)
+    results = [(paper, paper.checked(data, sanity)) for paper in PAPERS]
+    summary_section(doc, data, results, sanity)
+    sanity_section(doc, data, sanity)
     _overview(doc, data)
-    _claims(doc, data)
-    _results(doc, data)
+    _claims(doc, results)
+    _results(doc, data, sanity)
     _comparisons(doc, data)
     _sample_size(doc, data)
     _domains(doc, data)
@@ -960,19 +952,24 @@ def build_report(data: BenchData) -> tuple[str, list[Block]]:
     _sensitivity(doc, data)
     _failures(doc, data)
     _superseded(doc, data)
-    return title, doc.blocks
+    provenance_section(doc, data)
+    return title, relative_paths(doc.blocks, data.bench_dir)
 
 
 def write_report(
-    bench_dir: str | Path, out_dir: str | Path | None = None, grids: Sequence[str] | None = None
+    bench_dir: str | Path,
+    out_dir: str | Path | None = None,
+    grids: Sequence[str] | None = None,
+    limits: Limits | None = None,
 ) -> ReportFiles:
     """Read a bench directory and write report.md (+ its PNGs) and a self-contained report.html.
 
-    ``grids`` restricts the report to the runs those stored grids ask for (``load_bench``).
+    ``grids`` restricts the report to the runs those stored grids ask for (``load_bench``);
+    ``limits`` sets where the sanity checks fail a run.
     """
     data = load_bench(bench_dir, grids)
     target = Path(out_dir) if out_dir is not None else Path(bench_dir)
-    title, blocks = build_report(data)
+    title, blocks = build_report(data, limits)
     written = []
     for b in blocks:
         if isinstance(b, Figure):

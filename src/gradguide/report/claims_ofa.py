@@ -34,6 +34,7 @@ from gradguide.report.verdict import (
     Measure,
     arm_conditions,
     metric_value,
+    run_keys,
     versus,
 )
 
@@ -105,8 +106,13 @@ def _claim(
 ) -> list[ClaimResult]:
     out = []
     for cond in arm_conditions(conditions(data.runs), OFA):
-        status, evidence = versus(cond, OFA, baselines, measure, rule=rule, per_task=per_task)
-        out.append(ClaimResult(claim, paper, cond.title, status, evidence))
+        j = versus(cond, OFA, baselines, measure, rule=rule, per_task=per_task)
+        runs = run_keys(cond, (OFA, *baselines))
+        out.append(
+            ClaimResult(
+                claim, paper, cond.title, j.status, j.evidence, j.headline, runs, measure.name
+            )
+        )
     if not out:
         out.append(ClaimResult(claim, paper, "all runs", NOT_TESTABLE, "no ofa runs are stored"))
     return out

@@ -54,7 +54,9 @@ from gradguide.report.verdict import (
     ClaimResult,
     Measure,
     arm_conditions,
+    headline,
     metric_value,
+    run_keys,
     versus,
 )
 
@@ -113,27 +115,29 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
     paper = _paper_range(metric, percent)
     conds = _sgg_conditions(data)
     if not conds:
-        return [ClaimResult(claim, paper, "all runs", NOT_TESTABLE, "no sgg runs are stored")]
+        return [
+            ClaimResult(
+                claim, paper, "all runs", NOT_TESTABLE, "no sgg runs are stored", measure=metric
+            )
+        ]
     with_baselines = [c for c in conds if any(b in c.variants() for b in PAPER_BASELINES)]
     conds = with_baselines or conds[:1]
     out = []
+    measure = Measure(metric, metric_value(metric), percent=percent)
     for cond in conds:
         variants = cond.variants()
         baselines = [b for b in PAPER_BASELINES if b in variants]
+        runs = run_keys(cond, [SGG, *baselines])
         if not cond.cells(SGG, metric):
+            why = f"no sgg run records {metric}"
             out.append(
-                ClaimResult(claim, paper, cond.title, NOT_TESTABLE, f"no sgg run records {metric}")
+                ClaimResult(claim, paper, cond.title, NOT_TESTABLE, why, runs=runs, measure=metric)
             )
             continue
         if not baselines:
+            why = "no run of " + ", ".join(PAPER_BASELINES) + " to compare with"
             out.append(
-                ClaimResult(
-                    claim,
-                    paper,
-                    cond.title,
-                    NOT_TESTABLE,
-                    "no run of " + ", ".join(PAPER_BASELINES) + " to compare with",
-                )
+                ClaimResult(claim, paper, cond.title, NOT_TESTABLE, why, runs=runs, measure=metric)
             )
             continue
         tasks = cond.common_tasks([SGG, *baselines])
@@ -184,12 +188,18 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
             )
         if missing:
             parts.append("not run: " + ", ".join(missing))
-        out.append(ClaimResult(claim, paper, cond.title, status, ". ".join(parts)))
+        top = headline({b: c.result for b, c in testable if c is not None}, measure)
+        out.append(
+            ClaimResult(claim, paper, cond.title, status, ". ".join(parts), top, runs, metric)
+        )
     decided = [c for c in out if c.status != NOT_TESTABLE]
     if decided or len(out) < 2:
         return decided or out
     where = "; ".join(c.where for c in out)
-    return [ClaimResult(claim, paper, where, NOT_TESTABLE, out[0].evidence)]
+    runs = tuple(k for c in out for k in c.runs)
+    return [
+        ClaimResult(claim, paper, where, NOT_TESTABLE, out[0].evidence, runs=runs, measure=metric)
+    ]
 
 
 def _seed_averages(runs: Sequence[RunData], tasks: Sequence[str]) -> dict[int, float]:
@@ -265,12 +275,27 @@ def sample_size_claim(data: BenchData) -> list[ClaimResult]:
             f"sgg accuracy averaged over {', '.join(tasks)} (mean ± 95% interval over seeds): "
             f"{curve}. " + "; ".join(notes)
         )
-        out.append(ClaimResult(claim, paper, model, status, evidence))
+        keys = tuple(r.key for r in runs)
+        top = _gain_headline(seeds[shots[0]], seeds[shots[-1]], shots[0], shots[-1])
+        out.append(ClaimResult(claim, paper, model, status, evidence, top, keys, METRIC))
     if not out:
         out.append(
             ClaimResult(claim, paper, "all runs", NOT_TESTABLE, "no sgg runs at 2 or more shots")
         )
     return out
+
+
+def _gain_headline(low: dict[int, float], high: dict[int, float], lo: int, hi: int) -> str:
+    """The accuracy gain from ``lo`` to ``hi`` shots with its 95% paired bootstrap interval over
+    the seeds both have ("" with fewer than 2)."""
+    common = sorted(set(low) & set(high))
+    if len(common) < 2:
+        return ""
+    boot = paired_bootstrap([high[s] for s in common], [low[s] for s in common])
+    return (
+        f"{fmt_diff(boot.mean_diff, percent=True)} [{fmt_diff(boot.low, percent=True)}, "
+        f"{fmt_diff(boot.high, percent=True)}] from {lo} to {hi} shots"
+    )
 
 
 def domain_claim(data: BenchData) -> list[ClaimResult]:
@@ -295,7 +320,16 @@ def domain_claim(data: BenchData) -> list[ClaimResult]:
         evidence = f"sgg accuracy (mean ± 95% interval over seeds): {shown}"
         if below:
             evidence += ". At or below 75%: " + ", ".join(below)
-        out.append(ClaimResult(claim, paper, cond.title, status, evidence))
+        low = min(by_task, key=lambda t: by_task[t].mean)
+        iv = by_task[low]
+        top = f"lowest task {low}: {100 * iv.mean:.1f}%" + (
+            f" [{100 * (iv.mean - iv.half_width):.1f}, {100 * (iv.mean + iv.half_width):.1f}]"
+            if iv.n >= 2 and math.isfinite(iv.half_width)
+            else " (n=1)"
+        )
+        top += f" against {100 * DOMAIN_THRESHOLD:.0f}%"
+        keys = tuple(r.key for r in runs)
+        out.append(ClaimResult(claim, paper, cond.title, status, evidence, top, keys, METRIC))
     if not out:
         out.append(
             ClaimResult(claim, paper, "all runs", NOT_TESTABLE, "no sgg runs on domain tasks")
@@ -335,9 +369,15 @@ def loss_claim(data: BenchData) -> list[ClaimResult]:
                 f"; over training the loss changes by {change:+.1f}% of its start, short of the "
                 f"{100 * MIN_DECREASE:.0f}% fall that counts as a decline"
             )
-        out.append(
-            ClaimResult(claim, paper, cond.title, REPRODUCED if ok else NOT_REPRODUCED, evidence)
+        top = (
+            f"{100 * (end - start) / abs(start):+.1f}% of the starting loss, {share} of it in the "
+            "first 20% (mean curve; no interval)"
+            if start
+            else ""
         )
+        status = REPRODUCED if ok else NOT_REPRODUCED
+        keys = tuple(r.key for r in runs)
+        out.append(ClaimResult(claim, paper, cond.title, status, evidence, top, keys, "loss"))
     if not out:
         out.append(
             ClaimResult(claim, paper, "all runs", NOT_TESTABLE, "no sgg runs with loss curves")
@@ -351,7 +391,8 @@ def setfit_claim(data: BenchData) -> list[ClaimResult]:
     paper = "not in the paper: gradguide's claim on its strongest few-shot peer (issue 18)"
     out = []
     for cond in arm_conditions(conditions(data.runs), SGG_SETFIT):
-        status, evidence = versus(cond, SGG_SETFIT, (SETFIT,), ACCURACY, per_task=True)
+        j = versus(cond, SGG_SETFIT, (SETFIT,), ACCURACY, per_task=True)
+        evidence = j.evidence
         walls = []
         for arm in (SGG_SETFIT, SETFIT):
             times = [r.wall_s for r in cond.runs_of(arm) if r.wall_s]
@@ -359,7 +400,10 @@ def setfit_claim(data: BenchData) -> list[ClaimResult]:
                 walls.append(f"{arm} {sum(times) / len(times):.0f} s ({len(times)} runs)")
         if walls:
             evidence += ". Mean wall time per run: " + ", ".join(walls)
-        out.append(ClaimResult(claim, paper, cond.title, status, evidence))
+        runs = run_keys(cond, (SGG_SETFIT, SETFIT))
+        out.append(
+            ClaimResult(claim, paper, cond.title, j.status, evidence, j.headline, runs, METRIC)
+        )
     if not out:
         out.append(
             ClaimResult(claim, paper, "all runs", NOT_TESTABLE, f"no {SGG_SETFIT} runs are stored")

@@ -27,6 +27,7 @@ from gradguide.report.verdict import (
     Measure,
     arm_conditions,
     metric_value,
+    run_keys,
     versus,
 )
 
@@ -81,10 +82,16 @@ def _claims(
     for arm, adds in ARMS.items():
         claim = f"LoRA + {arm} ({adds}) {what}"
         for cond in arm_conditions(conds, arm):
-            status, evidence = versus(cond, arm, (LORA,), measure, per_task=per_task)
+            j = versus(cond, arm, (LORA,), measure, per_task=per_task)
+            evidence = j.evidence
             if steps and cond.runs_of(LORA):
                 evidence += ". " + _steps_evidence(cond, arm)
-            out.append(ClaimResult(claim, paper, cond.title, status, evidence))
+            runs = run_keys(cond, (arm, LORA))
+            out.append(
+                ClaimResult(
+                    claim, paper, cond.title, j.status, evidence, j.headline, runs, measure.name
+                )
+            )
     if not out:
         out.append(
             ClaimResult(

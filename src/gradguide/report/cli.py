@@ -34,13 +34,38 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="only the runs this stored grid asks for, including those another grid ran for it "
         "(repeatable; default: every run in DIR)",
     )
+    p.add_argument(
+        "--sanity-ratio",
+        type=float,
+        default=10.0,
+        metavar="X",
+        help="a guided run fails its sanity check when its median ‖guided g‖/‖g‖ is above X or "
+        "below 1/X (default 10)",
+    )
+    p.add_argument(
+        "--sanity-penalty-share",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="... or when the penalties' median share of the applied gradient is above S "
+        "(default 0.5)",
+    )
+    p.add_argument(
+        "--sanity-clip-scale",
+        type=float,
+        default=0.1,
+        metavar="C",
+        help="... or when clipping scales its median step by less than C (default 0.1)",
+    )
 
 
 def cmd_report(a: argparse.Namespace) -> int:
     """Build the report from the store and the run records; print where it went."""
     from gradguide.report.build import summary_lines, write_report
+    from gradguide.report.sanity import Limits
 
-    files = write_report(a.dir, a.out, grids=a.grid)
+    limits = Limits(a.sanity_ratio, a.sanity_penalty_share, a.sanity_clip_scale)
+    files = write_report(a.dir, a.out, grids=a.grid, limits=limits)
     for line in summary_lines(files):
         print(line)
     return 0

@@ -52,6 +52,14 @@ class RunData:
     term_summaries: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: the prior its directional alignment was measured against (record ``guidance.prior``)
     prior: str | None = None
+    #: why no alignment was measured, when the record says (record ``guidance.prior_note``)
+    prior_note: str | None = None
+    #: the guidance that shaped its gradient (record ``guidance.use``; empty: plain training)
+    guidance_use: tuple[str, ...] = ()
+    #: per curve, how many values the record held that were not finite numbers (read as None)
+    nonfinite: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: training steps skipped for a non-finite loss or gradient (record ``skipped_steps``)
+    skipped_steps: int = 0
 
     @property
     def variant(self) -> str:
@@ -134,11 +142,13 @@ def _from_row(bench_dir: Path, row: RunRow) -> RunData:
         except (OSError, ValueError):
             record = {}
     data = record.get("data") or {}
-    curves_raw = record.get("curves") or {}
-    curves = {
-        k: [v if isinstance(v, (int, float)) and math.isfinite(v) else None for v in vs]
+    guidance = record.get("guidance") or {}
+    curves_raw = {k: vs for k, vs in (record.get("curves") or {}).items() if isinstance(vs, list)}
+    curves = {k: [v if _finite(v) else None for v in vs] for k, vs in curves_raw.items()}
+    nonfinite = {
+        k: n
         for k, vs in curves_raw.items()
-        if isinstance(vs, list)
+        if (n := sum(v is not None and not _finite(v) for v in vs))
     }
     dynamics = dict(row.dynamics or {})
     if not dynamics and isinstance(record.get("dynamics"), Mapping):
@@ -166,9 +176,26 @@ def _from_row(bench_dir: Path, row: RunRow) -> RunData:
         layers=dict(record.get("layer_diagnostics") or {}),
         trainable=record.get("trainable_parameters"),
         timings=_timings(record),
-        term_summaries=dict((record.get("guidance") or {}).get("term_summaries") or {}),
-        prior=(record.get("guidance") or {}).get("prior"),
+        term_summaries=dict(guidance.get("term_summaries") or {}),
+        prior=guidance.get("prior"),
+        prior_note=guidance.get("prior_note"),
+        guidance_use=_guidance_use(guidance, row.config),
+        nonfinite=nonfinite,
+        skipped_steps=len(record.get("skipped_steps") or ()),
     )
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _guidance_use(guidance: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The guidance the run trained with: the record's list, else the configured string."""
+    use = guidance.get("use")
+    if isinstance(use, list):
+        return tuple(str(u) for u in use)
+    configured = str((config.get("guidance") or {}).get("use") or "")
+    return tuple(u.strip() for u in configured.split(",") if u.strip())
 
 
 def _timings(record: dict[str, Any]) -> dict[str, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import re
 from collections.abc import Sequence
 
 FIGURES_DIR = "report_files"
@@ -38,11 +39,15 @@ class BulletList:
 
 @dataclasses.dataclass(frozen=True)
 class Table:
-    """A table with a header row and an optional caption."""
+    """A table with a header row and an optional caption.
+
+    The cells of ``badge_column`` are verdicts: bold in Markdown, coloured badges in HTML.
+    """
 
     header: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
     caption: str = ""
+    badge_column: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +81,14 @@ def to_markdown(title: str, blocks: Sequence[Block]) -> str:
                 out += [f"*{b.caption}*", ""]
             out.append("| " + " | ".join(_md_cell(h) for h in b.header) + " |")
             out.append("|" + "|".join("---" for _ in b.header) + "|")
-            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
+            out += [
+                "| "
+                + " | ".join(
+                    _md_cell(f"**{c}**" if i == b.badge_column else c) for i, c in enumerate(row)
+                )
+                + " |"
+                for row in b.rows
+            ]
             out.append("")
         else:
             out += [f"![{b.caption}]({FIGURES_DIR}/{b.name}.png)", "", f"*{b.caption}*", ""]
@@ -99,7 +111,18 @@ caption { caption-side: top; text-align: left; font-style: italic; padding-botto
 figure { margin: 1rem 0 2rem; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-style: italic; font-size: 0.9rem; }
+.badge { display: inline-block; padding: 0.05rem 0.5rem; border-radius: 0.7rem; color: #fff;
+         font-size: 0.85rem; font-weight: 600; white-space: nowrap; background: #6e7781; }
+.badge-reproduced { background: #1a7f37; }
+.badge-not-reproduced { background: #cf222e; }
+.badge-not-testable-failed-sanity-check { background: #9a6700; }
 """
+
+
+def _badge(text: str) -> str:
+    """A verdict as a coloured badge (grey unless a class below colours it)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return f'<span class="badge badge-{slug}">{html.escape(text)}</span>'
 
 
 def to_html(title: str, blocks: Sequence[Block]) -> str:
@@ -129,7 +152,10 @@ def to_html(title: str, blocks: Sequence[Block]) -> str:
                 out.append(f"<caption>{_inline(b.caption)}</caption>")
             out.append("<tr>" + "".join(f"<th>{_inline(h)}</th>" for h in b.header) + "</tr>")
             for row in b.rows:
-                out.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>")
+                cells = (
+                    _badge(c) if i == b.badge_column else _inline(c) for i, c in enumerate(row)
+                )
+                out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
             out.append("</table>")
         else:
             data = base64.b64encode(b.png).decode("ascii")

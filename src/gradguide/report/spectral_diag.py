@@ -6,16 +6,14 @@ plain LoRA runs build no graphs, so they have no high-frequency share to show.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gradguide.bench.stats import mean_ci
 from gradguide.report import figures
 from gradguide.report.analysis import conditions, fmt_interval
 from gradguide.report.data import BenchData, RunData
+from gradguide.report.doc import Doc
 from gradguide.report.render import Heading, Paragraph, Table
-
-if TYPE_CHECKING:
-    from gradguide.report.build import _Doc
 
 QUANTITIES = (("delta_norm", 1.0), ("high_share", 100.0), ("energy", 1.0), ("build_s", 1.0))
 SPECTRA_SHOWN = 3
@@ -39,7 +37,7 @@ def spectral_summary(run: RunData) -> dict[str, Any] | None:
     return None
 
 
-def spectral_section(doc: _Doc, data: BenchData) -> None:
+def spectral_section(doc: Doc, data: BenchData) -> None:
     """A table of the update's size and smoothness per arm and task, and a few graph spectra."""
     started = False
     for cond in conditions(data.runs):

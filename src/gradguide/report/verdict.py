@@ -16,13 +16,19 @@ matched cells for the decision. Two rules:
 Either way the verdict is **not testable here** when nothing contradicts the claim but something
 needed is missing: the arm or a baseline did not run, recorded no value of the measure, or has
 fewer than 2 matched pairs.
+
+A claim whose runs include one that failed a sanity check (gradguide.report.sanity: a guided
+gradient far from the task gradient, a penalty or clipping that dominates the update, alignments
+against different priors) gets no verdict: ``withhold`` marks it **not testable: failed sanity
+check** and names the runs. Each result carries the keys of the runs it was decided from.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 from gradguide.bench.stats import Interval, PairedComparison, across_tasks, mean_ci, paired_compare
 from gradguide.report.analysis import ALPHA, Condition, fmt_interval, fmt_p
@@ -31,6 +37,7 @@ from gradguide.report.data import Cells, RunData
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 NOT_TESTABLE = "not testable here"
+FAILED_SANITY = "not testable: failed sanity check"
 BETTER = "better"
 NOT_WORSE = "not worse"
 
@@ -46,6 +53,30 @@ class ClaimResult:
     where: str
     status: str
     evidence: str
+    #: the headline difference with its 95% interval, e.g. "-2.1 pp [-3.8, -0.5] vs lora"
+    headline: str = ""
+    #: the keys of the runs the verdict was decided from
+    runs: tuple[str, ...] = ()
+    #: the measure it compares (a metric or dynamics name, e.g. directional_alignment)
+    measure: str = ""
+
+
+class Judgement(NamedTuple):
+    """What ``versus`` decides: the status, the numbers behind it, the headline difference."""
+
+    status: str
+    evidence: str
+    headline: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFailure:
+    """A run that failed a sanity check: how to name it and which checks it failed."""
+
+    arm: str
+    task: str
+    seed: int
+    checks: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,11 +180,13 @@ def versus(
     *,
     rule: str = BETTER,
     per_task: bool = False,
-) -> tuple[str, str]:
-    """The verdict (a status) and evidence for ``arm`` against ``baselines`` in one condition."""
+) -> Judgement:
+    """The verdict (a status), evidence and headline for ``arm`` against ``baselines`` in one
+    condition; the headline is the difference from the baseline the arm does least well against,
+    with its 95% paired bootstrap interval."""
     own = measure.cells(cond.runs_of(arm))
     if not own:
-        return NOT_TESTABLE, f"no {arm} run records {measure.name}"
+        return Judgement(NOT_TESTABLE, f"no {arm} run records {measure.name}", "")
     missing = [b for b in baselines if not cond.runs_of(b)]
     recorded = {b: measure.cells(cond.runs_of(b)) for b in baselines if b not in missing}
     unrecorded = [b for b, v in recorded.items() if not v]
@@ -164,15 +197,17 @@ def versus(
     if unrecorded:
         notes.append(f"no run of {', '.join(unrecorded)} records {measure.name}")
     if not others:
-        return NOT_TESTABLE, ". ".join(notes)
+        return Judgement(NOT_TESTABLE, ". ".join(notes), "")
     tasks = [
         t
         for t in dict.fromkeys(k[0] for k in own)
         if all(any(k[0] == t for k in v) for v in others.values())
     ]
     if not tasks:
-        return NOT_TESTABLE, ". ".join(
-            [f"no task on which {arm} and the baselines all ran", *notes]
+        return Judgement(
+            NOT_TESTABLE,
+            ". ".join([f"no task on which {arm} and the baselines all ran", *notes]),
+            "",
         )
     own = _only(own, tasks)
     others = {b: _only(v, tasks) for b, v in others.items()}
@@ -203,7 +238,60 @@ def versus(
         parts.append(_per_task(arm, own, others, tasks, measure))
     if few:
         parts.append("too few matched pairs against " + ", ".join(few))
-    return status, ". ".join(parts + notes)
+    return Judgement(status, ". ".join(parts + notes), headline(testable, measure))
+
+
+def headline(comparisons: Mapping[str, PairedComparison], measure: Measure) -> str:
+    """The difference from the baseline the arm does least well against, with its 95% paired
+    bootstrap interval ("" without a comparison)."""
+    if not comparisons:
+        return ""
+    sign = 1.0 if measure.higher_is_better else -1.0
+    b, c = min(comparisons.items(), key=lambda kv: sign * kv[1].mean_diff)
+    boot = c.bootstrap
+    return (
+        f"{measure.diff(c.mean_diff)} [{measure.diff(boot.low)}, {measure.diff(boot.high)}] vs {b}"
+    )
+
+
+def run_keys(cond: Condition, variants: Iterable[str]) -> tuple[str, ...]:
+    """The keys of the runs of ``variants`` in one condition (what a claim was decided from)."""
+    wanted = set(variants)
+    return tuple(r.key for r in cond.runs if r.variant in wanted)
+
+
+def _seeds(seeds: Iterable[int]) -> str:
+    """``seeds 1–3, 5`` (consecutive runs of seeds as ranges) or ``seed 4``."""
+    xs = sorted(set(seeds))
+    spans: list[list[int]] = []
+    for x in xs:
+        if spans and x == spans[-1][-1] + 1:
+            spans[-1].append(x)
+        else:
+            spans.append([x])
+    text = ", ".join(f"{s[0]}–{s[-1]}" if len(s) > 2 else ", ".join(map(str, s)) for s in spans)
+    return ("seeds " if len(xs) > 1 else "seed ") + text
+
+
+def withhold(result: ClaimResult, failed: Mapping[str, RunFailure]) -> ClaimResult:
+    """``result`` unchanged, or, when some of its runs failed a sanity check, marked
+    FAILED_SANITY with those runs named (its numbers stay as evidence, without a verdict)."""
+    bad = [failed[k] for k in result.runs if k in failed]
+    if not bad:
+        return result
+    by_arm: dict[str, dict[str, list[int]]] = {}
+    for f in bad:
+        by_arm.setdefault(f.arm, {}).setdefault(f.task, []).append(f.seed)
+    named = "; ".join(
+        f"{arm} on " + ", ".join(f"{task} ({_seeds(s)})" for task, s in tasks.items())
+        for arm, tasks in by_arm.items()
+    )
+    checks = ", ".join(dict.fromkeys(c for f in bad for c in f.checks))
+    evidence = (
+        f"{len(bad)} of its runs failed a sanity check ({checks}; see Sanity checks): {named}. "
+        f"Numbers, not a verdict: {result.evidence}"
+    )
+    return dataclasses.replace(result, status=FAILED_SANITY, evidence=evidence, headline="")
 
 
 def arm_conditions(conds: Iterable[Condition], arm: str) -> list[Condition]:
@@ -213,13 +301,19 @@ def arm_conditions(conds: Iterable[Condition], arm: str) -> list[Condition]:
 
 __all__ = [
     "BETTER",
+    "FAILED_SANITY",
     "NOT_REPRODUCED",
     "NOT_TESTABLE",
     "NOT_WORSE",
     "REPRODUCED",
     "ClaimResult",
+    "Judgement",
     "Measure",
+    "RunFailure",
     "arm_conditions",
+    "headline",
     "metric_value",
+    "run_keys",
     "versus",
+    "withhold",
 ]

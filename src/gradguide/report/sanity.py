@@ -1,0 +1,365 @@
+"""Sanity checks of every guided run, read from its own record, and the report's section on them.
+
+A gradient penalty steers the task gradient g; it should not replace it. Per training step of a
+guided run (record ``guidance.use`` not empty) the record holds ‖g‖ (``grad_norm``) and the norm
+of the gradient the engine produced, ‖guided g‖ (``guided_norm``); newer records also hold the
+penalties' share of it, ‖guided g − g‖/‖guided g‖ (``penalty_share``, on steps where a penalty was
+applied) and the factor clipping scaled it by, min(1, clip/‖applied gradient‖) (``clip_scale``).
+For older records the share is bounded below from the norms, |‖guided g‖ − ‖g‖|/‖guided g‖
+(triangle inequality), and the clip scale is min(1, optim.grad_clip/‖guided g‖).
+
+A run fails a check when, at its median step (``Limits``, configurable):
+
+- ‖guided g‖/‖g‖ is far from 1, the ratio of every unguided run: above ``ratio`` or below
+  1/``ratio``; or it is not finite (a record holding a non-finite norm, or no step with both);
+- the penalties dominate the update: their share is above ``penalty_share``;
+- clipping dominates the update: the clip scale is below ``clip_scale``.
+
+A condition whose arms measured directional alignment against different priors fails for that
+measure: their cosines are different quantities. Claims decided from a failed run get no verdict
+(gradguide.report.verdict.withhold).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from gradguide.errors import GradguideError
+from gradguide.report import figures
+from gradguide.report.analysis import ALIGNMENT, CURVE_POINTS, conditions
+from gradguide.report.data import BenchData, RunData
+from gradguide.report.doc import Doc
+from gradguide.report.render import Heading, Paragraph, Table
+from gradguide.report.verdict import RunFailure
+
+RATIO = "‖guided g‖/‖g‖ far from 1"
+NONFINITE = "‖guided g‖/‖g‖ not finite"
+PENALTY = "the penalty dominates the update"
+CLIPPING = "clipping dominates the update"
+PRIORS = "alignment measured against different priors"
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Where a guided run stops being plausible (each at the run's median step)."""
+
+    #: ‖guided g‖/‖g‖ above this, or below its inverse
+    ratio: float = 10.0
+    #: the penalties' share of the applied gradient above this
+    penalty_share: float = 0.5
+    #: the clip scale below this (the applied gradient shrunk more than 1/this times)
+    clip_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.ratio) and self.ratio > 1):
+            raise GradguideError(f"must be > 1, not {self.ratio}", field="--sanity-ratio")
+        if not 0 < self.penalty_share <= 1:
+            raise GradguideError(
+                f"must be in (0, 1], not {self.penalty_share}", field="--sanity-penalty-share"
+            )
+        if not 0 <= self.clip_scale < 1:
+            raise GradguideError(
+                f"must be in [0, 1), not {self.clip_scale}", field="--sanity-clip-scale"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCheck:
+    """One guided run's measures, per step and at its median step, and the checks it failed."""
+
+    run: RunData
+    #: ‖guided g‖/‖g‖ per step (None where either norm is missing)
+    ratios: list[float | None]
+    ratio: float | None
+    ratio_max: float | None
+    #: the penalties' share at the median step; ``share_recorded``: from the record's curve
+    #: (else a lower bound from the norms)
+    share: float | None
+    share_recorded: bool
+    #: the clip scale at the median step (None without clipping) and the steps clipped
+    clip: float | None
+    clipped: int
+    steps: int
+    nonfinite: int
+    failed: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorClash:
+    """A condition whose arms measured directional alignment against different priors."""
+
+    condition: str
+    #: variant → the priors its runs measured against
+    priors: dict[str, tuple[str, ...]]
+    #: the runs of those variants
+    runs: tuple[RunData, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sanity:
+    """Every guided run checked, and the prior clashes."""
+
+    limits: Limits
+    runs: list[RunCheck]
+    clashes: list[PriorClash]
+
+    def failures(self, measure: str = "") -> dict[str, RunFailure]:
+        """Run key → how it failed, for claims on ``measure`` (a prior clash fails only the
+        directional-alignment measure)."""
+        out = {
+            c.run.key: RunFailure(c.run.variant, c.run.task, c.run.seed, c.failed)
+            for c in self.runs
+            if c.failed
+        }
+        if measure == ALIGNMENT:
+            for clash in self.clashes:
+                for run in clash.runs:
+                    old = out.get(run.key)
+                    if old is not None:
+                        out[run.key] = dataclasses.replace(old, checks=(*old.checks, PRIORS))
+                    else:
+                        out[run.key] = RunFailure(run.variant, run.task, run.seed, (PRIORS,))
+        return out
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _clip_limit(run: RunData) -> float | None:
+    clip = run.setting("optim.grad_clip")
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
+        return None
+    return float(clip)
+
+
+def check_run(run: RunData, limits: Limits) -> RunCheck | None:
+    """The checks of one guided run (None: not guided, or no guided_norm curve to check)."""
+    guided = run.curves.get("guided_norm")
+    if not run.guidance_use or guided is None:
+        return None
+    grad = run.curves.get("grad_norm") or []
+    ratios = [
+        (a / b) if a is not None and b is not None and b > 0 else None
+        for a, b in zip(guided, grad, strict=False)
+    ]
+    ratio = _median(ratios)
+    known = [x for x in ratios if x is not None]
+    recorded_share = run.curves.get("penalty_share")
+    if recorded_share is not None:
+        share = _median(recorded_share)
+    else:  # ‖guided − g‖ ≥ |‖guided‖ − ‖g‖|
+        share = _median(
+            [
+                abs(a - b) / a if a is not None and b is not None and a > 0 else None
+                for a, b in zip(guided, grad, strict=False)
+            ]
+        )
+    clip_limit = _clip_limit(run)
+    scales: list[float | None] = []
+    if "clip_scale" in run.curves:
+        scales = list(run.curves["clip_scale"])
+    elif clip_limit is not None:
+        scales = [min(1.0, clip_limit / a) if a is not None and a > 0 else None for a in guided]
+    nonfinite = run.nonfinite.get("guided_norm", 0) + run.nonfinite.get("grad_norm", 0)
+    failed: list[str] = []
+    if nonfinite or ratio is None:
+        failed.append(NONFINITE)
+    elif not 1 / limits.ratio <= ratio <= limits.ratio:
+        failed.append(RATIO)
+    if share is not None and share > limits.penalty_share:
+        failed.append(PENALTY)
+    clip = _median(scales)
+    if clip is not None and clip < limits.clip_scale:
+        failed.append(CLIPPING)
+    return RunCheck(
+        run=run,
+        ratios=ratios,
+        ratio=ratio,
+        ratio_max=max(known) if known else None,
+        share=share,
+        share_recorded=recorded_share is not None,
+        clip=clip,
+        clipped=sum(1 for s in scales if s is not None and s < 1.0),
+        steps=len(guided),
+        nonfinite=nonfinite + run.skipped_steps,
+        failed=tuple(failed),
+    )
+
+
+def _clashes(data: BenchData) -> list[PriorClash]:
+    out = []
+    for cond in conditions(data.runs):
+        priors = {
+            v: tuple(sorted(cond.priors(v)))
+            for v in cond.variants()
+            if cond.cells(v, ALIGNMENT) and cond.priors(v)
+        }
+        if len({p for ps in priors.values() for p in ps}) > 1:
+            runs = tuple(r for r in cond.runs if r.variant in priors)
+            out.append(PriorClash(cond.title, priors, runs))
+    return out
+
+
+def check(data: BenchData, limits: Limits | None = None) -> Sanity:
+    """Every guided run of ``data`` checked against ``limits``, and the prior clashes."""
+    limits = limits or Limits()
+    runs = [c for r in data.runs if (c := check_run(r, limits)) is not None]
+    return Sanity(limits, runs, _clashes(data))
+
+
+# --------------------------------------------------------------------------------------------
+# The section
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}g}"
+
+
+def _row(c: RunCheck) -> tuple[str, ...]:
+    r = c.run
+    share = "n/a" if c.share is None else ("" if c.share_recorded else "≥ ") + f"{c.share:.2f}"
+    clip = "no clipping" if c.clip is None else f"{c.clip:.3g} ({c.clipped}/{c.steps} steps)"
+    return (
+        f"{r.model}, {r.shots} shots",
+        r.variant,
+        r.task,
+        str(r.seed),
+        r.key,
+        f"{_num(c.ratio)}× (max {_num(c.ratio_max)}×)",
+        share,
+        clip,
+        str(c.nonfinite),
+        "; ".join(c.failed) or "ok",
+    )
+
+
+def _text(limits: Limits) -> str:
+    return (
+        "Every guided run, from its own record. ‖guided g‖/‖g‖: the norm of the gradient the "
+        "guidance produced over the task gradient's, per step (1 for unguided training). Penalty "
+        "share: ‖guided g − g‖/‖guided g‖, recorded per step where a penalty was applied; for "
+        "records without it, the lower bound |‖guided g‖ − ‖g‖|/‖guided g‖ (marked ≥). Clip "
+        "scale: min(1, clip/‖applied gradient‖) (recorded, else from optim.grad_clip and "
+        "‖guided g‖), with the number of steps clipping shrank. Medians over the run's steps. "
+        f"A run fails when, at its median step, ‖guided g‖/‖g‖ is above {limits.ratio:g}× or "
+        f"below 1/{limits.ratio:g}, or not finite; the penalty share is above "
+        f"{limits.penalty_share:g}; or the clip scale is below {limits.clip_scale:g} (limits set "
+        "with `gradguide report --sanity-ratio/--sanity-penalty-share/--sanity-clip-scale`). "
+        "Non-finite: steps skipped for a non-finite loss or gradient plus non-finite norms in "
+        "the record. A claim decided from a run that fails is marked **not testable: failed "
+        "sanity check**, as is a directional-alignment claim whose arms measured against "
+        "different priors."
+    )
+
+
+def sanity_section(doc: Doc, data: BenchData, sanity: Sanity) -> None:
+    """The checks of every guided run: what failed first, then every run, then the per-step
+    ratio per arm."""
+    doc.add(Heading("Sanity checks"))
+    if not sanity.runs and not sanity.clashes:
+        doc.add(
+            Paragraph("No guided run with a guided-gradient curve is stored: nothing to check.")
+        )
+        return
+    doc.add(Paragraph(_text(sanity.limits)))
+    failed = [c for c in sanity.runs if c.failed]
+    if failed:
+        arms = Counter((c.run.variant, c.run.model, c.run.shots) for c in failed)
+        doc.add(
+            Paragraph(
+                f"**{len(failed)} of {len(sanity.runs)} guided runs fail a check**: "
+                + "; ".join(f"{v} on {m}, {k} shots ({n} runs)" for (v, m, k), n in arms.items())
+                + "."
+            )
+        )
+    else:
+        doc.add(Paragraph(f"All {len(sanity.runs)} guided runs pass every check."))
+    for clash in sanity.clashes:
+        doc.add(
+            Paragraph(
+                f"**{clash.condition}: directional alignment measured against different priors**"
+                ": " + "; ".join(f"{v} ({', '.join(p)})" for v, p in clash.priors.items()) + "."
+            )
+        )
+    ordered = sorted(
+        sanity.runs,
+        key=lambda c: (
+            not c.failed,
+            c.run.model,
+            c.run.shots,
+            c.run.variant,
+            c.run.task,
+            c.run.seed,
+        ),
+    )
+    doc.add(
+        Table(
+            (
+                "condition",
+                "arm",
+                "task",
+                "seed",
+                "run",
+                "‖guided g‖/‖g‖ median",
+                "penalty share",
+                "clip scale",
+                "non-finite",
+                "checks",
+            ),
+            tuple(_row(c) for c in ordered),
+            caption="Every guided run, failed ones first (run: its directory under runs/).",
+        )
+    )
+    _ratio_figures(doc, sanity)
+
+
+def _ratio_figures(doc: Doc, sanity: Sanity) -> None:
+    """Per condition: ‖guided g‖/‖g‖ per step, median over each arm's runs with their range."""
+    by_cond: dict[str, dict[str, list[RunCheck]]] = {}
+    for c in sanity.runs:
+        title = f"{c.run.model}, {c.run.shots} shots"
+        by_cond.setdefault(title, {}).setdefault(c.run.variant, []).append(c)
+    grid = np.linspace(0.0, 1.0, CURVE_POINTS)
+    for title, arms in by_cond.items():
+        series = {}
+        for v, checks in arms.items():
+            stacked = []
+            for c in checks:
+                known = [(i, x) for i, x in enumerate(c.ratios) if x is not None and x > 0]
+                if len(c.ratios) < 2 or len(known) < 2:
+                    continue
+                xs = np.array([i / (len(c.ratios) - 1) for i, _ in known])
+                ys = np.log10([x for _, x in known])
+                stacked.append(np.interp(grid, xs, ys))
+            if stacked:
+                a = np.stack(stacked)
+                series[f"{v} ({len(stacked)} runs)"] = (
+                    [float(100 * x) for x in grid],
+                    [float(10**y) for y in np.median(a, axis=0)],
+                    [float(10**y) for y in a.min(axis=0)],
+                    [float(10**y) for y in a.max(axis=0)],
+                )
+        if not series:
+            continue
+        limit = sanity.limits.ratio
+        doc.figure(
+            f"sanity-ratio-{title}",
+            figures.band_figure(
+                series,
+                title=f"‖guided g‖/‖g‖ per step ({title})",
+                xlabel="% of training steps",
+                ylabel="‖guided g‖ / ‖g‖",
+                yscale="log",
+                lines=(limit, 1.0 / limit),
+            ),
+            f"‖guided g‖/‖g‖ per training step, {title}: median over each arm's runs, shaded from "
+            f"the lowest to the highest run; dashed: the limits {limit:g}× and 1/{limit:g}.",
+        )
