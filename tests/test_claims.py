@@ -21,7 +21,7 @@ from gradguide.report.claims import (
     evaluate_claims,
 )
 from gradguide.report.claims_ofa import evaluate as ofa_claims
-from gradguide.report.claims_sgg import loss_claim, table1_claim
+from gradguide.report.claims_sgg import loss_claim, setfit_claim, table1_claim
 from gradguide.report.claims_spectral import evaluate as spectral_claims
 from gradguide.report.data import BenchData, RunData
 from gradguide.report.render import BulletList, Heading
@@ -352,3 +352,30 @@ def test_sgg_alignment_is_compared_only_against_the_same_prior(sgg_prior):
             "measured against another prior than sgg's (ema:0.9): full (pretrain)"
             in result.evidence
         )
+
+
+SETFIT_CLAIM = "SGG improves on SetFit (SetFit with SGG on its body training vs SetFit)"
+
+
+@pytest.mark.parametrize(
+    ("guided", "verdict"),
+    [(0.70, REPRODUCED), (0.60, NOT_REPRODUCED), (0.651, NOT_REPRODUCED)],
+    ids=["better", "worse", "ahead-not-significant"],
+)
+def test_sgg_on_setfit_claim(guided, verdict):
+    rng = random.Random(1)
+    runs = [
+        run(arm, task, seed, acc + 0.03 * i + jitter(rng, 0.02 if arm == "setfit" else 0.004))
+        for seed in SEEDS
+        for i, task in enumerate(TASKS)
+        for arm, acc in (("setfit", 0.65), ("sgg+setfit", guided))
+    ]
+    c = status(setfit_claim(bench(runs)), SETFIT_CLAIM)
+    assert c.status == verdict, c.evidence
+    assert "sst2: sgg+setfit" in c.evidence and "12 pairs" in c.evidence
+    assert "Mean wall time per run: sgg+setfit 1 s (12 runs), setfit 1 s (12 runs)" in c.evidence
+    only_guided = [r for r in runs if r.method == "sgg+setfit"]
+    c = status(setfit_claim(bench(only_guided)), SETFIT_CLAIM)
+    assert c.status == NOT_TESTABLE and "not run: setfit" in c.evidence
+    (none,) = setfit_claim(bench([r for r in runs if r.method == "setfit"]))
+    assert none.status == NOT_TESTABLE and none.where == "all runs"

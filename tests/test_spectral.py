@@ -383,13 +383,13 @@ def test_bad_options_name_the_field(tmp_path, field, value):
 
 
 def test_other_methods_are_refused_clearly(tmp_path):
-    with pytest.raises(GradguideError, match="apply to full and lora") as e:
+    with pytest.raises(GradguideError, match="apply to full, lora and setfit") as e:
         validate(tiny_cfg(tmp_path, method="prompt", use="spectral-filter"))
     assert e.value.field == "method"
     validate(tiny_cfg(tmp_path, method="prompt"))  # options alone are no reason to refuse
     lm = load_model("tiny-llama", seed=0)
     adapted = get_method("layernorm").apply(lm, MethodOptions())
-    with pytest.raises(GradguideError, match="apply to full and lora"):
+    with pytest.raises(GradguideError, match="apply to full, lora and setfit"):
         SpectralGraphs.build(adapted.model, adapted.trainable, "layernorm", SpectralOptions())
     lm = load_model("tiny-llama", seed=0)
     adapted = get_method("lora").apply(lm, MethodOptions(lora_r=4))

@@ -258,6 +258,27 @@ def _eval_run(a: argparse.Namespace) -> int:
     return 0
 
 
+#: optim flags SetFit's pair phase does not read, and the setting it reads instead
+SETFIT_OWN = {
+    "epochs": "method_options.setfit_epochs",
+    "batch_size": "method_options.setfit_batch_size",
+    "weight_decay": "method_options.setfit_weight_decay",
+}
+
+
+def _refuse_pair_flags(a: argparse.Namespace) -> None:
+    """``train --method setfit --epochs N`` would change nothing: say which setting does."""
+    if a.method != "setfit":
+        return
+    for name, own in SETFIT_OWN.items():
+        if getattr(a, name) is not None:
+            flag = "--" + name.replace("_", "-")
+            raise GradguideError(
+                f"setfit trains its body on pairs with settings of its own: use --set {own}=…",
+                field=flag,
+            )
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from gradguide.config import load_config
     from gradguide.distributed import finish as finish_distributed
@@ -269,6 +290,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     else:
         o = _train_overrides(a)
         o["method"] = a.method
+        _refuse_pair_flags(a)
         config = load_config(TrainConfig, a.config, _apply_set(o, a))
         result = train(config)
     finish_distributed()

@@ -66,13 +66,19 @@ class CacheCorruptedWarning(UserWarning):
 
 @dataclass
 class LoadedModel:
-    """A model ready for use (eval mode) with its tokenizer, and facts about it for run records."""
+    """A model ready for use (eval mode) with its tokenizer, and facts about it for run records.
+
+    ``predictor`` is set where a method predicts through a head of its own (SetFit): called as
+    ``predictor(instances, prefix, options)`` it returns the candidates' scores [n, max C] that
+    gradguide.scoring would otherwise compute from the model.
+    """
 
     model: torch.nn.Module
     tokenizer: Any
     kind: ModelKind
     name: str
     info: dict[str, Any] = field(default_factory=dict)
+    predictor: Callable[..., torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)

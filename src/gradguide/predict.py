@@ -13,7 +13,7 @@ from typing import Any
 from gradguide.errors import GradguideError
 from gradguide.scoring import build_prefix, score_dataset
 from gradguide.tasks.base import Instance
-from gradguide.tasks.generic import render
+from gradguide.tasks.generic import input_text, render
 from gradguide.tasks.readers import read_records
 from gradguide.train import load_trained
 
@@ -34,8 +34,11 @@ def predict(
     lines, instances = [], []
     for line, record in read_records(path):
         prompt = render(task.template, record, path, line)
+        text = input_text(task.template, record, path, line)
         instances.append(
-            Instance(id=f"input:{line}", prompt=prompt, candidates=words, gold=0, label="")
+            Instance(
+                id=f"input:{line}", prompt=prompt, candidates=words, gold=0, label="", text=text
+            )
         )
         lines.append(line)
     if not instances:

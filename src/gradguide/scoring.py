@@ -298,6 +298,8 @@ def candidate_scores(
     This is the function training differentiates; ``score_dataset`` wraps it for evaluation.
     """
     options = options or ScoringOptions()
+    if lm.predictor is not None:
+        return lm.predictor(instances, prefix, options)
     if lm.kind == "encoder":
         return encoder_scores(lm.model, lm.tokenizer, instances, prefix, options)
     enc = encode_causal(lm.tokenizer, instances, prefix, options)
@@ -338,7 +340,7 @@ def score_dataset(
     """
     options = options or ScoringOptions()
     check_options(options)
-    causal = lm.kind != "encoder"
+    causal = lm.kind != "encoder" and lm.predictor is None  # a method's own head: no prompts
     if causal and options.prefix_cache and instances:
         return _score_shared_prefixes(lm, instances, prefix, options, progress)
     order = sorted(range(len(instances)), key=lambda i: len(instances[i].prompt))
@@ -350,7 +352,11 @@ def score_dataset(
         for start in range(0, len(order), options.batch_size):
             chunk = order[start : start + options.batch_size]
             batch = [instances[i] for i in chunk]
-            if not causal:
+            if lm.predictor is not None:  # a method's own head (SetFit): one sequence each
+                s = lm.predictor(batch, prefix, options)
+                sequences += len(batch)
+                fast = False
+            elif not causal:
                 s = encoder_scores(lm.model, lm.tokenizer, batch, prefix, options)
                 sequences += len(batch) + sum(len(x.candidates) for x in batch)
                 fast = False

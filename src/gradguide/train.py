@@ -72,8 +72,9 @@ from gradguide.guidance.priors import (
 from gradguide.guidance.registry import term_options
 from gradguide.layerwise import layer_diagnostics
 from gradguide.methods import Adapted, MethodOptions, get_method
+from gradguide.methods.base import Objective, OwnObjective
 from gradguide.metrics import GradientTracker, dynamics_summary
-from gradguide.models import LoadedModel, load_model
+from gradguide.models import LoadedModel, load_model, model_kind
 from gradguide.record import environment, new_run_dir, peak_rss_mb, reset_peak_rss, write_record
 from gradguide.scoring import ScoringOptions, candidate_scores, check_options
 from gradguide.steplog import StepLogger
@@ -249,6 +250,9 @@ def validate(config: TrainConfig) -> None:
     if names and not method.trains:
         raise GradguideError(f"guidance needs a trained method, not {method.name}", field="method")
     check_guidance_options(g, method.name, expand_terms(names))
+    validate_run = getattr(method, "validate_run", None)
+    if validate_run is not None:  # a method's own checks (SetFit: its settings, no decoder)
+        validate_run(model_kind(config.model), config.model, config.method_options)
 
 
 def data_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
@@ -262,10 +266,47 @@ def data_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]
     return batches[:steps]
 
 
-def total_steps(config: TrainConfig, n_train: int) -> int:
-    """``optim.steps`` if set, else epochs × batches per epoch."""
+def total_steps(
+    config: TrainConfig, n_train: int, batch_size: int | None = None, epochs: int | None = None
+) -> int:
+    """``optim.steps`` if set, else epochs × batches per epoch (the optim's unless given: an
+    objective of a method's own, SetFit's pairs, brings its batch size and epochs)."""
     o = config.optim
-    return o.steps or o.epochs * math.ceil(n_train / o.batch_size)
+    size = batch_size or o.batch_size
+    return o.steps or (epochs or o.epochs) * math.ceil(n_train / size)
+
+
+@dataclasses.dataclass
+class RankObjective:
+    """Rank classification (DESIGN.md): cross entropy of the gold candidate, per instance."""
+
+    lm: LoadedModel
+    scoring: ScoringOptions
+    batch_size: int
+    epochs: int
+    weight_decay: float
+    name: str = "rank-classification"
+
+    def items(self, instances: Sequence[Instance]) -> list[Instance]:
+        """The instances themselves."""
+        return list(instances)
+
+    def loss(self, batch: Sequence[Instance]) -> torch.Tensor:
+        """Cross entropy over the batch's candidate scores."""
+        return rank_loss(self.lm, batch, self.scoring)
+
+    def finish(self, instances: Sequence[Instance]) -> dict[str, Any]:
+        """Nothing to do after the optimisation."""
+        return {}
+
+
+def objective_for(config: TrainConfig, lm: LoadedModel, adapted: Adapted) -> Objective:
+    """The run's objective: the method's own (SetFit's pairs) or rank classification."""
+    method = get_method(config.method)
+    if isinstance(method, OwnObjective):
+        return method.objective(adapted)
+    o = config.optim
+    return RankObjective(lm, config.scoring, o.batch_size, o.epochs, o.weight_decay)
 
 
 def make_scheduler(
@@ -380,18 +421,30 @@ def train(
         enable_checkpointing(lm.model, lm.name)
 
     fit = _Fitted({k: [] for k in ("loss", "grad_norm", "lr", "step_seconds")}, [], 0.0)
-    steps = total_steps(config, len(setup.train)) if adapted is not None else 0
+    steps = 0
     guide_info: dict[str, Any] = {}
+    objective_info: dict[str, Any] | None = None
     if adapted is not None:
-        guide = _guidance(config, model_lm, adapted, setup, run_dir, resume, steps, dist)
+        objective = objective_for(config, model_lm, adapted)
+        items = objective.items(setup.train)
+        steps = total_steps(config, len(items), objective.batch_size, objective.epochs)
+        guide = _guidance(config, model_lm, adapted, setup, run_dir, resume, steps, dist, objective)
         guide_info = guide.info
         try:
             fit = _fit(
-                config, run_dir, model_lm, adapted, setup.train, steps, resume, show_progress, guide
+                config, run_dir, model_lm, adapted, items, steps, resume, show_progress, guide
             )
             guide_info["term_summaries"] = guide.summaries()
         finally:
             guide.close()
+        objective_info = {
+            "name": objective.name,
+            "items": len(items),
+            "batch_size": objective.batch_size,
+            "epochs": objective.epochs,
+            "weight_decay": objective.weight_decay,
+            **objective.finish(setup.train),
+        }
         if dist.is_main:
             method.save(adapted, run_dir / ADAPTER_NAME, config.model)
     if not dist.is_main:  # rank 0 evaluates and writes the record
@@ -446,6 +499,7 @@ def train(
             "demonstration_ids": [x.id for x in demos],
         },
         "trainable_parameters": adapted.n_trainable() if adapted is not None else 0,
+        "objective": objective_info,
         "steps": steps,
         "skipped_steps": fit.skipped,
         "curves": fit.curves,
@@ -496,19 +550,20 @@ def _fit(
     run_dir: Path,
     lm: LoadedModel,
     adapted: Adapted,
-    train_set: Sequence[Instance],
+    train_set: Sequence[Any],
     steps: int,
     resume: Path | None,
     show_progress: bool,
     guide: _Guide,
 ) -> _Fitted:
-    """The optimisation itself (from the checkpoint when resuming)."""
+    """The optimisation itself (from the checkpoint when resuming) over the objective's items."""
     o = config.optim
     params = list(adapted.trainable.values())
     lr = o.lr if o.lr is not None else get_method(config.method).default_lr
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay)
+    objective = guide.objective
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=objective.weight_decay)
     scheduler = make_scheduler(optimizer, o, steps)
-    order = data_order(len(train_set), o.batch_size, steps, config.seed)
+    order = data_order(len(train_set), objective.batch_size, steps, config.seed)
     curves: Curves = {k: [] for k in (*CURVE_KEYS, *guide.term_keys())}
     skipped: list[int] = []
     start_step, train_s, carried_s = 0, 0.0, 0.0
@@ -638,10 +693,9 @@ class _Guide:
 
     engine: GuidedGradient
     info: dict[str, Any]
-    lm: LoadedModel
-    scoring: ScoringOptions
+    objective: Objective
     bf16: bool
-    source_batches: list[list[Instance]] | None = None
+    source_batches: list[list[Any]] | None = None
     source_vector: torch.Tensor | None = None
     loss_terms: list[LossTerm] = dataclasses.field(default_factory=list)
     transforms: list[GradientTransform] = dataclasses.field(default_factory=list)
@@ -657,7 +711,7 @@ class _Guide:
         return [f"term_{t.name}" for t in self.loss_terms]
 
     def loss_closure(
-        self, step: int, batch: list[Instance], params: dict[str, torch.nn.Parameter]
+        self, step: int, batch: list[Any], params: dict[str, torch.nn.Parameter]
     ) -> tuple[LossFn, dict[str, float]]:
         """The step's loss closure (task loss + loss terms) and the values of its first call.
 
@@ -672,7 +726,7 @@ class _Guide:
 
         def loss() -> torch.Tensor:
             with self._autocast():
-                task = rank_loss(self.lm, local, self.scoring) * share
+                task = self.objective.loss(local) * share
                 total = task
                 for term in self.loss_terms:
                     value = term.loss(params) * share
@@ -701,11 +755,11 @@ class _Guide:
 
         def loss() -> torch.Tensor:
             with self._autocast():
-                return rank_loss(self.lm, local, self.scoring) * share
+                return self.objective.loss(local) * share
 
         return loss
 
-    def _shard(self, batch: list[Instance]) -> tuple[list[Instance], float]:
+    def _shard(self, batch: list[Any]) -> tuple[list[Any], float]:
         """This rank's part of a global batch and its weight in the batch's mean loss."""
         local = self.dist.shard(batch)
         return local, self.dist.share(len(local), len(batch))
@@ -743,6 +797,7 @@ def _guidance(
     resume: Path | None,
     steps: int,
     dist: DistContext,
+    objective: Objective,
 ) -> _Guide:
     """Build penalties, prior and source for a run (the prior is saved with the run)."""
     g = config.guidance
@@ -756,8 +811,9 @@ def _guidance(
         pool = task.load(task.train_split, setup.data_root)
         source_seed = config.seed + 1000
         sample = sample_k_shot(pool, min(g.source_shots or config.shots, len(pool)), source_seed)
-        order = data_order(len(sample), config.optim.batch_size, steps, source_seed)
-        source_batches = [[sample[i] for i in b] for b in order]
+        units = objective.items(sample)  # the source task trains on the same kind of item
+        order = data_order(len(units), objective.batch_size, steps, source_seed)
+        source_batches = [[units[i] for i in b] for b in order]
         info["source"] = {"task": task.name, "seed": source_seed, "ids": [x.id for x in sample]}
     elif g.source_run:
         source_vector = load_vector(Path(g.source_run) / MEAN_GRADIENT_FILE, keys, params)
@@ -803,8 +859,7 @@ def _guidance(
     return _Guide(
         engine,
         info,
-        lm,
-        config.scoring,
+        objective,
         config.bf16,
         source_batches,
         source_vector,

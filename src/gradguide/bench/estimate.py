@@ -27,8 +27,10 @@ from collections.abc import Mapping, Sequence
 from gradguide.bench.grid import DataCheck, GridRun
 from gradguide.bench.store import RunRow, arm_name
 from gradguide.config import from_dict, to_dict
+from gradguide.errors import GradguideError
 from gradguide.guidance import guidance_cost
 from gradguide.methods import get_method
+from gradguide.tasks import get_task
 from gradguide.train import TrainConfig, total_steps
 
 
@@ -51,15 +53,41 @@ MODEL_COSTS: dict[str, ModelCost] = {
 #: is declared with it: gradguide.guidance.guidance_cost).
 STEP_FACTOR: dict[str, float] = {
     "full": 1.5,
+    # SetFit's body step on minilm-l6 per 8 pairs (16 sentences, every weight), benchmarks/
+    # setfit_cost.py (4 steps on a loaded machine, noisy): x4.3 a LoRA step of 8 instances; with
+    # SGG (fd HVP) x12.2, about this times sgg's 3.0. Its steps count pairs: setfit.pair_count.
+    "setfit": 4.3,
 }
-#: In-context learning scores prompts that carry the demonstrations.
+#: SetFit evaluates by one embedding per example: 57 vs 33 SST-2 examples/s for the encoder
+#: head's prompt + label words on minilm-l6 (benchmarks/setfit_cost.py)
+SETFIT_EVAL = 0.6
+#: Evaluation cost relative to scoring each example's candidates: in-context learning scores
+#: prompts that carry the demonstrations; SetFit embeds each example once for its head.
 ICL_EVAL_FACTOR = 3.0
+EVAL_FACTOR: dict[str, float] = {"icl": ICL_EVAL_FACTOR, "setfit": SETFIT_EVAL}
 #: Mean characters of an SST-2 training instance (prompt and longest answer): the constants' scale.
 REFERENCE_CHARS = 132.0
 #: Evaluation examples assumed when the data could not be read.
 UNKNOWN_EVAL_SIZE = 1000
 #: Starting a worker process: importing torch and transformers, building the first model.
 WORKER_START_S = 10.0
+
+
+def _planned_items(c: TrainConfig) -> tuple[int, int, int]:
+    """(items, items per step, epochs) a run trains on: its shots, or a method's own units
+    (SetFit's pairs, counted from the shots and the task's number of labels)."""
+    try:
+        plan = getattr(get_method(c.method), "planned_items", None)
+    except GradguideError:
+        plan = None
+    if plan is None:
+        return c.shots, c.optim.batch_size, c.optim.epochs
+    try:
+        n_labels = len(get_task(c.task).labels)
+    except GradguideError:  # a user file: its labels are only known from its data
+        n_labels = 2
+    items, batch, epochs = plan(c.shots, n_labels, c.method_options)
+    return int(items), int(batch), int(epochs)
 
 
 def estimate_run_seconds(run: GridRun, data: DataCheck | None = None) -> float:
@@ -80,8 +108,9 @@ def estimate_config_seconds(c: TrainConfig, data: DataCheck | None = None) -> fl
     except Exception:
         trains = True
     if trains:
-        steps = total_steps(c, c.shots)
-        step = cost.step_s_per8 * max(1, c.optim.batch_size) / 8
+        items, batch, epochs = _planned_items(c)
+        steps = total_steps(c, items, batch, epochs)
+        step = cost.step_s_per8 * max(1, batch) / 8
         factor = STEP_FACTOR.get(c.method, 1.0)
         for name in c.guidance.use.split(","):
             factor *= guidance_cost(name.strip())
@@ -89,7 +118,7 @@ def estimate_config_seconds(c: TrainConfig, data: DataCheck | None = None) -> fl
             factor += 1.0  # a forward and backward pass on the source batch
         seconds += steps * step * factor * train_scale
     n_eval = eval_size if eval_size is not None else (c.eval_limit or UNKNOWN_EVAL_SIZE)
-    factor = (ICL_EVAL_FACTOR if c.method == "icl" else 1.0) * eval_scale
+    factor = EVAL_FACTOR.get(c.method, 1.0) * eval_scale
     seconds += n_eval / cost.eval_per_s * factor
     if c.layer_diagnostics:  # a forward per example, two block passes per probe (fd JVP)
         passes = 1 + (2 if c.guidance.ofa.jvp == "fd" else 3) * c.guidance.ofa.probes

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from gradguide.bench.compare import is_guidance_arm, recipe
+from gradguide.bench.compare import arm_method, composite_arm, is_guidance_arm, recipe
 from gradguide.bench.store import arm_name
 from gradguide.config import from_dict, merge, nest, read_yaml, to_dict
 from gradguide.errors import GradguideError
@@ -50,12 +50,12 @@ from gradguide.guidance import (
     GUIDANCE,
     build_penalties,
     expand_terms,
-    guidance_method,
     parse_guidance,
 )
 from gradguide.guidance.priors import check_prior_fits
 from gradguide.guidance.registry import option_specs
 from gradguide.methods import get_method, list_methods
+from gradguide.methods.base import SCOPED_OPTIONS
 from gradguide.models import model_kind
 from gradguide.tasks import get_task, resolve_data_root, sample_k_shot
 from gradguide.train import TrainConfig, as_eval_config, validate
@@ -494,6 +494,12 @@ def _check_names(spec: GridSpec) -> None:
         if m in available:
             continue
         where = f"methods[{i}]"
+        if "+" in m:  # a method with its guidance (setfit+sgg)
+            try:
+                composite_arm(m)
+            except GradguideError as e:
+                raise GradguideError(e.message, file=spec.source, field=where) from None
+            continue
         if m in PLANNED_METHODS:
             raise GradguideError(
                 f"method {m} is not available in this version (available: "
@@ -557,6 +563,10 @@ def run_key(config: TrainConfig) -> str:
         # train() writes a method's default guidance (ofa's) into the config it records: the
         # recorded config and the grid's, which leaves it implied, are one run
         data["guidance"]["use"] = ""
+    for prefix, owner in SCOPED_OPTIONS.items():  # one method's options (setfit_*) when unused
+        if config.method != owner:
+            for name in [k for k in data["method_options"] if k.startswith(prefix)]:
+                del data["method_options"][name]
     if not config.layer_diagnostics:  # the diagnostics when off change nothing
         data.pop("layer_diagnostics", None)
     in_use = expand_terms(parse_guidance(config.guidance.use or default_use))
@@ -597,8 +607,8 @@ def expand_grid(spec: GridSpec) -> list[GridRun]:
     ):
         own = spec.method_base.get(method, {})
         for_model = spec.model_base.get(model, {})
-        as_guidance = is_guidance_arm(method)
-        trained = guidance_method(method) if as_guidance else method
+        as_guidance = is_guidance_arm(method) or composite_arm(method) is not None
+        trained = arm_method(method)
         axes = {"model": model, "task": task, "method": trained, "shots": shots, "seed": seed}
         # base < model_base < method_base, then each swept combination on top
         fixed = merge(merge(merge(base_nested, axes), nest(for_model)), nest(own))

@@ -6,8 +6,9 @@ pretrained rows (gradguide.guidance.graphs), whose Laplacian L = U Λ Uᵀ is de
 
 * ``spectral-reg`` (a loss term): λ_spec · Σ_matrices tr(ΔWᵀ L ΔW), the Dirichlet energy of the
   update (= ½ Σ_ij w_ij ‖Δw_i − Δw_j‖² for the combinatorial Laplacian, i.e. half the paper's
-  reported Σ_ij form). Full fine-tuning: ΔW = W − W₀ with W₀ a copy of the pretrained weight
-  (kept for the graphed matrices only). LoRA: ΔW = s·B·A, and the energy is s²·Σ((BᵀLB) ⊙ (AAᵀ)),
+  reported Σ_ij form). Full fine-tuning (and SetFit, which tunes every weight of its encoder
+  body): ΔW = W − W₀ with W₀ a copy of the pretrained weight (kept for the graphed matrices
+  only). LoRA: ΔW = s·B·A, and the energy is s²·Σ((BᵀLB) ⊙ (AAᵀ)),
   evaluated on the edge list without ever forming the out × in product.
 * ``spectral-filter`` (a gradient transform): G ← U h(Λ) Uᵀ G on the gradient of W (full) or B
   (LoRA, the output side of the update), after the (guided) gradient is formed and before
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from gradguide.guidance.registry import BuildContext
 
 SPECTRAL_TERMS = ("spectral-reg", "spectral-filter")
-SPECTRAL_METHODS = ("full", "lora")
+SPECTRAL_METHODS = ("full", "lora", "setfit")
 RESPONSES = ("inverse", "exp", "lowk")
 BASES_FILE = "spectral_bases.safetensors"
 BASES_FORMAT = "1"
@@ -91,7 +92,8 @@ def check_spectral(options: SpectralOptions, method: str, terms: Sequence[str]) 
             raise GradguideError(f"{message}, got {value!r}", field=f"guidance.spectral.{name}")
     if any(t in SPECTRAL_TERMS for t in terms) and method not in SPECTRAL_METHODS:
         raise GradguideError(
-            f"the spectral terms apply to full and lora (graphs on weight matrices), not {method}",
+            f"the spectral terms apply to full, lora and setfit (graphs on weight matrices), "
+            f"not {method}",
             field="method",
         )
 
@@ -145,7 +147,7 @@ def _candidates(
     """The weight matrices a graph can be built for, under ``method``."""
     names = {id(p): n for n, p in trainable.items()}
     out: list[_Candidate] = []
-    if method == "full":
+    if method in ("full", "setfit"):  # SetFit trains every weight of its encoder body
         seen: set[str] = set()
         for module in model.modules():
             if isinstance(module, torch.nn.Linear) and id(module.weight) in names:
@@ -178,7 +180,8 @@ def _candidates(
                 out.append(_Candidate(name, names[id(b)], base.weight, names[id(a)], scaling))
         return out
     raise GradguideError(
-        f"the spectral terms apply to full and lora (graphs on weight matrices), not {method}",
+        f"the spectral terms apply to full, lora and setfit (graphs on weight matrices), not "
+        f"{method}",
         field="method",
     )
 
@@ -272,7 +275,7 @@ class SpectralGraphs:
             p = trainable[c.target]
             # at least fp32: in bf16, U h(Λ) Uᵀ would no longer be a projection / low-pass filter
             g = g.to(p.device, torch.promote_types(p.dtype, torch.float32))
-            w0 = None if method != "full" else c.rows.detach().clone()
+            w0 = None if c.a is not None else c.rows.detach().clone()
             gain = response(g.eigenvalues, options)
             entries.append(Coordinated(c.name, c.target, g, gain, c.a, c.scaling, w0, t))
         facts = {

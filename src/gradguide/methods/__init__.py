@@ -1,7 +1,8 @@
 """What is trained: one small module per method behind one interface, and their registry.
 
 Training methods: ``full``, ``lora``, ``prompt``, ``adapter``, ``layernorm``, ``ofa`` (layernorm
-with the OFA penalties as its default guidance), ``bitfit``.
+with the OFA penalties as its default guidance), ``bitfit``, and ``setfit`` (the setfit package:
+contrastive body tuning and a head of its own, for encoders; an optional extra).
 ``zero-shot`` and ``icl`` train nothing (``trains = False``; the trainer skips training).
 Every method adapts a :class:`~gradguide.models.LoadedModel` in place with ``apply``, returns an
 :class:`Adapted` whose ``trainable`` dict is exactly what is trained, and saves/loads its result
@@ -19,6 +20,7 @@ from gradguide.methods.layernorm import LayerNormTuning
 from gradguide.methods.lora import LoRA
 from gradguide.methods.ofa import OfaTuning
 from gradguide.methods.prompt import PromptTuned, PromptTuning
+from gradguide.methods.setfit import SetFit
 from gradguide.methods.untrained import ICL, ZERO_SHOT
 
 __all__ = [
@@ -40,6 +42,7 @@ _REGISTRY: dict[str, Method] = {
         LayerNormTuning(),
         OfaTuning(),
         BitFit(),
+        SetFit(),
         ZERO_SHOT,
         ICL,
     )

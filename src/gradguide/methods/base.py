@@ -19,16 +19,17 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from gradguide.atomic import fsync_dir, sha256_file, write_json_atomic
 from gradguide.errors import GradguideError
 from gradguide.models import LoadedModel
+from gradguide.tasks.base import Instance
 
 META_NAME = "adapter_meta.json"
 TENSORS_NAME = "trainable.safetensors"
@@ -48,6 +49,15 @@ class MethodOptions:
     prompt_init_text: str = "Classify the text and answer with the right word."
     adapter_size: int = 16
     adapter_init_scale: float = 1e-2
+    #: SetFit (gradguide.methods.setfit), SetFit 1.x's defaults: pairs per example and polarity
+    #: (0 = its "oversampling"), pair batches, passes over the pairs, weight decay, the head
+    setfit_iterations: int = 0
+    setfit_sampling: str = "oversampling"
+    setfit_batch_size: int = 16
+    setfit_epochs: int = 1
+    setfit_weight_decay: float = 0.01
+    setfit_head: str = "logistic"
+    setfit_input: str = "text"
 
     def to_dict(self) -> dict[str, Any]:
         """The options as a plain dict (for run records and adapter_meta.json)."""
@@ -60,15 +70,25 @@ class MethodOptions:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+#: Method options read by one method only (prefix → method): a run of another method leaves
+#: them out of its run key (gradguide.bench.grid.run_key), so adding them re-keys no stored run.
+SCOPED_OPTIONS: dict[str, str] = {"setfit_": "setfit"}
+
+
 @dataclass
 class Adapted:
-    """A model prepared for training by one method, and exactly the parameters it trains."""
+    """A model prepared for training by one method, and exactly the parameters it trains.
+
+    ``predictor`` is the method's own predictor where it has one (SetFit's head): ``as_lm``
+    hands it to the scorer (gradguide.models.LoadedModel.predictor).
+    """
 
     model: torch.nn.Module
     method: str
     trainable: dict[str, torch.nn.Parameter]
     options: MethodOptions = field(default_factory=MethodOptions)
     info: dict[str, Any] = field(default_factory=dict)
+    predictor: Callable[..., torch.Tensor] | None = None
 
     def n_trainable(self) -> int:
         """Number of trained scalars (what the run record reports as the method's size)."""
@@ -76,7 +96,45 @@ class Adapted:
 
     def as_lm(self, lm: LoadedModel) -> LoadedModel:
         """``lm`` with its model replaced by the adapted one, ready for ``candidate_scores``."""
-        return dataclasses.replace(lm, model=self.model)
+        return dataclasses.replace(lm, model=self.model, predictor=self.predictor)
+
+
+class Objective(Protocol):
+    """What a run minimises and over which items: rank classification unless a method brings
+    its own (``OwnObjective``; SetFit trains its body on pairs of the k shots).
+
+    ``items`` makes the units the loop batches from a k-shot sample (the source task's too),
+    ``batch_size`` / ``epochs`` / ``weight_decay`` say how they are trained, ``loss`` is one
+    batch's differentiable loss (the guidance engine may call it more than once per step), and
+    ``finish`` completes the method after the loop (SetFit fits its head), returning facts for
+    the run record.
+    """
+
+    name: str
+    batch_size: int
+    epochs: int
+    weight_decay: float
+
+    def items(self, instances: Sequence[Instance]) -> list[Any]:
+        """The training units of a k-shot sample."""
+        ...
+
+    def loss(self, batch: Sequence[Any]) -> torch.Tensor:
+        """The differentiable loss of one batch of units."""
+        ...
+
+    def finish(self, instances: Sequence[Instance]) -> dict[str, Any]:
+        """Work after the optimisation (on the k-shot sample); facts for the run record."""
+        ...
+
+
+@runtime_checkable
+class OwnObjective(Protocol):
+    """A method that trains on an objective of its own rather than rank classification."""
+
+    def objective(self, adapted: Adapted) -> Objective:
+        """The objective that trains ``adapted``."""
+        ...
 
 
 class Method(Protocol):

@@ -20,8 +20,27 @@ from gradguide.report.data import Cells, RunData, cells
 METRIC = "accuracy"
 STABILITY = "gradient_stability"
 ALIGNMENT = "directional_alignment"
-BASELINES = ("zero-shot", "icl", "full", "adapter", "lora", "prompt", "layernorm", "bitfit")
-METHOD_ORDER = (*BASELINES, "sgg", "sgg-dir", "sgg-mag", "sgg-align", "ofa", "spectral")
+BASELINES = (
+    "zero-shot",
+    "icl",
+    "full",
+    "adapter",
+    "lora",
+    "prompt",
+    "layernorm",
+    "bitfit",
+    "setfit",
+)
+METHOD_ORDER = (
+    *BASELINES,
+    "sgg",
+    "sgg-dir",
+    "sgg-mag",
+    "sgg-align",
+    "sgg+setfit",
+    "ofa",
+    "spectral",
+)
 ALPHA = 0.05
 CURVE_POINTS = 101
 

@@ -19,6 +19,10 @@ verdict rules are stated in ``RULES`` and printed in the report:
 - Loss (Figure 4): SGG's mean training-loss curve falls over training by at least 10% of its
   starting value, and by at least half of that total decrease within the first 20% of training
   (a curve that ends about where it started has not declined, whatever it did early).
+- SGG on SetFit (not the paper's: gradguide's claim on its strongest few-shot peer, issue 18):
+  SetFit with SGG on its body training (the arm stored as ``sgg+setfit``) beats SetFit alone on
+  accuracy, by the BETTER rule of gradguide.report.verdict in each condition (model, shots); the
+  evidence gives each task and the mean wall time per run of both arms.
 """
 
 from __future__ import annotations
@@ -49,9 +53,11 @@ from gradguide.report.verdict import (
     REPRODUCED,
     ClaimResult,
     Measure,
+    arm_conditions,
     headline,
     metric_value,
     run_keys,
+    versus,
 )
 
 SGG = "sgg"
@@ -80,7 +86,15 @@ RULES = (
     "Domains: SGG's mean accuracy above 75% on every domain task run.",
     "Loss: SGG's mean loss curve ends at least 10% below its start and loses at least half of "
     "that decrease in the first 20% of training.",
+    "SGG on SetFit (gradguide's claim, not the paper's): reproduced when SetFit with SGG "
+    "(sgg+setfit) beats SetFit's mean accuracy with a paired t-test p < 0.05 over matched (task, "
+    "seed) cells of a condition; not reproduced when it does not; not testable without SetFit "
+    "runs or 2 matched pairs. Per-task numbers and wall time per run are evidence.",
 )
+SETFIT = "setfit"
+#: SetFit trained with SGG, as the store names it (gradguide.bench.store.arm_name)
+SGG_SETFIT = "sgg+setfit"
+ACCURACY = Measure(METRIC, metric_value(METRIC), percent=True)
 
 
 def _sgg_conditions(data: BenchData) -> list[Condition]:
@@ -371,6 +385,32 @@ def loss_claim(data: BenchData) -> list[ClaimResult]:
     return out
 
 
+def setfit_claim(data: BenchData) -> list[ClaimResult]:
+    """SGG on SetFit's body training beats SetFit alone (paired accuracy, per condition)."""
+    claim = "SGG improves on SetFit (SetFit with SGG on its body training vs SetFit)"
+    paper = "not in the paper: gradguide's claim on its strongest few-shot peer (issue 18)"
+    out = []
+    for cond in arm_conditions(conditions(data.runs), SGG_SETFIT):
+        j = versus(cond, SGG_SETFIT, (SETFIT,), ACCURACY, per_task=True)
+        evidence = j.evidence
+        walls = []
+        for arm in (SGG_SETFIT, SETFIT):
+            times = [r.wall_s for r in cond.runs_of(arm) if r.wall_s]
+            if times:
+                walls.append(f"{arm} {sum(times) / len(times):.0f} s ({len(times)} runs)")
+        if walls:
+            evidence += ". Mean wall time per run: " + ", ".join(walls)
+        runs = run_keys(cond, (SGG_SETFIT, SETFIT))
+        out.append(
+            ClaimResult(claim, paper, cond.title, j.status, evidence, j.headline, runs, METRIC)
+        )
+    if not out:
+        out.append(
+            ClaimResult(claim, paper, "all runs", NOT_TESTABLE, f"no {SGG_SETFIT} runs are stored")
+        )
+    return out
+
+
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
@@ -384,7 +424,8 @@ def evaluate(data: BenchData) -> list[ClaimResult]:
         *sample_size_claim(data),
         *domain_claim(data),
         *loss_claim(data),
+        *setfit_claim(data),
     ]
 
 
-__all__ = ["PAPER_TABLE1", "RULES", "evaluate"]
+__all__ = ["PAPER_TABLE1", "RULES", "evaluate", "setfit_claim"]

@@ -20,6 +20,8 @@ class Instance:
     ``id`` is stable across runs (split plus the file's own index, e.g. ``"val:17"``) and is what
     run records store as the data sample. ``group`` ties MultiRC answer options to their question
     (exact match is computed per group); it is also the unit of k-shot sampling when present.
+    ``text`` is the example's own input, its template fields without the template (one per line):
+    what a method that embeds the example rather than prompting a model reads (SetFit).
     """
 
     id: str
@@ -28,6 +30,7 @@ class Instance:
     gold: int
     label: str
     group: str | None = None
+    text: str | None = None
 
     @property
     def demonstration(self) -> str:

@@ -141,6 +141,12 @@ def render(template: str, fields: Mapping[str, Any], path: Path, line: int) -> s
     return "".join(parts)
 
 
+def input_text(template: str, fields: Mapping[str, Any], path: Path, line: int) -> str:
+    """The template's fields alone, stripped, one per line: the example without its prompt."""
+    names = template_fields(template)
+    return "\n".join(require(fields, name, str, path, line).strip() for name in names)
+
+
 def record_rows(
     *,
     label_field: str = "label",
@@ -366,6 +372,7 @@ class TemplateTask:
                         gold=gold,
                         label=row.label,
                         group=row.group,
+                        text=input_text(self.template, row.fields, file, line),
                     )
                 )
         if not instances:
