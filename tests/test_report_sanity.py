@@ -153,11 +153,11 @@ def test_a_run_200x_off_is_flagged_and_the_claims_it_feeds_get_no_verdict():
     (table,) = [b for b in part if isinstance(b, Table)]
     assert table.rows[0][4] == "sgg-cb-2" and table.rows[0][5].startswith("200× ")
     assert [r[-1] for r in table.rows[1:]] == ["ok"] * 5
-    # the limit is configurable: at 1000× and a share of 1 only clipping still dominates
-    loose = Limits(ratio=1000.0, penalty_share=1.0)
+    # the limit is configurable: at 1000× and a penalty 1000× the task's only clipping dominates
+    loose = Limits(ratio=1000.0, penalty=1000.0)
     assert check(data, loose).failures()["sgg-cb-2"].checks == (CLIPPING,)
-    assert not check(data, Limits(ratio=1000.0, penalty_share=1.0, clip_scale=0.0)).failures()
-    assert status(data, ACCURACY, Limits(1000.0, 1.0, 0.0))[0] == REPRODUCED
+    assert not check(data, Limits(ratio=1000.0, penalty=1000.0, clip_scale=0.0)).failures()
+    assert status(data, ACCURACY, Limits(1000.0, 1000.0, 0.0))[0] == REPRODUCED
 
 
 def test_a_ratio_far_below_one_fails_too():
@@ -168,10 +168,15 @@ def test_a_ratio_far_below_one_fails_too():
 def test_recorded_share_and_clip_scale_are_used_before_the_norms():
     # the norms alone bound the share below by 0.03; the record says the penalty is 80% of it
     share = {"penalty_share": [0.8] * STEPS, "clip_scale": [1.0] * STEPS}
-    data = archive({("cb", 1): {"extra_curves": share}})
+    data = archive({("cb", 1): {"ratio": 3.0, "extra_curves": share}})
     (c,) = [c for c in check(data).runs if c.run.key == "sgg-cb-1"]
     assert c.share_recorded and c.share == pytest.approx(0.8)
+    assert c.penalty == pytest.approx(0.8 * 3.0)  # ‖p‖/‖g‖ = share × ratio, > 1: dominates
     assert c.failed == (PENALTY,)
+    # a share above one half with the penalty part smaller than g does not dominate
+    data = archive({("cb", 1): {"ratio": 0.9, "extra_curves": share}})
+    (c,) = [c for c in check(data).runs if c.run.key == "sgg-cb-1"]
+    assert c.penalty == pytest.approx(0.72) and c.failed == ()
     clipped = {"penalty_share": [None, 0.1] * (STEPS // 2), "clip_scale": [0.05] * STEPS}
     data = archive({("cb", 1): {"extra_curves": clipped}})
     (c,) = [c for c in check(data).runs if c.run.key == "sgg-cb-1"]
@@ -309,8 +314,8 @@ def test_a_non_finite_norm_in_a_record_fails_and_paths_stay_relative(tmp_path):
 def test_sanity_limits_are_checked_and_set_from_the_command_line(tmp_path, capsys):
     with pytest.raises(GradguideError, match="sanity-ratio"):
         Limits(ratio=1.0)
-    with pytest.raises(GradguideError, match="sanity-penalty-share"):
-        Limits(penalty_share=0.0)
+    with pytest.raises(GradguideError, match="sanity-penalty"):
+        Limits(penalty=0.0)
     with pytest.raises(GradguideError, match="sanity-clip-scale"):
         Limits(clip_scale=1.0)
     grad = [1.0, 0.9, 0.8, 0.7]
@@ -319,7 +324,7 @@ def test_sanity_limits_are_checked_and_set_from_the_command_line(tmp_path, capsy
     assert "--sanity-ratio" in capsys.readouterr().err
     assert report_main([str(bench), "--out", str(tmp_path / "r1")]) == 0
     assert "**1 of 1 guided runs fail a check**" in (tmp_path / "r1" / "report.md").read_text()
-    loose = ["--sanity-ratio", "30", "--sanity-penalty-share", "1", "--sanity-clip-scale", "0.01"]
+    loose = ["--sanity-ratio", "30", "--sanity-penalty", "30", "--sanity-clip-scale", "0.01"]
     assert report_main([str(bench), "--out", str(tmp_path / "r2"), *loose]) == 0
     assert "All 1 guided runs pass every check." in (tmp_path / "r2" / "report.md").read_text()
 

@@ -43,12 +43,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "below 1/X (default 10)",
     )
     p.add_argument(
-        "--sanity-penalty-share",
+        "--sanity-penalty",
         type=float,
-        default=0.5,
-        metavar="S",
-        help="... or when the penalties' median share of the applied gradient is above S "
-        "(default 0.5)",
+        default=1.0,
+        metavar="P",
+        help="... or when the penalties' part of its median update outweighs the task gradient "
+        "P times, ‖guided g − g‖/‖g‖ > P (default 1)",
     )
     p.add_argument(
         "--sanity-clip-scale",
@@ -64,7 +64,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     from gradguide.report.build import summary_lines, write_report
     from gradguide.report.sanity import Limits
 
-    limits = Limits(a.sanity_ratio, a.sanity_penalty_share, a.sanity_clip_scale)
+    limits = Limits(a.sanity_ratio, a.sanity_penalty, a.sanity_clip_scale)
     files = write_report(a.dir, a.out, grids=a.grid, limits=limits)
     for line in summary_lines(files):
         print(line)

@@ -12,7 +12,10 @@ A run fails a check when, at its median step (``Limits``, configurable):
 
 - ‖guided g‖/‖g‖ is far from 1, the ratio of every unguided run: above ``ratio`` or below
   1/``ratio``; or it is not finite (a record holding a non-finite norm, or no step with both);
-- the penalties dominate the update: their share is above ``penalty_share``;
+- the penalties dominate the update: their part of it outweighs the task gradient,
+  ‖guided g − g‖/‖g‖ above ``penalty`` (1 by default; per step the share times the ratio, or for
+  older records the lower bound |‖guided g‖/‖g‖ − 1|). A share alone above one half does not
+  say that: a penalty part orthogonal to g and 0.75 its size has a share of 0.6;
 - clipping dominates the update: the clip scale is below ``clip_scale``.
 
 A condition whose arms measured directional alignment against different priors fails for that
@@ -51,18 +54,16 @@ class Limits:
 
     #: ‖guided g‖/‖g‖ above this, or below its inverse
     ratio: float = 10.0
-    #: the penalties' share of the applied gradient above this
-    penalty_share: float = 0.5
+    #: the penalties' part of the update over the task gradient, ‖guided g − g‖/‖g‖, above this
+    penalty: float = 1.0
     #: the clip scale below this (the applied gradient shrunk more than 1/this times)
     clip_scale: float = 0.1
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.ratio) and self.ratio > 1):
             raise GradguideError(f"must be > 1, not {self.ratio}", field="--sanity-ratio")
-        if not 0 < self.penalty_share <= 1:
-            raise GradguideError(
-                f"must be in (0, 1], not {self.penalty_share}", field="--sanity-penalty-share"
-            )
+        if not (math.isfinite(self.penalty) and self.penalty > 0):
+            raise GradguideError(f"must be > 0, not {self.penalty}", field="--sanity-penalty")
         if not 0 <= self.clip_scale < 1:
             raise GradguideError(
                 f"must be in [0, 1), not {self.clip_scale}", field="--sanity-clip-scale"
@@ -82,6 +83,8 @@ class RunCheck:
     #: (else a lower bound from the norms)
     share: float | None
     share_recorded: bool
+    #: ‖guided g − g‖/‖g‖ at the median step (from the recorded share, else a lower bound)
+    penalty: float | None
     #: the clip scale at the median step (None without clipping) and the steps clipped
     clip: float | None
     clipped: int
@@ -162,6 +165,14 @@ def check_run(run: RunData, limits: Limits) -> RunCheck | None:
                 for a, b in zip(guided, grad, strict=False)
             ]
         )
+    if recorded_share is not None:  # ‖p‖/‖g‖ = (‖p‖/‖g + p‖)·(‖g + p‖/‖g‖)
+        parts = [
+            a * b if a is not None and b is not None else None
+            for a, b in zip(recorded_share, ratios, strict=False)
+        ]
+    else:  # ‖p‖ ≥ |‖g + p‖ − ‖g‖|
+        parts = [abs(x - 1) if x is not None else None for x in ratios]
+    penalty = _median(parts)
     clip_limit = _clip_limit(run)
     scales: list[float | None] = []
     if "clip_scale" in run.curves:
@@ -174,7 +185,7 @@ def check_run(run: RunData, limits: Limits) -> RunCheck | None:
         failed.append(NONFINITE)
     elif not 1 / limits.ratio <= ratio <= limits.ratio:
         failed.append(RATIO)
-    if share is not None and share > limits.penalty_share:
+    if penalty is not None and penalty > limits.penalty:
         failed.append(PENALTY)
     clip = _median(scales)
     if clip is not None and clip < limits.clip_scale:
@@ -186,6 +197,7 @@ def check_run(run: RunData, limits: Limits) -> RunCheck | None:
         ratio_max=max(known) if known else None,
         share=share,
         share_recorded=recorded_share is not None,
+        penalty=penalty,
         clip=clip,
         clipped=sum(1 for s in scales if s is not None and s < 1.0),
         steps=len(guided),
@@ -225,7 +237,9 @@ def _num(x: float | None, digits: int = 3) -> str:
 
 def _row(c: RunCheck) -> tuple[str, ...]:
     r = c.run
-    share = "n/a" if c.share is None else ("" if c.share_recorded else "≥ ") + f"{c.share:.2f}"
+    bound = "" if c.share_recorded else "≥ "
+    share = "n/a" if c.share is None else f"{bound}{c.share:.2f}"
+    penalty = "n/a" if c.penalty is None else f"{bound}{c.penalty:.2f}"
     clip = "no clipping" if c.clip is None else f"{c.clip:.3g} ({c.clipped}/{c.steps} steps)"
     return (
         f"{r.model}, {r.shots} shots",
@@ -235,6 +249,7 @@ def _row(c: RunCheck) -> tuple[str, ...]:
         r.key,
         f"{_num(c.ratio)}× (max {_num(c.ratio_max)}×)",
         share,
+        penalty,
         clip,
         str(c.nonfinite),
         "; ".join(c.failed) or "ok",
@@ -246,13 +261,16 @@ def _text(limits: Limits) -> str:
         "Every guided run, from its own record. ‖guided g‖/‖g‖: the norm of the gradient the "
         "guidance produced over the task gradient's, per step (1 for unguided training). Penalty "
         "share: ‖guided g − g‖/‖guided g‖, recorded per step where a penalty was applied; for "
-        "records without it, the lower bound |‖guided g‖ − ‖g‖|/‖guided g‖ (marked ≥). Clip "
+        "records without it, the lower bound |‖guided g‖ − ‖g‖|/‖guided g‖ (marked ≥). Penalty / "
+        "task: ‖guided g − g‖/‖g‖, the share times the ratio per step (lower bound "
+        "|‖guided g‖/‖g‖ − 1| for older records). Clip "
         "scale: min(1, clip/‖applied gradient‖) (recorded, else from optim.grad_clip and "
         "‖guided g‖), with the number of steps clipping shrank. Medians over the run's steps. "
         f"A run fails when, at its median step, ‖guided g‖/‖g‖ is above {limits.ratio:g}× or "
-        f"below 1/{limits.ratio:g}, or not finite; the penalty share is above "
-        f"{limits.penalty_share:g}; or the clip scale is below {limits.clip_scale:g} (limits set "
-        "with `gradguide report --sanity-ratio/--sanity-penalty-share/--sanity-clip-scale`). "
+        f"below 1/{limits.ratio:g}, or not finite; the penalties' part outweighs the task "
+        f"gradient (penalty / task above {limits.penalty:g}); or the clip scale is below "
+        f"{limits.clip_scale:g} (limits set "
+        "with `gradguide report --sanity-ratio/--sanity-penalty/--sanity-clip-scale`). "
         "Non-finite: steps skipped for a non-finite loss or gradient plus non-finite norms in "
         "the record. A claim decided from a run that fails is marked **not testable: failed "
         "sanity check**, as is a directional-alignment claim whose arms measured against "
@@ -310,6 +328,7 @@ def sanity_section(doc: Doc, data: BenchData, sanity: Sanity) -> None:
                 "run",
                 "‖guided g‖/‖g‖ median",
                 "penalty share",
+                "penalty / task",
                 "clip scale",
                 "non-finite",
                 "checks",
