@@ -398,3 +398,19 @@ def test_withheld_claims_keep_their_numbers_only_as_evidence():
         assert before.status in (REPRODUCED, NOT_REPRODUCED) and before.runs == c.runs
         assert c.evidence.endswith("Numbers, not a verdict: " + before.evidence)
         assert before.headline and not c.headline
+
+
+def test_pretrain_priors_from_different_corpora_are_different_priors():
+    """A pretrain prior is named with its corpus, so old (BoolQ val) and new (train32) runs clash."""
+    from gradguide.report.data import prior_label
+
+    old = prior_label({"prior": "pretrain"})
+    new = prior_label(
+        {
+            "prior": "pretrain",
+            "prior_made_from": {"corpus": {"file": "superglue/BoolQ/train32.jsonl"}},
+        }
+    )
+    assert old != new and new == "pretrain (superglue/BoolQ/train32.jsonl)"
+    assert "before the corpus was recorded" in str(old)
+    assert prior_label({"prior": "ema:0.9"}) == "ema:0.9" and prior_label({}) is None

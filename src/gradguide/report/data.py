@@ -129,6 +129,23 @@ class Superseded:
     differences: dict[str, tuple[Any, Any]]
 
 
+def prior_label(guidance: Mapping[str, Any]) -> str | None:
+    """The prior a run measured alignment against, named with its corpus where it has one.
+
+    Two pretrain priors built from different corpora are different directions: records made
+    before the corpus was recorded (gradguide's first default, BoolQ's validation passages) are
+    labelled so, and a condition mixing them is flagged by the sanity checks.
+    """
+    name = guidance.get("prior")
+    if name != "pretrain":
+        return name
+    corpus = (guidance.get("prior_made_from") or {}).get("corpus") or {}
+    source = corpus.get("file")
+    if not source:
+        return "pretrain (BoolQ val passages, before the corpus was recorded)"
+    return f"pretrain ({source})"
+
+
 def _digest(ids: Iterable[str]) -> str:
     return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:16]
 
@@ -177,7 +194,7 @@ def _from_row(bench_dir: Path, row: RunRow) -> RunData:
         trainable=record.get("trainable_parameters"),
         timings=_timings(record),
         term_summaries=dict(guidance.get("term_summaries") or {}),
-        prior=guidance.get("prior"),
+        prior=prior_label(guidance),
         prior_note=guidance.get("prior_note"),
         guidance_use=_guidance_use(guidance, row.config),
         nonfinite=nonfinite,
