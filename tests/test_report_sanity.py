@@ -401,7 +401,7 @@ def test_withheld_claims_keep_their_numbers_only_as_evidence():
 
 
 def test_pretrain_priors_from_different_corpora_are_different_priors():
-    """A pretrain prior is named with its corpus, so old (BoolQ val) and new (train32) runs clash."""
+    """A pretrain prior is named with its corpus: old (BoolQ val) and new (train32) runs clash."""
     from gradguide.report.data import prior_label
 
     old = prior_label({"prior": "pretrain"})
