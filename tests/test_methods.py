@@ -13,10 +13,18 @@ import torch
 import torch.nn.functional as F
 
 from gradguide.errors import GradguideError
-from gradguide.methods import Adapted, MethodOptions, PromptTuned, get_method, list_methods
+from gradguide.methods import (
+    Adapted,
+    MethodOptions,
+    PromptTuned,
+    build_registry,
+    get_method,
+    list_methods,
+)
 from gradguide.methods.adapter import Bottleneck
-from gradguide.methods.base import META_NAME, TENSORS_NAME
+from gradguide.methods.base import META_NAME, ROLES, TENSORS_NAME, OwnObjective
 from gradguide.methods.prompt import insertion_index
+from gradguide.methods.untrained import NoTraining
 from gradguide.models import LoadedModel, load_model
 from gradguide.scoring import ScoringOptions, build_prefix, candidate_scores, score_dataset
 from gradguide.tasks import get_task
@@ -24,7 +32,8 @@ from gradguide.tasks.base import Instance
 
 LLAMA, BERT = "tiny-llama", "tiny-bert"
 EXACT = {"rtol": 0.0, "atol": 1e-6}
-TRAINING = ("full", "lora", "prompt", "adapter", "layernorm", "ofa", "bitfit")
+# Methods trained by rank classification (setfit brings its own objective: tests/test_setfit.py).
+TRAINING = tuple(m.name for m in list_methods() if m.trains and not isinstance(m, OwnObjective))
 CASES = [(m, LLAMA) for m in TRAINING if m != "bitfit"] + [(m, BERT) for m in TRAINING]
 
 # Which trainable parameter names each method may produce.
@@ -96,7 +105,11 @@ def train(
 def test_registry_lists_every_method_with_sensible_defaults() -> None:
     names = [m.name for m in list_methods()]
     # setfit trains on an objective of its own (tests/test_setfit.py)
-    assert names == [*TRAINING, "setfit", "zero-shot", "icl"]
+    assert names == [
+        *("full", "lora", "prompt", "adapter", "layernorm", "ofa", "bitfit"),
+        *("setfit", "zero-shot", "icl"),
+    ]
+    assert tuple(names[:7]) == TRAINING
     for m in list_methods():
         assert m.description
         assert m.trains == (m.name in (*TRAINING, "setfit"))
@@ -104,6 +117,54 @@ def test_registry_lists_every_method_with_sensible_defaults() -> None:
     assert get_method("full").default_lr == 1e-5
     assert get_method("lora").default_lr == 5e-4
     assert get_method("prompt").default_lr == 3e-2
+
+
+def test_report_and_cost_lists_derive_from_what_each_method_declares() -> None:
+    # Catches a wrong role, rank or cost: the report's order and comparisons and the run-time
+    # estimate stay what they were when they were hand-kept lists.
+    from gradguide.bench.estimate import EVAL_FACTOR, STEP_FACTOR
+    from gradguide.report.analysis import BASELINES, METHOD_ORDER, method_rank
+
+    assert {m.role for m in list_methods()} <= set(ROLES)
+    assert (
+        *("zero-shot", "icl", "full", "adapter", "lora", "prompt", "layernorm", "bitfit"),
+        "setfit",
+    ) == BASELINES
+    assert (
+        *BASELINES,
+        *("sgg", "sgg-dir", "sgg-mag", "sgg-align", "sgg+setfit", "ofa", "spectral"),
+    ) == METHOD_ORDER
+    assert [m.name for m in list_methods() if m.role == "proposed"] == ["ofa"]
+    assert sorted(["spectral", "nope", "ofa", "icl", "sgg"], key=method_rank) == [
+        *("icl", "sgg", "ofa", "spectral", "nope"),
+    ]
+    assert STEP_FACTOR == {"full": 1.5, "setfit": 4.3}
+    assert EVAL_FACTOR == {"icl": 3.0, "setfit": 0.6}
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"role": "baselin"}, r"role 'baselin'; expected one of baseline, proposed"),
+        ({"step_factor": 0.0}, r"step_factor 0.0; it must be positive"),
+        ({"eval_factor": float("nan")}, r"eval_factor nan; it must be positive"),
+        ({"report_rank": 10}, r"'zero-shot' and 'new' share report_rank 10"),
+        ({"name": "zero-shot"}, r"'zero-shot' is registered twice"),
+    ],
+)
+def test_a_method_with_metadata_that_cannot_be_right_is_refused(
+    change: dict[str, object], error: str
+) -> None:
+    base = NoTraining("zero-shot", "first", report_rank=10)
+    new = NoTraining("new", "second", report_rank=11)
+    for key, value in change.items():
+        setattr(new, key, value)
+    assert list(build_registry((base, NoTraining("new", "ok", report_rank=11)))) == [
+        "zero-shot",
+        "new",
+    ]
+    with pytest.raises(GradguideError, match=error):
+        build_registry((base, new))
 
 
 def test_unknown_method_lists_known_ones() -> None:

@@ -29,7 +29,7 @@ from gradguide.bench.store import RunRow, arm_name
 from gradguide.config import from_dict, to_dict
 from gradguide.errors import GradguideError
 from gradguide.guidance import guidance_cost
-from gradguide.methods import get_method
+from gradguide.methods import get_method, list_methods
 from gradguide.tasks import get_task
 from gradguide.train import TrainConfig, total_steps
 
@@ -49,22 +49,18 @@ MODEL_COSTS: dict[str, ModelCost] = {
     "tiny-llama": ModelCost(load_s=0.1, step_s_per8=0.03, eval_per_s=600.0),
     "tiny-bert": ModelCost(load_s=0.1, step_s_per8=0.03, eval_per_s=600.0),
 }
-#: Extra cost of a training step of a method, relative to a LoRA step (a guidance's own factor
-#: is declared with it: gradguide.guidance.guidance_cost).
+#: Extra cost of a training step of a method, relative to a LoRA step: each method declares its
+#: own (Method.step_factor), as a guidance does (gradguide.guidance.guidance_cost).
 STEP_FACTOR: dict[str, float] = {
-    "full": 1.5,
-    # SetFit's body step on minilm-l6 per 8 pairs (16 sentences, every weight), benchmarks/
-    # setfit_cost.py (4 steps on a loaded machine, noisy): x4.3 a LoRA step of 8 instances; with
-    # SGG (fd HVP) x12.2, about this times sgg's 3.0. Its steps count pairs: setfit.pair_count.
-    "setfit": 4.3,
+    m.name: m.step_factor for m in list_methods() if m.step_factor != 1
 }
-#: SetFit evaluates by one embedding per example: 57 vs 33 SST-2 examples/s for the encoder
-#: head's prompt + label words on minilm-l6 (benchmarks/setfit_cost.py)
-SETFIT_EVAL = 0.6
-#: Evaluation cost relative to scoring each example's candidates: in-context learning scores
-#: prompts that carry the demonstrations; SetFit embeds each example once for its head.
-ICL_EVAL_FACTOR = 3.0
-EVAL_FACTOR: dict[str, float] = {"icl": ICL_EVAL_FACTOR, "setfit": SETFIT_EVAL}
+#: Evaluation cost relative to scoring each example's candidates (Method.eval_factor): in-context
+#: learning scores prompts that carry the demonstrations; SetFit embeds each example once.
+EVAL_FACTOR: dict[str, float] = {
+    m.name: m.eval_factor for m in list_methods() if m.eval_factor != 1
+}
+SETFIT_EVAL = EVAL_FACTOR["setfit"]
+ICL_EVAL_FACTOR = EVAL_FACTOR["icl"]
 #: Mean characters of an SST-2 training instance (prompt and longest answer): the constants' scale.
 REFERENCE_CHARS = 132.0
 #: Evaluation examples assumed when the data could not be read.

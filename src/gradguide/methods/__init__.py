@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from gradguide.errors import GradguideError
 from gradguide.methods.adapter import BottleneckAdapters
-from gradguide.methods.base import Adapted, Method, MethodOptions
+from gradguide.methods.base import Adapted, Method, MethodOptions, check_method
 from gradguide.methods.bitfit import BitFit
 from gradguide.methods.full import FullFineTuning
 from gradguide.methods.layernorm import LayerNormTuning
@@ -28,13 +28,32 @@ __all__ = [
     "Method",
     "MethodOptions",
     "PromptTuned",
+    "build_registry",
     "get_method",
     "list_methods",
+    "methods_in_report_order",
 ]
 
-_REGISTRY: dict[str, Method] = {
-    m.name: m
-    for m in (
+
+def build_registry(methods: tuple[Method, ...]) -> dict[str, Method]:
+    """The registry of ``methods`` by name, refusing bad metadata and clashing names or ranks."""
+    registry: dict[str, Method] = {}
+    ranks: dict[int, str] = {}
+    for m in methods:
+        check_method(m)
+        if m.name in registry:
+            raise GradguideError(f"method {m.name!r} is registered twice")
+        if m.report_rank in ranks:
+            raise GradguideError(
+                f"methods {ranks[m.report_rank]!r} and {m.name!r} share report_rank {m.report_rank}"
+            )
+        registry[m.name] = m
+        ranks[m.report_rank] = m.name
+    return registry
+
+
+_REGISTRY: dict[str, Method] = build_registry(
+    (
         FullFineTuning(),
         LoRA(),
         PromptTuning(),
@@ -46,12 +65,18 @@ _REGISTRY: dict[str, Method] = {
         ZERO_SHOT,
         ICL,
     )
-}
+)
 
 
 def list_methods() -> list[Method]:
     """Every registered method, training methods first (the registry's order)."""
     return list(_REGISTRY.values())
+
+
+def methods_in_report_order(role: str | None = None) -> list[Method]:
+    """Registered methods in the report's order (``report_rank``), only ``role``'s if given."""
+    chosen = [m for m in _REGISTRY.values() if role is None or m.role == role]
+    return sorted(chosen, key=lambda m: m.report_rank)
 
 
 def get_method(name: str) -> Method:

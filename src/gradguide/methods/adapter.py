@@ -135,6 +135,10 @@ class BottleneckAdapters(SavedAsTensors):
     # New, zero-started modules with few parameters: Houlsby et al. searched 1e-4..1e-3.
     default_lr = 1e-3
     default_guidance = ""
+    role = "baseline"
+    report_rank = 40
+    step_factor = 1.0
+    eval_factor = 1.0
     description = "bottleneck adapters (Houlsby) after each attention and MLP block"
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:

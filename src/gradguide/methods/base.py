@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -73,6 +74,25 @@ class MethodOptions:
 #: Method options read by one method only (prefix → method): a run of another method leaves
 #: them out of its run key (gradguide.bench.grid.run_key), so adding them re-keys no stored run.
 SCOPED_OPTIONS: dict[str, str] = {"setfit_": "setfit"}
+
+
+#: What a method can be in the report (Method.role).
+ROLES = ("baseline", "proposed")
+
+
+def check_method(method: Method) -> None:
+    """Refuse a method whose declared metadata cannot be right (checked when it is registered)."""
+    if method.role not in ROLES:
+        raise GradguideError(
+            f"method {method.name!r} declares role {method.role!r}; expected one of "
+            + ", ".join(ROLES)
+        )
+    for field_name in ("step_factor", "eval_factor"):
+        value = getattr(method, field_name)
+        if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+            raise GradguideError(
+                f"method {method.name!r} declares {field_name} {value!r}; it must be positive"
+            )
 
 
 @dataclass
@@ -138,7 +158,13 @@ class OwnObjective(Protocol):
 
 
 class Method(Protocol):
-    """One way to choose what is trained; a module plus a registry entry (methods/__init__.py)."""
+    """One way to choose what is trained; a module plus a registry entry (methods/__init__.py).
+
+    A method declares what the rest of gradguide needs to know about it, so that adding one
+    touches no list elsewhere: its role and place in the report (gradguide.report.analysis
+    derives ``BASELINES`` and ``METHOD_ORDER``) and its cost (gradguide.bench.estimate derives
+    ``STEP_FACTOR`` and ``EVAL_FACTOR``).
+    """
 
     name: str
     trains: bool
@@ -146,6 +172,15 @@ class Method(Protocol):
     description: str
     #: guidance switched on when the run names none (OFA is layernorm tuning + its penalties)
     default_guidance: str
+    #: one of ROLES: a baseline is compared against; a proposed method with every baseline
+    role: str
+    #: place in the report's method order, lower first (baselines 10–99; guidance arms such as
+    #: sgg sit at 100–199 in gradguide.report.analysis.GUIDANCE_ARM_RANKS)
+    report_rank: int
+    #: cost of one training step relative to a LoRA step of as many items
+    step_factor: float
+    #: cost of evaluation relative to scoring each example's candidates once
+    eval_factor: float
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:
         """Adapt ``lm.model`` in place, freeze everything not trained, return the result."""

@@ -26,6 +26,10 @@ class BitFit(SavedAsTensors):
     # Biases start near zero and are few: the BitFit paper's 1e-4..1e-3 range, upper end.
     default_lr = 1e-3
     default_guidance = ""
+    role = "baseline"
+    report_rank = 80
+    step_factor = 1.0
+    eval_factor = 1.0
     description = "BitFit: only the bias terms are trained"
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:

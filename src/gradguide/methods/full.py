@@ -19,6 +19,11 @@ class FullFineTuning(SavedAsTensors):
     # Every weight moves: pre-trained features survive few-shot data only with small steps.
     default_lr = 1e-5
     default_guidance = ""
+    role = "baseline"
+    report_rank = 30
+    #: every weight gets a gradient and an AdamW update
+    step_factor = 1.5
+    eval_factor = 1.0
     description = "full fine-tuning: every weight is trained"
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:

@@ -36,6 +36,10 @@ class LayerNormTuning(SavedAsTensors):
     # few percent over a few-shot run without the instability of larger steps on every layer.
     default_lr = 1e-3
     default_guidance = ""
+    role = "baseline"
+    report_rank = 70
+    step_factor = 1.0
+    eval_factor = 1.0
     description = "LayerNorm tuning: only normalisation gains and biases are trained (OFA)"
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:

@@ -68,6 +68,10 @@ class LoRA:
     # Only r x (in + out) values per matrix, B starting at zero: the usual 1e-4..1e-3 range.
     default_lr = 5e-4
     default_guidance = ""
+    role = "baseline"
+    report_rank = 50
+    step_factor = 1.0  # the unit of the step costs
+    eval_factor = 1.0
     description = "LoRA (PEFT): low-rank updates of the attention projections"
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:

@@ -16,4 +16,7 @@ class OfaTuning(LayerNormTuning):
 
     name = "ofa"
     default_guidance = "ofa"
+    role = "proposed"
+    #: after the sgg arms, before spectral (gradguide.report.analysis.GUIDANCE_ARM_RANKS)
+    report_rank = 110
     description = "OFA: LayerNorm tuning + step-ratio and sharpness penalties (guidance ofa)"

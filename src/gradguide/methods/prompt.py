@@ -228,6 +228,10 @@ class PromptTuning:
     # steps (Lester et al. used 0.3 with Adafactor); 3e-2 is the usual AdamW equivalent.
     default_lr = 3e-2
     default_guidance = ""
+    role = "baseline"
+    report_rank = 60
+    step_factor = 1.0
+    eval_factor = 1.0
     description = "prompt tuning (PEFT): a trained soft prompt before the input"
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:

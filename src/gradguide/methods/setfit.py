@@ -336,6 +336,15 @@ class SetFit:
     trains = True
     default_lr = SETFIT_LR
     default_guidance = ""
+    role = "baseline"
+    report_rank = 90
+    # SetFit's body step on minilm-l6 per 8 pairs (16 sentences, every weight), benchmarks/
+    # setfit_cost.py (4 steps on a loaded machine, noisy): x4.3 a LoRA step of 8 instances; with
+    # SGG (fd HVP) x12.2, about this times sgg's 3.0. Its steps count pairs: pair_count.
+    step_factor = 4.3
+    #: one embedding per example: 57 vs 33 SST-2 examples/s for the encoder head's prompt +
+    #: label words on minilm-l6 (benchmarks/setfit_cost.py)
+    eval_factor = 0.6
     description = (
         "SetFit (setfit package): contrastive tuning of the sentence encoder on pairs of the "
         "k shots, then a logistic-regression head"

@@ -21,10 +21,16 @@ class NoTraining:
     trains = False
     default_lr = 0.0
     default_guidance = ""
+    role = "baseline"
+    step_factor = 1.0
 
-    def __init__(self, name: str, description: str) -> None:
+    def __init__(
+        self, name: str, description: str, report_rank: int, eval_factor: float = 1.0
+    ) -> None:
         self.name = name
         self.description = description
+        self.report_rank = report_rank
+        self.eval_factor = eval_factor
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:
         """Return the model untouched (frozen) with no trainable parameter."""
@@ -42,5 +48,13 @@ class NoTraining:
         return self.apply(lm, options)
 
 
-ZERO_SHOT = NoTraining("zero-shot", "zero-shot: the base model scores candidates, nothing trained")
-ICL = NoTraining("icl", "in-context learning: demonstrations are prepended, nothing trained")
+ZERO_SHOT = NoTraining(
+    "zero-shot", "zero-shot: the base model scores candidates, nothing trained", report_rank=10
+)
+#: Evaluation scores prompts that carry the demonstrations: about three times the work.
+ICL = NoTraining(
+    "icl",
+    "in-context learning: demonstrations are prepended, nothing trained",
+    report_rank=20,
+    eval_factor=3.0,
+)

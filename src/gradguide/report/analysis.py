@@ -15,31 +15,35 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from gradguide.bench.stats import Interval, PairedComparison, across_tasks, paired_compare
+from gradguide.methods import methods_in_report_order
 from gradguide.report.data import Cells, RunData, cells
 
 METRIC = "accuracy"
 STABILITY = "gradient_stability"
 ALIGNMENT = "directional_alignment"
-BASELINES = (
-    "zero-shot",
-    "icl",
-    "full",
-    "adapter",
-    "lora",
-    "prompt",
-    "layernorm",
-    "bitfit",
-    "setfit",
-)
-METHOD_ORDER = (
-    *BASELINES,
-    "sgg",
-    "sgg-dir",
-    "sgg-mag",
-    "sgg-align",
-    "sgg+setfit",
-    "ofa",
-    "spectral",
+#: Methods the report compares against (Method.role "baseline"), in report order; any other
+#: method is a proposed one.
+BASELINES = tuple(m.name for m in methods_in_report_order("baseline"))
+#: Places of the guidance arms (gradguide.bench.store.arm_name) among the methods' own
+#: ``report_rank``s: after the baselines (10–99), around the proposed methods (ofa: 110).
+GUIDANCE_ARM_RANKS: dict[str, int] = {
+    "sgg": 100,
+    "sgg-dir": 101,
+    "sgg-mag": 102,
+    "sgg-align": 103,
+    "sgg+setfit": 104,
+    "spectral": 120,
+}
+#: The usual order of methods and arms in the report: baselines first, unknown names last.
+METHOD_ORDER = tuple(
+    name
+    for name, _ in sorted(
+        [
+            *((m.name, m.report_rank) for m in methods_in_report_order()),
+            *GUIDANCE_ARM_RANKS.items(),
+        ],
+        key=lambda item: item[1],
+    )
 )
 ALPHA = 0.05
 CURVE_POINTS = 101
