@@ -263,8 +263,7 @@ def test_autocast_is_the_run_devices(monkeypatch):
     guide = train_mod._Guide(
         engine=GuidedGradient(),
         info={},
-        lm=None,  # type: ignore[arg-type]
-        scoring=None,  # type: ignore[arg-type]
+        objective=None,  # type: ignore[arg-type]
         bf16=True,
         dist=distributed.DistContext(device=torch.device("cuda", 0)),
     )
