@@ -762,6 +762,7 @@ def _load_model(
 
 
 def _located(path: Path | None) -> str | None:
+    """A spec's ``locate`` answer: the path found, or None when the wheel is not installed."""
     return str(path) if path is not None else None
 
 
