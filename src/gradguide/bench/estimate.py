@@ -4,7 +4,8 @@ The constants are estimates, not measurements of this machine: a smollm2-135m Lo
 about 2–4 s for a batch of 8 on SST-2 on a 2-core CPU and evaluation runs at about 10–15
 examples/s (measured during development); the other models are scaled from those by size, and the
 methods by the extra passes they make (an SGG step adds one Hessian-vector product, in-context
-learning lengthens every prompt). With 2 cores, more workers do not shorten the total: each one
+learning lengthens every prompt; a model's constants are declared with it, ``ModelSpec.cost`` in
+gradguide.models). With 2 cores, more workers do not shorten the total: each one
 gets fewer threads. Treat every number as an order of magnitude.
 
 Training steps and evaluation scale with the task's mean text length (characters of prompt and
@@ -30,25 +31,21 @@ from gradguide.config import from_dict, to_dict
 from gradguide.errors import GradguideError
 from gradguide.guidance import guidance_cost
 from gradguide.methods import get_method, list_methods
+from gradguide.models import ModelCost, model_spec
 from gradguide.tasks import get_task
 from gradguide.train import TrainConfig, total_steps
 
-
-@dataclasses.dataclass(frozen=True)
-class ModelCost:
-    """Per-model constants: load time, seconds per training step of 8 examples, eval throughput."""
-
-    load_s: float
-    step_s_per8: float
-    eval_per_s: float
+#: The model whose costs stand in for a directory or hub id (the registry knows only its own).
+FALLBACK_MODEL = "smollm2-135m"
 
 
-MODEL_COSTS: dict[str, ModelCost] = {
-    "smollm2-135m": ModelCost(load_s=5.0, step_s_per8=3.0, eval_per_s=12.0),
-    "minilm-l6": ModelCost(load_s=2.0, step_s_per8=0.5, eval_per_s=70.0),
-    "tiny-llama": ModelCost(load_s=0.1, step_s_per8=0.03, eval_per_s=600.0),
-    "tiny-bert": ModelCost(load_s=0.1, step_s_per8=0.03, eval_per_s=600.0),
-}
+def model_cost(name: str) -> ModelCost:
+    """A model's estimator constants: its spec's, else the fallback model's."""
+    spec = model_spec(name) or model_spec(FALLBACK_MODEL)
+    assert spec is not None, f"{FALLBACK_MODEL} is registered by gradguide.models"
+    return spec.cost
+
+
 #: Extra cost of a training step of a method, relative to a LoRA step: each method declares its
 #: own (Method.step_factor), as a guidance does (gradguide.guidance.guidance_cost).
 STEP_FACTOR: dict[str, float] = {
@@ -97,7 +94,7 @@ def estimate_config_seconds(c: TrainConfig, data: DataCheck | None = None) -> fl
     train_chars, eval_chars = data.chars.get(c.task, (0.0, 0.0)) if data else (0.0, 0.0)
     train_scale = train_chars / REFERENCE_CHARS if train_chars else 1.0
     eval_scale = eval_chars / REFERENCE_CHARS if eval_chars else 1.0
-    cost = MODEL_COSTS.get(c.model, MODEL_COSTS["smollm2-135m"])
+    cost = model_cost(c.model)
     seconds = cost.load_s
     try:
         trains = get_method(c.method).trains
