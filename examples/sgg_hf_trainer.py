@@ -14,6 +14,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import TrainingArguments
 
+from gradguide.distributed import finish
 from gradguide.guidance.engine import GuidedGradient
 from gradguide.guidance.hf import GuidedTrainer
 from gradguide.guidance.sgg import MagnitudePenalty
@@ -69,6 +70,7 @@ def main() -> None:
     trainer.train()
     for step, s in enumerate(trainer.guidance_log):
         print(f"step {step}: loss {s.loss:.4f} |g| {s.grad_norm:.4f} penalties {s.penalties}")
+    finish()  # under torchrun: leave the process group before exit (gloo aborts otherwise)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import TrainingArguments
 
+from gradguide.distributed import finish
 from gradguide.guidance.engine import GuidedGradient
 from gradguide.guidance.hf import GuidedTrainer
 from gradguide.guidance.sgg import MagnitudePenalty
@@ -119,6 +120,9 @@ def main(out: Path, per_device: int) -> None:
     ]
     wrapper = type(trainer.model_wrapped).__name__
     (out / f"rank{rank}.json").write_text(json.dumps({"log": log, "wrapper": wrapper}))
+    # Gloo's worker threads must be joined before the interpreter shuts down, or a rank can
+    # abort at exit ("terminate called without an active exception", SIGABRT).
+    finish()
 
 
 if __name__ == "__main__":
