@@ -120,9 +120,24 @@ def test_sweeps_cross_product_union_and_method_limits():
     assert len({r.key for r in runs}) == len(runs)
 
 
+def test_a_block_of_methods_alone_runs_them_with_the_base_settings_beside_their_variants():
+    """Without it a method covered by a sweep block lost its base run (and that run's key)."""
+    plain = {r.config.method: r.key for r in expand_grid(parse_grid(_grid(seeds=[1])))}
+    spec = parse_grid(
+        _grid(
+            seeds=[1],
+            sweep=[{"methods": ["lora"]}, {"methods": ["lora"], "optim.lr": [1e-2]}],
+        )
+    )
+    lora = [r for r in expand_grid(spec) if r.config.method == "lora"]
+    assert [r.settings for r in lora] == [{}, {"optim.lr": 1e-2}]
+    assert lora[0].key == plain["lora"]  # the very run a grid without the sweep stores
+
+
 @pytest.mark.parametrize(
     ("change", "field", "words"),
     [
+        ({"sweep": [{"optim": {}}]}, "sweep[0]", "sweeps no setting"),
         ({"methods": ["lora", "lorax"]}, "methods[1]", "unknown method"),
         ({"tasks": ["no-such-task"]}, "tasks[0]", "unknown task"),
         ({"models": ["gpt-17"]}, "models[0]", "unknown model"),

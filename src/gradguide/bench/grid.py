@@ -21,11 +21,12 @@ it; as in ``gradguide compare``). ``method_base`` gives settings to some methods
 the run, not of its swept settings. Later blocks win: base, model_base, method_base, sweep.
 ``sweep`` is one mapping (the cross product of its lists) or a list of them (their union: one
 block per swept setting gives a one-at-a-time sensitivity grid). A block's ``methods`` limits it to
-those methods; methods no block covers run once with the base settings. Expansion is
-deterministic (model, shots, seed, task, method, sweep order) and every run gets a stable key, the
-hash of its full configuration, which the results store uses to skip finished runs. Every problem
-(unknown method, task, model or setting, a bad value) is a GradguideError naming the file and the
-field before anything runs.
+those methods; methods no block covers run once with the base settings, and a block of
+``methods`` alone (``- {methods: [sgg]}``) runs them with the base settings beside their swept
+variants. Expansion is deterministic (model, shots, seed, task, method, sweep order) and every run
+gets a stable key, the hash of its full configuration, which the results store uses to skip
+finished runs. Every problem (unknown method, task, model or setting, a bad value) is a
+GradguideError naming the file and the field before anything runs.
 """
 
 from __future__ import annotations
@@ -391,7 +392,7 @@ def _parse_sweep(raw: Any, methods: list[str], source: str) -> list[SweepBlock]:
                 for j, item in enumerate(items):
                     _check_value(path, item, f"{field}[{j}]", source)
                 values[path] = items
-        if not values:
+        if not values and only is None:
             raise GradguideError("sweeps no setting", file=source, field=where)
         blocks.append(SweepBlock(values, only))
     return blocks
