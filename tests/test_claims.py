@@ -379,3 +379,27 @@ def test_sgg_on_setfit_claim(guided, verdict):
     assert c.status == NOT_TESTABLE and "not run: setfit" in c.evidence
     (none,) = setfit_claim(bench([r for r in runs if r.method == "setfit"]))
     assert none.status == NOT_TESTABLE and none.where == "all runs"
+
+
+def test_each_weight_of_sgg_on_setfit_gets_its_own_verdict():
+    """A swept variant (guidance.lambda_dir=0.03) is judged apart from the default weights, with
+    its own runs: pooled, a failing default could hide behind a working variant or the reverse."""
+    rng = random.Random(2)
+    runs = []
+    for seed in SEEDS:
+        for i, task in enumerate(TASKS):
+            for arm, acc, settings in (
+                ("setfit", 0.65, {}),
+                ("sgg+setfit", 0.60, {}),
+                ("sgg+setfit", 0.70, {"guidance.lambda_dir": 0.03}),
+            ):
+                r = run(arm, task, seed, acc + 0.03 * i + jitter(rng, 0.004))
+                runs.append(
+                    dataclasses.replace(r, settings=settings, key=f"{r.key}-{len(settings)}")
+                )
+    results = setfit_claim(bench(runs))
+    assert status(results, SETFIT_CLAIM).status == NOT_REPRODUCED
+    swept = status(results, SETFIT_CLAIM, f"{WHERE}; guidance.lambda_dir=0.03")
+    assert swept.status == REPRODUCED, swept.evidence
+    assert all(k.endswith("-1") or k.startswith("setfit") for k in swept.runs)
+    assert len(results) == 2

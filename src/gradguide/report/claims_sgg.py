@@ -53,7 +53,6 @@ from gradguide.report.verdict import (
     REPRODUCED,
     ClaimResult,
     Measure,
-    arm_conditions,
     headline,
     metric_value,
     run_keys,
@@ -386,24 +385,29 @@ def loss_claim(data: BenchData) -> list[ClaimResult]:
 
 
 def setfit_claim(data: BenchData) -> list[ClaimResult]:
-    """SGG on SetFit's body training beats SetFit alone (paired accuracy, per condition)."""
+    """SGG on SetFit's body training beats SetFit alone (paired accuracy, per condition and per
+    variant of the guided arm: each swept weight gets its own verdict, never a pooled one)."""
     claim = "SGG improves on SetFit (SetFit with SGG on its body training vs SetFit)"
     paper = "not in the paper: gradguide's claim on its strongest few-shot peer (issue 18)"
     out = []
-    for cond in arm_conditions(conditions(data.runs), SGG_SETFIT):
-        j = versus(cond, SGG_SETFIT, (SETFIT,), ACCURACY, per_task=True)
-        evidence = j.evidence
-        walls = []
-        for arm in (SGG_SETFIT, SETFIT):
-            times = [r.wall_s for r in cond.runs_of(arm) if r.wall_s]
-            if times:
-                walls.append(f"{arm} {sum(times) / len(times):.0f} s ({len(times)} runs)")
-        if walls:
-            evidence += ". Mean wall time per run: " + ", ".join(walls)
-        runs = run_keys(cond, (SGG_SETFIT, SETFIT))
-        out.append(
-            ClaimResult(claim, paper, cond.title, j.status, evidence, j.headline, runs, METRIC)
-        )
+    for cond in conditions(data.runs):
+        guided = [v for v in cond.variants() if cond.runs_of(v)[0].method == SGG_SETFIT]
+        for variant in guided:
+            j = versus(cond, variant, (SETFIT,), ACCURACY, per_task=True)
+            evidence = j.evidence
+            walls = []
+            for arm in (variant, SETFIT):
+                times = [r.wall_s for r in cond.runs_of(arm) if r.wall_s]
+                if times:
+                    walls.append(f"{arm} {sum(times) / len(times):.0f} s ({len(times)} runs)")
+            if walls:
+                evidence += ". Mean wall time per run: " + ", ".join(walls)
+            runs = run_keys(cond, (variant, SETFIT))
+            swept = variant[len(SGG_SETFIT) :].strip(" []")
+            where = f"{cond.title}; {swept}" if swept else cond.title
+            out.append(
+                ClaimResult(claim, paper, where, j.status, evidence, j.headline, runs, METRIC)
+            )
     if not out:
         out.append(
             ClaimResult(claim, paper, "all runs", NOT_TESTABLE, f"no {SGG_SETFIT} runs are stored")
