@@ -636,3 +636,44 @@ def test_bench_and_report_plot_the_layer_diagnostics(tmp_path):
     names = {p.stem for p in files.figures if p.stem.startswith("layers-")}
     for key in ("probe-accuracy", "probe-loss", "sharpness", "step-ratio"):
         assert any(n.startswith(f"layers-{key}-demo-sentiment") for n in names), key
+
+
+def test_ofa_records_its_terms_share_of_the_gradient(tmp_path, monkeypatch):
+    """OFA's terms are a loss, so ‖guided g‖/‖g‖ is 1 by construction and the sanity check saw
+    nothing: the record must hold ∇CE alone (task_grad_norm) and ‖∇terms‖/‖∇CE‖ (terms_to_task)
+    on the measured steps, without changing a number of the run."""
+    from gradguide.guidance import term_share
+
+    ln = train(
+        tiny(
+            tmp_path / "ln", method="layernorm", optim=OptimConfig(steps=5, batch_size=4, lr=5e-2)
+        ),
+        show_progress=False,
+    )
+
+    def ofa(folder: str, scale: float):
+        options = OfaOptions(lambda_step=0.1 * scale, lambda_sharp=0.01 * scale)
+        guidance = GuidanceConfig(measure_alignment=False, ofa=options)
+        optim = OptimConfig(steps=5, batch_size=4, lr=5e-2)
+        return train(tiny(tmp_path / folder, guidance=guidance, optim=optim), show_progress=False)
+
+    one, ten = ofa("one", 1.0), ofa("ten", 10.0)
+    curves = one.record["curves"]
+    measured = [s for s, v in enumerate(curves["task_grad_norm"]) if v is not None]
+    assert measured == [0, 4]
+    assert curves["terms_to_task"][1] is None
+    # at step 0 both runs sit at the same parameters on the same batch: ∇CE is LayerNorm tuning's
+    assert curves["task_grad_norm"][0] == pytest.approx(
+        ln.record["curves"]["grad_norm"][0], rel=1e-5
+    )
+    assert curves["grad_norm"][0] != pytest.approx(curves["task_grad_norm"][0], rel=1e-3)
+    # ∇terms is linear in the weights at fixed parameters
+    r1, r10 = curves["terms_to_task"][0], ten.record["curves"]["terms_to_task"][0]
+    assert r1 > 0 and r10 == pytest.approx(10 * r1, rel=1e-3)
+    # measuring changes no number: a run that never measures takes the very same steps
+    monkeypatch.setattr(term_share, "measured", lambda step: False)
+    quiet = ofa("quiet", 1.0)
+    assert all(v is None for v in quiet.record["curves"]["task_grad_norm"])
+    assert quiet.record["curves"]["loss"] == curves["loss"]
+    for p, q in zip(one.adapted.trainable.values(), quiet.adapted.trainable.values(), strict=True):
+        assert torch.equal(p, q)

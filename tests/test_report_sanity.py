@@ -30,7 +30,16 @@ from gradguide.report.render import (
     to_html,
     to_markdown,
 )
-from gradguide.report.sanity import CLIPPING, NONFINITE, PENALTY, PRIORS, RATIO, Limits, check
+from gradguide.report.sanity import (
+    CLIPPING,
+    NONFINITE,
+    PENALTY,
+    PRIORS,
+    RATIO,
+    TERMS,
+    Limits,
+    check,
+)
 from gradguide.report.verdict import FAILED_SANITY, NOT_REPRODUCED, REPRODUCED
 
 TASKS = ("rte", "cb")
@@ -186,6 +195,20 @@ def test_recorded_share_and_clip_scale_are_used_before_the_norms():
     data = archive({("cb", 1): {"ratio": 1.0, "grad_clip": None}})
     (c,) = [c for c in check(data).runs if c.run.key == "sgg-cb-1"]
     assert c.clip is None and c.failed == ()
+
+
+def test_loss_terms_that_outweigh_the_task_gradient_fail_and_withhold_the_claim():
+    """A loss term (OFA, spectral-reg) leaves ‖guided g‖/‖g‖ at 1: only ‖∇T‖/‖∇L‖ sees it."""
+    measured = [None if i % 4 else 3.0 for i in range(STEPS)]  # every 4th step, as recorded
+    data = archive({("cb", 1): {"ratio": 1.0, "extra_curves": {"terms_to_task": measured}}})
+    (c,) = [c for c in check(data).runs if c.run.key == "sgg-cb-1"]
+    assert c.terms == pytest.approx(3.0) and c.failed == (TERMS,)
+    assert status(data, ACCURACY)[0] == FAILED_SANITY
+    assert status(data, ACCURACY, Limits(penalty=5.0))[0] == REPRODUCED
+    small = [None if i % 4 else 0.4 for i in range(STEPS)]
+    data = archive({("cb", 1): {"ratio": 1.0, "extra_curves": {"terms_to_task": small}}})
+    (c,) = [c for c in check(data).runs if c.run.key == "sgg-cb-1"]
+    assert c.terms == pytest.approx(0.4) and c.failed == ()
 
 
 def test_alignments_against_different_priors_fail_only_the_alignment_claim():

@@ -195,6 +195,8 @@ def dynamics_summary(curves: dict[str, list[float | None]]) -> dict[str, float |
     for key, values in curves.items():
         if key.startswith("term_"):
             out[f"mean_{key}"] = mean_defined(values)
+    if "terms_to_task" in curves:  # runs with loss terms (gradguide.guidance.term_share)
+        out["terms_to_task_median"] = median_defined(curves["terms_to_task"])
     return out
 
 

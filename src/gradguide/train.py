@@ -55,6 +55,7 @@ from gradguide.guidance import (
     needs_eager_attention,
     needs_penalty_engine,
     parse_guidance,
+    term_share,
 )
 from gradguide.guidance.base import GradientTransform, LossTerm
 from gradguide.guidance.engine import HVP_MODES, GuidedGradient, LossFn, StepStats
@@ -606,6 +607,7 @@ def _fit(
             )
             if dist.active:
                 first_values = _summed(dist, first_values)
+            values: dict[str, float | None] = {**first_values, **guide.term_share(stats)}
             norm = stats.grad_norm
             current_lr = optimizer.param_groups[0]["lr"]
             loss_value = first_values.get("task_loss", stats.loss)
@@ -645,7 +647,7 @@ def _fit(
                 ("penalty_share", _share(stats)),
                 ("clip_scale", clip_scale),
                 *((f"penalty_{k}", stats.penalties.get(k)) for k in ("dir", "mag", "align")),
-                *((k, first_values.get(k)) for k in guide.term_keys()),
+                *((k, values.get(k)) for k in guide.term_keys()),
             ):
                 curves.setdefault(key, []).append(
                     _finite_or_none(value) if value is not None else None
@@ -700,6 +702,8 @@ class _Guide:
     loss_terms: list[LossTerm] = dataclasses.field(default_factory=list)
     transforms: list[GradientTransform] = dataclasses.field(default_factory=list)
     dist: DistContext = dataclasses.field(default_factory=DistContext)
+    #: ∇(task loss) alone on a step that measures the loss terms' share (term_share)
+    task_gradient: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -707,8 +711,17 @@ class _Guide:
         return self.dist.device
 
     def term_keys(self) -> list[str]:
-        """Curve names of the loss terms' per-step values."""
-        return [f"term_{t.name}" for t in self.loss_terms]
+        """Curve names of the loss terms' per-step values (and of their share of the gradient)."""
+        if not self.loss_terms:
+            return []
+        return [*(f"term_{t.name}" for t in self.loss_terms), *term_share.TERM_KEYS]
+
+    def term_share(self, stats: StepStats) -> dict[str, float | None]:
+        """The loss terms' part of this step's gradient, when the step took ∇L apart."""
+        task, self.task_gradient = self.task_gradient, None
+        if task is None or stats.gradient is None:
+            return {}
+        return term_share.term_measures(stats.gradient, task)
 
     def loss_closure(
         self, step: int, batch: list[Any], params: dict[str, torch.nn.Parameter]
@@ -723,6 +736,9 @@ class _Guide:
             term.begin_step(step)
         first: dict[str, float] = {}
         local, share = self._shard(batch)
+        # a distributed run would need ∇L reduced across ranks: its terms go unmeasured
+        measure = bool(self.loss_terms) and term_share.measured(step) and not self.dist.active
+        self.task_gradient = None
 
         def loss() -> torch.Tensor:
             with self._autocast():
@@ -732,6 +748,8 @@ class _Guide:
                     value = term.loss(params) * share
                     total = total + value
                     first.setdefault(f"term_{term.name}", float(value.detach()))
+            if measure and "task_loss" not in first:  # the first call, at the step's parameters
+                self.task_gradient = term_share.task_gradient(task, list(params.values()))
             first.setdefault("task_loss", float(task.detach()))
             return total
 

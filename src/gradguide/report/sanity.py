@@ -16,7 +16,11 @@ A run fails a check when, at its median step (``Limits``, configurable):
   ‖guided g − g‖/‖g‖ above ``penalty`` (1 by default; per step the share times the ratio, or for
   older records the lower bound |‖guided g‖/‖g‖ − 1|). A share alone above one half does not
   say that: a penalty part orthogonal to g and 0.75 its size has a share of 0.6;
-- clipping dominates the update: the clip scale is below ``clip_scale``.
+- clipping dominates the update: the clip scale is below ``clip_scale``;
+- the loss terms (OFA's penalties, the spectral regulariser) dominate it: their gradient over the
+  task loss's, ‖∇T‖/‖∇L‖ (``terms_to_task``, recorded every few steps by
+  gradguide.guidance.term_share), above ``penalty``. For such runs ‖guided g‖/‖g‖ is 1 by
+  construction (g is already ∇(L + T)), so only this measure sees a term that swamps the task.
 
 A condition whose arms measured directional alignment against different priors fails for that
 measure: their cosines are different quantities. Claims decided from a failed run get no verdict
@@ -45,6 +49,7 @@ RATIO = "‖guided g‖/‖g‖ far from 1"
 NONFINITE = "‖guided g‖/‖g‖ not finite"
 PENALTY = "the penalty dominates the update"
 CLIPPING = "clipping dominates the update"
+TERMS = "the loss terms dominate the update"
 PRIORS = "alignment measured against different priors"
 
 
@@ -91,6 +96,9 @@ class RunCheck:
     steps: int
     nonfinite: int
     failed: tuple[str, ...]
+    #: the loss terms' gradient over the task loss's, ‖∇T‖/‖∇L‖, at the median measured step
+    #: (None: the run has no loss terms, or its record predates the measure)
+    terms: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +198,9 @@ def check_run(run: RunData, limits: Limits) -> RunCheck | None:
     clip = _median(scales)
     if clip is not None and clip < limits.clip_scale:
         failed.append(CLIPPING)
+    terms = _median(run.curves.get("terms_to_task") or [])
+    if terms is not None and terms > limits.penalty:
+        failed.append(TERMS)
     return RunCheck(
         run=run,
         ratios=ratios,
@@ -203,6 +214,7 @@ def check_run(run: RunData, limits: Limits) -> RunCheck | None:
         steps=len(guided),
         nonfinite=nonfinite + run.skipped_steps,
         failed=tuple(failed),
+        terms=terms,
     )
 
 
@@ -250,6 +262,7 @@ def _row(c: RunCheck) -> tuple[str, ...]:
         f"{_num(c.ratio)}× (max {_num(c.ratio_max)}×)",
         share,
         penalty,
+        _num(c.terms, 2),
         clip,
         str(c.nonfinite),
         "; ".join(c.failed) or "ok",
@@ -265,10 +278,14 @@ def _text(limits: Limits) -> str:
         "task: ‖guided g − g‖/‖g‖, the share times the ratio per step (lower bound "
         "|‖guided g‖/‖g‖ − 1| for older records). Clip "
         "scale: min(1, clip/‖applied gradient‖) (recorded, else from optim.grad_clip and "
-        "‖guided g‖), with the number of steps clipping shrank. Medians over the run's steps. "
+        "‖guided g‖), with the number of steps clipping shrank. Terms / task: for runs with loss "
+        "terms (OFA, the spectral regulariser), whose g already holds the terms' gradient, "
+        "‖∇terms‖/‖∇task loss‖ on the steps that measured it (n/a: no loss terms, or an older "
+        "record). Medians over the run's steps. "
         f"A run fails when, at its median step, ‖guided g‖/‖g‖ is above {limits.ratio:g}× or "
         f"below 1/{limits.ratio:g}, or not finite; the penalties' part outweighs the task "
-        f"gradient (penalty / task above {limits.penalty:g}); or the clip scale is below "
+        f"gradient (penalty / task above {limits.penalty:g}) or the loss terms' does (terms / "
+        f"task above {limits.penalty:g}); or the clip scale is below "
         f"{limits.clip_scale:g} (limits set "
         "with `gradguide report --sanity-ratio/--sanity-penalty/--sanity-clip-scale`). "
         "Non-finite: steps skipped for a non-finite loss or gradient plus non-finite norms in "
@@ -329,6 +346,7 @@ def sanity_section(doc: Doc, data: BenchData, sanity: Sanity) -> None:
                 "‖guided g‖/‖g‖ median",
                 "penalty share",
                 "penalty / task",
+                "terms / task",
                 "clip scale",
                 "non-finite",
                 "checks",
