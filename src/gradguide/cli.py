@@ -248,7 +248,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def _eval_run(a: argparse.Namespace) -> int:
-    from gradguide.train import reevaluate
+    from gradguide.trained import reevaluate
 
     metrics = reevaluate(Path(a.run))
     recorded = json.loads((Path(a.run) / "record.json").read_text())["metrics"]
@@ -282,7 +282,9 @@ def _refuse_pair_flags(a: argparse.Namespace) -> None:
 def cmd_train(a: argparse.Namespace) -> int:
     from gradguide.config import load_config
     from gradguide.distributed import finish as finish_distributed
-    from gradguide.train import TrainConfig, load_run_config, train
+    from gradguide.train import train
+    from gradguide.train_config import TrainConfig
+    from gradguide.trained import load_run_config
 
     if a.resume:
         config = load_run_config(Path(a.resume))
@@ -310,7 +312,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from gradguide.bench.compare import compare
     from gradguide.config import load_config
-    from gradguide.train import TrainConfig
+    from gradguide.train_config import TrainConfig
 
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
