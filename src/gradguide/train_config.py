@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import Any
 
-from gradguide.config import EvalConfig, UserTaskOptions
+from gradguide.config import EvalConfig, UserTaskOptions, option
 from gradguide.device import check_device_settings
 from gradguide.errors import GradguideError
 from gradguide.guidance import (
@@ -33,13 +33,13 @@ from gradguide.scoring import ScoringOptions, check_options
 class OptimConfig:
     """Optimiser and schedule; ``lr=None`` takes the method's few-shot default."""
 
-    lr: float | None = None
-    steps: int | None = None
-    epochs: int = 10
-    batch_size: int = 8
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    lr: float | None = option(None, "learning rate (default: the method's)")
+    steps: int | None = option(None, "optimisation steps (default: epochs × batches)")
+    epochs: int = option(10, "passes over the k-shot sample (default 10)")
+    batch_size: int = option(8, "training examples per step (default 8)")
+    warmup_ratio: float = option(0.1, "fraction of steps of linear warm-up")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    grad_clip: float = option(1.0, "clip the gradient norm (0 = off)")
     scheduler: str = "linear"
     max_skipped_steps: int = 10
 
@@ -56,20 +56,27 @@ class GuidanceConfig:
     gradguide.guidance.registry).
     """
 
-    use: str = ""
-    lambda_dir: float = 0.1
-    lambda_mag: float = 0.1
-    tau: float | None = None
-    lambda_align: float = 0.1
-    prior: str = "pretrain"
-    prior_corpus: str | None = None
-    source_task: str | None = None
+    use: str = option(
+        "",
+        "comma-separated: {guidance} (a family's settings: "
+        "--set guidance.ofa.NAME=VALUE, guidance.spectral.NAME=VALUE, …)",
+        flag="--guidance",
+    )
+    lambda_dir: float = option(0.1, "weight of the direction penalty")
+    lambda_mag: float = option(0.1, "weight of the magnitude penalty")
+    tau: float | None = option(None, "target gradient norm (default: the first step's)")
+    lambda_align: float = option(0.1, "weight of the alignment penalty")
+    prior: str = option("pretrain", "d_prior: pretrain, task:RUN_DIR, ema:BETA, file:PATH, none")
+    prior_corpus: str | None = option(
+        None, "text file (one passage per line) for the pretrain prior"
+    )
+    source_task: str | None = option(None, "task whose gradient the alignment term follows")
     source_shots: int | None = None
-    source_run: str | None = None
-    two_sided: bool = False
-    hvp: str = "fd"
+    source_run: str | None = option(None, "a run whose mean gradient is the (constant) source")
+    two_sided: bool = option(False, "R_align through g_source")
+    hvp: str = option("fd", "Hessian-vector products: fd (default) or exact")
     fd_eps: float = 1e-4
-    lazy: int = 1
+    lazy: int = option(1, "apply the penalty gradient every k-th step, weight k")
     measure_alignment: bool = True
 
     def __getattr__(self, name: str) -> Any:
@@ -83,9 +90,9 @@ class TrainConfig:
 
     model: str = "smollm2-135m"
     task: str = "sst2"
-    shots: int = 32
+    shots: int = option(32, "size of the k-shot training sample (default 32)")
     method: str = "lora"
-    seed: int = 1
+    seed: int = option(1, "seed of the sample, the data order and the init")
     data_dir: str | None = None
     cache_dir: str | None = None
     out: str = "runs"
@@ -93,16 +100,18 @@ class TrainConfig:
     verbalizer: dict[str, str] | None = None
     user_task: UserTaskOptions = dataclasses.field(default_factory=UserTaskOptions)
     eval_split: str | None = None
-    eval_limit: int | None = None
-    icl_shots: int = 4
-    bf16: bool = False
+    eval_limit: int | None = option(None, "evaluate on the first N examples only")
+    icl_shots: int = option(4, "demonstrations for the icl method (default 4)")
+    bf16: bool = option(False, "bf16 autocast (fp32 weights)")
     #: where the run computes (auto, cpu, cuda, cuda:N) and the weights' precision (fp32, bf16)
     device: str = "auto"
     dtype: str = "fp32"
     #: recompute each block's activations in the backward pass (less memory, one more forward)
-    gradient_checkpointing: bool = False
-    checkpoint_every: int = 0
-    tensorboard: bool = False
+    gradient_checkpointing: bool = option(
+        False, "recompute activations in the backward pass (less memory)"
+    )
+    checkpoint_every: int = option(0, "checkpoint every N steps (0 = at end)")
+    tensorboard: bool = option(False, "also log to TB")
     #: per-layer diagnostics (gradguide.layerwise) on this many evaluation examples; 0 = off
     layer_diagnostics: int = 0
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
