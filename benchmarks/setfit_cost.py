@@ -25,9 +25,10 @@ from gradguide.guidance.engine import GuidedGradient
 from gradguide.guidance.priors import EmaPrior
 from gradguide.methods import MethodOptions, get_method
 from gradguide.models import load_model
+from gradguide.objective import rank_loss
 from gradguide.scoring import ScoringOptions, score_dataset
 from gradguide.tasks import get_task, resolve_data_root
-from gradguide.train import GuidanceConfig, rank_loss
+from gradguide.train_config import GuidanceConfig
 
 
 def main() -> None:

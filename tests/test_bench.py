@@ -480,7 +480,7 @@ def test_kill_the_grid_mid_run_and_resume(tmp_path):
 
 
 def test_a_killed_run_continues_from_its_checkpoint_to_the_same_result(tmp_path, monkeypatch):
-    import gradguide.train as train_module
+    import gradguide.fit as train_module  # the loop that checkpoints
 
     plain = parse_grid(_grid(methods=["lora"], seeds=[1], base=_fast_base(steps=6)), source="a")
     base = {**_fast_base(steps=6), "checkpoint_every": 2}

@@ -116,3 +116,21 @@ def test_models_and_tasks_listings():
     assert proc.returncode == 0 and "smollm2-135m" in proc.stdout and "tiny-llama" in proc.stdout
     proc = run_cli("tasks")
     assert proc.returncode == 0 and "sst2" in proc.stdout and "demo-sentiment" in proc.stdout
+
+
+def test_every_training_setting_declared_with_a_flag_reaches_its_setting():
+    """The train flags come from the config fields (gradguide.config.option): each one parses
+    into its dotted key, and an absent flag leaves the config's value (None override)."""
+    from gradguide.cli import _train_overrides, build_parser
+    from gradguide.config import flag_fields
+    from gradguide.train_config import TrainConfig
+
+    fields = flag_fields(TrainConfig)
+    assert {"--shots", "--lr", "--guidance", "--two-sided", "--lora-r"} <= {f.flag for f in fields}
+    absent = _train_overrides(build_parser().parse_args(["train"]))
+    value = {bool: None, int: "3", float: "0.5", str: "x"}
+    for f in fields:
+        assert absent[f.key] is None, f.key
+        argv = ["train", f.flag] + ([] if f.type is bool else [value[f.type]])
+        got = _train_overrides(build_parser().parse_args(argv))[f.key]
+        assert got == (True if f.type is bool else f.type(value[f.type])), f.flag

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from gradguide import device as device_mod
 from gradguide import distributed
+from gradguide import fit as fit_mod
 from gradguide import train as train_mod
 from gradguide.bench.grid import run_key
 from gradguide.checkpoint import _rng_state, _set_rng_state
@@ -30,6 +31,7 @@ from gradguide.device import (
     resolve_device,
 )
 from gradguide.errors import GradguideError
+from gradguide.guidance.assembly import Guide
 from gradguide.guidance.engine import GuidedGradient
 from gradguide.guidance.hvp import exact_hvp, flat, norm_of
 from gradguide.guidance.ofa import OfaOptions
@@ -218,13 +220,13 @@ def test_resume_loads_the_guidance_state_onto_the_run_device(tmp_path, monkeypat
     cfg = tiny(tmp_path, checkpoint_every=1, guidance=GuidanceConfig(prior="ema:0.5"))
     r = train(cfg, show_progress=False)
     seen: list[object] = []
-    real = train_mod.load_extra
+    real = fit_mod.load_extra
 
     def spy(run_dir, device=None):
         seen.append(device)
         return real(run_dir, device or "cpu")
 
-    monkeypatch.setattr(train_mod, "load_extra", spy)
+    monkeypatch.setattr(fit_mod, "load_extra", spy)
     monkeypatch.setattr(train_mod, "write_record", lambda *a: None)
     train(train_mod.load_run_config(r.run_dir), resume=r.run_dir, show_progress=False)
     assert seen == [torch.device("cpu")]  # the run's device, passed (not the default)
@@ -241,13 +243,13 @@ def test_an_interrupted_run_resumes_to_the_same_curves_bit_for_bit(tmp_path, mon
     )
     cfg.optim.steps = 6
     full = train(cfg, show_progress=False).record["curves"]
-    real = train_mod.save_checkpoint
+    real = fit_mod.save_checkpoint
 
     def save_then_stop(*args, **kwargs):
         real(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(fit_mod, "save_checkpoint", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, show_progress=False)
     monkeypatch.undo()
@@ -260,7 +262,7 @@ def test_an_interrupted_run_resumes_to_the_same_curves_bit_for_bit(tmp_path, mon
 
 
 def test_autocast_is_the_run_devices(monkeypatch):
-    guide = train_mod._Guide(
+    guide = Guide(
         engine=GuidedGradient(),
         info={},
         objective=None,  # type: ignore[arg-type]
@@ -322,7 +324,7 @@ def test_sums_run_on_the_process_device(monkeypatch):
         distributed.DistContext, "sum", lambda self, t: seen.append((t.device, t.dtype)) or t
     )
     with pytest.raises(NotImplementedError):  # a meta tensor has no values to read back
-        train_mod._summed(ctx, {"task_loss": 0.5, "term_x": 0.1})
+        fit_mod._summed(ctx, {"task_loss": 0.5, "term_x": 0.1})
     assert seen == [(META, torch.float32), (META, torch.float64)]
 
 

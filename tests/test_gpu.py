@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from gradguide import fit as fit_mod
 from gradguide import train as train_mod
 from gradguide.guidance.engine import GuidedGradient
 from gradguide.guidance.hvp import flat
@@ -243,7 +244,7 @@ def test_a_killed_run_resumes_exactly_on_the_device(tmp_path, monkeypatch):
         guidance=GuidanceConfig(use="sgg-dir,sgg-mag", hvp="exact", prior="ema:0.5"),
     )
     full = train(cfg, show_progress=False).record
-    real = train_mod.save_checkpoint
+    real = fit_mod.save_checkpoint
 
     class Killed(Exception):
         pass
@@ -252,7 +253,7 @@ def test_a_killed_run_resumes_exactly_on_the_device(tmp_path, monkeypatch):
         real(*args, **kwargs)
         raise Killed
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(fit_mod, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         train(cfg, show_progress=False)
     monkeypatch.undo()

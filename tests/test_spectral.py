@@ -11,6 +11,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from tiny_cli import tiny_train
 
+from gradguide import fit as fit_mod
 from gradguide import train as train_mod
 from gradguide.errors import GradguideError
 from gradguide.guidance import BuildContext, build_loss_terms, build_transforms, parse_guidance
@@ -318,7 +319,7 @@ def test_resume_is_exact_and_reloads_the_bases(tmp_path, monkeypatch):
     cfg = dataclasses.replace(cfg, checkpoint_every=2)
     whole = train(cfg, show_progress=False)
 
-    real = train_mod.save_checkpoint
+    real = fit_mod.save_checkpoint
     calls = []
 
     def crash_after_first(*args, **kwargs):
@@ -326,11 +327,11 @@ def test_resume_is_exact_and_reloads_the_bases(tmp_path, monkeypatch):
         calls.append(1)
         raise KeyboardInterrupt  # the process dies right after its first checkpoint
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", crash_after_first)
+    monkeypatch.setattr(fit_mod, "save_checkpoint", crash_after_first)
     cut = dataclasses.replace(cfg, out=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
         train(cut, show_progress=False)
-    monkeypatch.setattr(train_mod, "save_checkpoint", real)
+    monkeypatch.setattr(fit_mod, "save_checkpoint", real)
     (run_dir,) = list((tmp_path / "cut").iterdir())
     assert not (run_dir / "record.json").exists() and (run_dir / BASES_FILE).is_file()
     resumed = train(train_mod.load_run_config(run_dir), resume=run_dir, show_progress=False)

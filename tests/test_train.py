@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gradguide import objective as objective_mod
 from gradguide import train as train_mod
 from gradguide.cli import main
 from gradguide.errors import GradguideError
@@ -104,7 +105,7 @@ def test_reevaluate_and_predict_a_finished_run(tmp_path):
 
 
 def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
-    real = train_mod.rank_loss
+    real = objective_mod.rank_loss
     calls = {"n": 0}
 
     def flaky(lm, batch, options):
@@ -112,7 +113,7 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
         loss = real(lm, batch, options)
         return loss * float("nan") if calls["n"] in (2, 3) else loss
 
-    monkeypatch.setattr(train_mod, "rank_loss", flaky)
+    monkeypatch.setattr(objective_mod, "rank_loss", flaky)
     r = train(tiny(tmp_path), show_progress=False)
     assert r.record["skipped_steps"] == [1, 2]
     assert all(torch.isfinite(p).all() for p in r.adapted.trainable.values())

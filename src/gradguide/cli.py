@@ -11,9 +11,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gradguide.errors import GradguideError
+
+if TYPE_CHECKING:
+    from gradguide.config import FlagField
 
 USER_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 
@@ -120,94 +123,46 @@ def _eval_overrides(a: argparse.Namespace) -> dict[str, Any]:
     return _apply_set(o, a)
 
 
+#: argument groups of the training flags, by the settings they live under
+FLAG_GROUPS = {"guidance": "gradient guidance (SGG)"}
+
+
+def _train_flags() -> list[FlagField]:
+    """The training settings declared with a flag (gradguide.config.option), in field order."""
+    from gradguide.config import flag_fields
+    from gradguide.train_config import TrainConfig
+
+    return flag_fields(TrainConfig)
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
+    """The common flags, then one per training setting declared with a flag (its help too)."""
     from gradguide.guidance import GUIDANCE
 
     _add_common_args(p)
-    p.add_argument("--shots", type=int, help="size of the k-shot training sample (default 32)")
-    p.add_argument("--seed", type=int, help="seed of the sample, the data order and the init")
-    p.add_argument("--lr", type=float, help="learning rate (default: the method's)")
-    p.add_argument("--steps", type=int, help="optimisation steps (default: epochs × batches)")
-    p.add_argument("--epochs", type=int, help="passes over the k-shot sample (default 10)")
-    p.add_argument("--batch-size", type=int, help="training examples per step (default 8)")
-    p.add_argument("--warmup-ratio", type=float, help="fraction of steps of linear warm-up")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay")
-    p.add_argument("--grad-clip", type=float, help="clip the gradient norm (0 = off)")
-    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (fp32 weights)")
-    p.add_argument(
-        "--gradient-checkpointing",
-        action="store_true",
-        default=None,
-        help="recompute activations in the backward pass (less memory)",
-    )
-    p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (0 = at end)")
-    p.add_argument("--eval-limit", type=int, help="evaluate on the first N examples only")
-    p.add_argument("--icl-shots", type=int, help="demonstrations for the icl method (default 4)")
-    p.add_argument("--lora-r", type=int, help="LoRA rank")
-    p.add_argument("--lora-alpha", type=int, help="LoRA alpha")
-    p.add_argument("--lora-targets", help="LoRA target modules, comma-separated")
-    p.add_argument("--prompt-tokens", type=int, help="soft prompt length")
-    p.add_argument("--adapter-size", type=int, help="bottleneck adapter width")
-    p.add_argument("--tensorboard", action="store_true", default=None, help="also log to TB")
-    g = p.add_argument_group("gradient guidance (SGG)")
-    g.add_argument(
-        "--guidance",
-        help=f"comma-separated: {', '.join(GUIDANCE)} (a family's settings: "
-        "--set guidance.ofa.NAME=VALUE, guidance.spectral.NAME=VALUE, …)",
-    )
-    g.add_argument("--lambda-dir", type=float, help="weight of the direction penalty")
-    g.add_argument("--lambda-mag", type=float, help="weight of the magnitude penalty")
-    g.add_argument("--tau", type=float, help="target gradient norm (default: the first step's)")
-    g.add_argument("--lambda-align", type=float, help="weight of the alignment penalty")
-    g.add_argument("--prior", help="d_prior: pretrain, task:RUN_DIR, ema:BETA, file:PATH, none")
-    g.add_argument("--prior-corpus", help="text file (one passage per line) for the pretrain prior")
-    g.add_argument("--source-task", help="task whose gradient the alignment term follows")
-    g.add_argument("--source-run", help="a run whose mean gradient is the (constant) source")
-    g.add_argument(
-        "--two-sided", action="store_true", default=None, help="R_align through g_source"
-    )
-    g.add_argument("--hvp", help="Hessian-vector products: fd (default) or exact")
-    g.add_argument("--lazy", type=int, help="apply the penalty gradient every k-th step, weight k")
+    groups: dict[str, Any] = {}
+    for f in _train_flags():
+        top = f.key.split(".")[0]
+        if top in FLAG_GROUPS and top not in groups:
+            groups[top] = p.add_argument_group(FLAG_GROUPS[top])
+        target = groups.get(top, p)
+        kwargs: dict[str, Any] = {"dest": _dest(f.flag), "help": f.help}
+        if f.key == "guidance.use":  # the names registered when the parser is built
+            kwargs["help"] = f.help.replace("{guidance}", ", ".join(GUIDANCE))
+        if f.type is bool:
+            kwargs.update(action="store_true", default=None)  # absent: the config's value
+        elif f.type in (int, float):
+            kwargs["type"] = f.type
+        target.add_argument(f.flag, **kwargs)
 
 
 def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
     o = _common_overrides(a)
-    o.update(
-        {
-            "shots": a.shots,
-            "seed": a.seed,
-            "optim.lr": a.lr,
-            "optim.steps": a.steps,
-            "optim.epochs": a.epochs,
-            "optim.batch_size": a.batch_size,
-            "optim.warmup_ratio": a.warmup_ratio,
-            "optim.weight_decay": a.weight_decay,
-            "optim.grad_clip": a.grad_clip,
-            "bf16": a.bf16,
-            "gradient_checkpointing": a.gradient_checkpointing,
-            "checkpoint_every": a.checkpoint_every,
-            "eval_limit": a.eval_limit,
-            "icl_shots": a.icl_shots,
-            "tensorboard": a.tensorboard,
-            "method_options.lora_r": a.lora_r,
-            "method_options.lora_alpha": a.lora_alpha,
-            "method_options.lora_targets": a.lora_targets,
-            "method_options.prompt_tokens": a.prompt_tokens,
-            "method_options.adapter_size": a.adapter_size,
-            "guidance.use": a.guidance,
-            "guidance.lambda_dir": a.lambda_dir,
-            "guidance.lambda_mag": a.lambda_mag,
-            "guidance.tau": a.tau,
-            "guidance.lambda_align": a.lambda_align,
-            "guidance.prior": a.prior,
-            "guidance.prior_corpus": a.prior_corpus,
-            "guidance.source_task": a.source_task,
-            "guidance.source_run": a.source_run,
-            "guidance.two_sided": a.two_sided,
-            "guidance.hvp": a.hvp,
-            "guidance.lazy": a.lazy,
-        }
-    )
+    o.update({f.key: getattr(a, _dest(f.flag)) for f in _train_flags()})
     return o
 
 
@@ -248,7 +203,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def _eval_run(a: argparse.Namespace) -> int:
-    from gradguide.train import reevaluate
+    from gradguide.trained import reevaluate
 
     metrics = reevaluate(Path(a.run))
     recorded = json.loads((Path(a.run) / "record.json").read_text())["metrics"]
@@ -282,7 +237,9 @@ def _refuse_pair_flags(a: argparse.Namespace) -> None:
 def cmd_train(a: argparse.Namespace) -> int:
     from gradguide.config import load_config
     from gradguide.distributed import finish as finish_distributed
-    from gradguide.train import TrainConfig, load_run_config, train
+    from gradguide.train import train
+    from gradguide.train_config import TrainConfig
+    from gradguide.trained import load_run_config
 
     if a.resume:
         config = load_run_config(Path(a.resume))
@@ -310,7 +267,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_compare(a: argparse.Namespace) -> int:
     from gradguide.bench.compare import compare
     from gradguide.config import load_config
-    from gradguide.train import TrainConfig
+    from gradguide.train_config import TrainConfig
 
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]

@@ -194,3 +194,42 @@ def load_config(
 def to_dict(config: Any) -> dict[str, Any]:
     """The full configuration, defaults included, as plain data for the run record."""
     return dataclasses.asdict(config)
+
+
+def option(default: Any, help: str, *, flag: str | None = None) -> Any:
+    """A dataclass field that is also a command-line flag, its help declared here, once.
+
+    The flag is ``--`` + the field's name with dashes (``batch_size`` → ``--batch-size``) unless
+    ``flag`` names it; ``gradguide train`` and ``compare`` add one per such field
+    (:func:`flag_fields`), and ``--set KEY=VALUE`` reaches every field, flag or not.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag or True})
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagField:
+    """A setting declared with :func:`option`: its dotted key, flag, help and value type."""
+
+    key: str
+    flag: str
+    help: str
+    type: Any  # bool, int, float or str (None removed from an optional)
+
+
+def flag_fields(cls: type, prefix: str = "") -> list[FlagField]:
+    """Every :func:`option` field of dataclass ``cls`` and of its nested dataclasses, in order."""
+    hints = typing.get_type_hints(cls)
+    out: list[FlagField] = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            out.extend(flag_fields(tp, f"{prefix}{f.name}."))
+            continue
+        declared = f.metadata.get("flag")
+        if not declared:
+            continue
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        flag = declared if isinstance(declared, str) else "--" + f.name.replace("_", "-")
+        out.append(FlagField(prefix + f.name, flag, f.metadata["help"], tp))
+    return out

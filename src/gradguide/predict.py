@@ -15,7 +15,7 @@ from gradguide.scoring import build_prefix, score_dataset
 from gradguide.tasks.base import Instance
 from gradguide.tasks.generic import input_text, render
 from gradguide.tasks.readers import read_records
-from gradguide.train import load_trained
+from gradguide.trained import load_trained
 
 
 def predict(

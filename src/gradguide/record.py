@@ -12,14 +12,29 @@ import os
 import platform
 import re
 import resource
+import statistics
 import subprocess
+import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gradguide.atomic import write_json_atomic
+from gradguide.config import to_dict
+from gradguide.device import describe, peak_memory_mb
 from gradguide.errors import GradguideError
+from gradguide.metrics import dynamics_summary
+
+if TYPE_CHECKING:
+    from gradguide.distributed import DistContext
+    from gradguide.fit import Fitted
+    from gradguide.methods import Adapted
+    from gradguide.models import LoadedModel
+    from gradguide.tasks.base import Instance
+    from gradguide.train_config import TrainConfig
+    from gradguide.train_data import RunData
 
 PACKAGES = (
     "gradguide",
@@ -132,3 +147,88 @@ def write_record(run_dir: str | Path, record: dict[str, Any]) -> Path:
     path = Path(run_dir) / RECORD_NAME
     write_json_atomic(path, record)
     return path
+
+
+def train_record(
+    *,
+    config: TrainConfig,
+    lm: LoadedModel,
+    data: RunData,
+    demos: Sequence[Instance],
+    adapted: Adapted | None,
+    fit: Fitted,
+    metrics: dict[str, float],
+    facts: dict[str, Any],
+    diagnostics: Any,
+    started: float,
+    load_s: float,
+    dist: DistContext,
+    own_peak: bool,
+) -> dict[str, Any]:
+    """A training run's record: its settings, environment, data, curves, metrics and timings.
+
+    ``facts`` are the evaluation's (its ``seconds`` go to the timings); ``started`` is the
+    run's ``time.perf_counter()`` at its start, ``own_peak`` whether the resident-memory peak
+    could be reset for it.
+    """
+    device = dist.device
+    return {
+        "kind": "train",
+        "method": config.method,
+        "config": to_dict(config),
+        "seed": config.seed,
+        "environment": environment(),
+        "model": {"name": lm.name, "kind": lm.kind, **lm.info},
+        "task": {
+            "name": data.task.name,
+            "suite": data.task.suite,
+            "template": data.task.template,
+            "verbalizer": dict(data.task.verbalizer),
+            "metrics": list(data.task.metrics),
+            "data_root": str(data.data_root) if data.data_root else None,
+        },
+        "data": {
+            "train_split": data.task.train_split,
+            "train_ids": [x.id for x in data.train],
+            "eval_split": config.eval_split or data.task.eval_split,
+            "eval_size": len(data.eval),
+            "eval_ids": [x.id for x in data.eval],
+            "demonstration_ids": [x.id for x in demos],
+        },
+        "trainable_parameters": adapted.n_trainable() if adapted is not None else 0,
+        "objective": fit.objective,
+        "steps": fit.steps,
+        "skipped_steps": fit.skipped,
+        "curves": fit.curves,
+        "dynamics": dynamics_summary(fit.curves) if adapted is not None else None,
+        "guidance": fit.guidance,
+        "scoring": {
+            **to_dict(config.scoring),
+            **{k: v for k, v in facts.items() if k != "seconds"},
+        },
+        "metrics": metrics,
+        "layer_diagnostics": diagnostics,
+        "timings": {
+            "model_load_s": load_s,
+            "train_s": fit.train_s,
+            "step_s_median": _median(fit.curves["step_seconds"]),
+            "eval_s": facts["seconds"],
+            # a resumed run's wall time counts the training of its earlier sessions too
+            "total_s": time.perf_counter() - started + fit.carried_s,
+            "resumed_at_step": fit.resumed_at,
+            "peak_rss_mb": peak_rss_mb(),
+            "peak_device_mb": peak_memory_mb(device),
+        },
+        "device": {
+            **describe(device, lm.info["dtype"], config.bf16),
+            "world": dist.world,
+            "backend": dist.backend,  # the process group's (None: not launched distributed)
+        },
+        # "run": the peak of this run alone; "process": of its whole process (earlier runs too)
+        "peak_rss_scope": "run" if own_peak else "process",
+    }
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None

@@ -20,7 +20,8 @@ from gradguide.bench.stats import Interval, mean_ci
 from gradguide.errors import GradguideError
 from gradguide.guidance import GUIDANCE, GUIDANCE_METHOD
 from gradguide.methods import get_method, list_methods
-from gradguide.train import TrainConfig, TrainResult, train
+from gradguide.train import TrainResult, train
+from gradguide.train_config import TrainConfig
 
 
 @dataclasses.dataclass

@@ -32,8 +32,9 @@ from gradguide.errors import GradguideError
 from gradguide.guidance import guidance_cost
 from gradguide.methods import get_method, list_methods
 from gradguide.models import ModelCost, model_spec
+from gradguide.objective import total_steps
 from gradguide.tasks import get_task
-from gradguide.train import TrainConfig, total_steps
+from gradguide.train_config import TrainConfig
 
 #: The model whose costs stand in for a directory or hub id (the registry knows only its own).
 FALLBACK_MODEL = "smollm2-135m"

@@ -59,7 +59,7 @@ from gradguide.methods import get_method, list_methods
 from gradguide.methods.base import SCOPED_OPTIONS
 from gradguide.models import model_kind
 from gradguide.tasks import get_task, resolve_data_root, sample_k_shot
-from gradguide.train import TrainConfig, as_eval_config, validate
+from gradguide.train_config import TrainConfig, as_eval_config, validate
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 KEY_VERSION = "gradguide-bench-1"

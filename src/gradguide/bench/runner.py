@@ -35,7 +35,7 @@ from gradguide.bench.store import DB_NAME, Store, row_from_record
 from gradguide.config import from_dict, to_dict
 from gradguide.errors import GradguideError
 from gradguide.record import RECORD_NAME
-from gradguide.train import TrainConfig
+from gradguide.train_config import TrainConfig
 
 BACKENDS = ("local", "ray")
 RUNS_DIR = "runs"
@@ -100,7 +100,7 @@ def _finished_result(key: str, run_dir: Path) -> Result | None:
 
 def _resumable(key: str, run_dir: Path) -> bool:
     """Whether an abandoned run directory of this key holds a checkpoint to continue from."""
-    from gradguide.train import load_run_config
+    from gradguide.trained import load_run_config
 
     if not (run_dir / "checkpoint" / "state.json").is_file():
         return False

@@ -13,7 +13,7 @@ register_guidance (guidance/registry.py, docs/extending.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -65,6 +65,24 @@ class LossTerm(Protocol):
 
     def close(self) -> None:
         """Release hooks or buffers once training is over."""
+        ...
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A piece of guidance that learns during training (the EMA prior, the magnitude target).
+
+    The loop checkpoints ``state_dict()`` and hands a resumed run's saved state to
+    ``load_state_dict``: tensors go to the checkpoint's tensor file, plain values to its
+    state.json, so keys must be unique across a run's guidance (``ema``, ``tau``).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """What an exact resume needs: tensors or JSON values, by key."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from a checkpoint's values (keys of other components included; ignore them)."""
         ...
 
 

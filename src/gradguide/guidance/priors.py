@@ -90,6 +90,15 @@ class EmaPrior:
         g = g.detach()
         self.mean = g.clone() if self.mean is None else self.beta * self.mean + (1 - self.beta) * g
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The running mean an exact resume needs (``ema`` in the checkpoint's tensors)."""
+        return {"ema": self.mean} if self.mean is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (a checkpoint without a mean leaves none)."""
+        if state.get("ema") is not None:
+            self.mean = state["ema"]
+
 
 @dataclass
 class Corpus:

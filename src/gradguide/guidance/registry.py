@@ -31,7 +31,7 @@ class BuildContext:
 
     lm: Any  # gradguide.models.LoadedModel (the adapted model)
     adapted: Any  # gradguide.methods.Adapted
-    config: Any  # gradguide.train.GuidanceConfig
+    config: Any  # gradguide.train_config.GuidanceConfig
     seed: int
     run_dir: Path | None = None
     #: what terms of one run build once and share (e.g. the spectral graphs of reg and filter)

@@ -13,6 +13,7 @@ magnitude term uses the subgradient 0 at g = 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -70,6 +71,15 @@ class MagnitudePenalty:
         if _small(g):  # subgradient 0 at g = 0; the value is still τ²·λ
             return g.new_tensor(self.weight * self.tau**2)
         return self.weight * (n - self.tau) ** 2
+
+    def state_dict(self) -> dict[str, float | None]:
+        """The target in force (set at the first step when not configured), for a resume."""
+        return {"tau": self.tau}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned; a missing or null target changes nothing."""
+        if state.get("tau") is not None:
+            self.tau = float(state["tau"])
 
 
 @dataclass

@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from gradguide.atomic import fsync_dir, sha256_file, write_json_atomic
+from gradguide.config import option
 from gradguide.errors import GradguideError
 from gradguide.models import LoadedModel
 from gradguide.tasks.base import Instance
@@ -41,14 +42,14 @@ META_FORMAT = 1
 class MethodOptions:
     """How a method builds its trainable parameters; every field goes into the run record."""
 
-    lora_r: int = 8
-    lora_alpha: int = 16
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(16, "LoRA alpha")
     lora_dropout: float = 0.0
-    lora_targets: str = "q_proj,v_proj"
-    prompt_tokens: int = 20
+    lora_targets: str = option("q_proj,v_proj", "LoRA target modules, comma-separated")
+    prompt_tokens: int = option(20, "soft prompt length")
     prompt_init: str = "text"
     prompt_init_text: str = "Classify the text and answer with the right word."
-    adapter_size: int = 16
+    adapter_size: int = option(16, "bottleneck adapter width")
     adapter_init_scale: float = 1e-2
     #: SetFit (gradguide.methods.setfit), SetFit 1.x's defaults: pairs per example and polarity
     #: (0 = its "oversampling"), pair batches, passes over the pairs, weight decay, the head
