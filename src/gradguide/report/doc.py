@@ -1,7 +1,8 @@
 """The report being built: its blocks in order, and figures named uniquely.
 
-Every section module (gradguide.report.build, sanity, summary, spectral_diag, ...) appends to one
-``Doc``; it lives here so that the sections need not import the module that assembles them.
+Every section module (gradguide.report.results, ablation, sanity, summary, spectral_diag, ...)
+appends to one ``Doc``; it lives here so that the sections need not import the module that
+assembles them (gradguide.report.build).
 """
 
 from __future__ import annotations
