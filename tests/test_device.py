@@ -476,3 +476,21 @@ def test_ofa_probes_come_from_a_generator_on_the_models_device(batch, monkeypatc
         monkeypatch.undo()
     term.close()
     assert made == [(next(lm.model.parameters()).device,)]  # asked for, not the CPU default
+
+
+def test_layer_diagnostics_draw_their_probes_on_the_models_device(batch, monkeypatch):
+    from gradguide import layerwise
+
+    lm = load_model("tiny-llama", seed=0)
+    made: list[tuple[object, ...]] = []
+    real = torch.Generator
+
+    def spy(*args: object) -> torch.Generator:
+        made.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(torch, "Generator", spy)
+    out = layerwise.layer_diagnostics(lm, batch, ofa=OfaOptions(probes=1), seed=3)
+    monkeypatch.undo()
+    assert made == [(next(lm.model.parameters()).device,)]  # asked for, not the CPU default
+    assert all(x == x for x in out["sharpness"])  # numbers, not NaN
