@@ -494,3 +494,26 @@ def test_layer_diagnostics_draw_their_probes_on_the_models_device(batch, monkeyp
     monkeypatch.undo()
     assert made == [(next(lm.model.parameters()).device,)]  # asked for, not the CPU default
     assert all(x == x for x in out["sharpness"])  # numbers, not NaN
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints and finished runs on another device
+
+
+def test_a_finished_run_is_evaluated_and_predicts_on_the_device_asked_for(tmp_path, capsys):
+    """A run trained on a GPU (its config says cuda:7) is evaluated again and predicts on this
+    machine's CPU when --device says so; without it, the run's own device is a clear error."""
+    r = train(tiny(tmp_path, optim=OptimConfig(steps=1, batch_size=4)), show_progress=False)
+    config = json.loads((r.run_dir / "config.json").read_text())
+    (r.run_dir / "config.json").write_text(json.dumps({**config, "device": "cuda:7"}))
+    with pytest.raises(GradguideError) as e:
+        train_mod.reevaluate(r.run_dir, show_progress=False)
+    assert e.value.field == "device"
+    assert train_mod.reevaluate(r.run_dir, show_progress=False, device="cpu") == r.metrics
+    capsys.readouterr()
+    assert main(["eval", str(r.run_dir), "--device", "cpu"]) == 0
+    assert "matches the run record" in capsys.readouterr().out
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps({"text": "a fine film"}) + "\n")
+    assert main(["predict", str(r.run_dir), "--input", str(inputs), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["prediction"]
