@@ -500,6 +500,22 @@ def test_layer_diagnostics_draw_their_probes_on_the_models_device(batch, monkeyp
 # Checkpoints and finished runs on another device
 
 
+def test_optimizer_state_from_a_checkpoint_lands_on_the_parameters_device(tmp_path):
+    """Read back onto the CPU (map_location), then moved by the optimiser to its parameters."""
+    from gradguide.checkpoint import load_checkpoint
+
+    cfg = tiny(tmp_path, checkpoint_every=1)
+    r = train(cfg, show_progress=False)
+    shapes = {k: p.shape for k, p in r.adapted.trainable.items()}
+    on_meta = {k: torch.nn.Parameter(torch.empty(s, device=META)) for k, s in shapes.items()}
+    optimizer = torch.optim.AdamW(list(on_meta.values()), lr=1e-3)
+    scheduler = train_mod.make_scheduler(optimizer, cfg.optim, cfg.optim.steps)
+    state = load_checkpoint(r.run_dir, SimpleNamespace(trainable=on_meta), optimizer, scheduler)
+    assert state["step"] == cfg.optim.steps
+    moments = [t for s in optimizer.state.values() for k, t in s.items() if k != "step"]
+    assert moments and {t.device for t in moments} == {META}
+
+
 def test_a_finished_run_is_evaluated_and_predicts_on_the_device_asked_for(tmp_path, capsys):
     """A run trained on a GPU (its config says cuda:7) is evaluated again and predicts on this
     machine's CPU when --device says so; without it, the run's own device is a clear error."""
