@@ -157,6 +157,17 @@ def test_a_bf16_run_records_its_device_and_precision(tmp_path):
     assert rec["skipped_steps"] == [] and all(x is not None for x in rec["curves"]["loss"])
 
 
+def test_an_evaluation_records_its_device_and_both_memory_peaks(tmp_path):
+    from gradguide.config import EvalConfig
+    from gradguide.evaluate import evaluate
+
+    config = EvalConfig(model="tiny-llama", task="demo-sentiment", limit=4, out=str(tmp_path))
+    rec = evaluate(config, show_progress=False).record
+    assert rec["device"]["type"] == "cpu" and rec["device"]["name"] == "cpu"
+    assert rec["timings"]["peak_device_mb"] is None  # the CPU's peak is the resident memory's
+    assert rec["timings"]["peak_rss_mb"] > 0 and rec["peak_rss_scope"] in ("run", "process")
+
+
 # --------------------------------------------------------------------------------------------
 # Tensors on the model's device
 
