@@ -467,6 +467,38 @@ def test_the_fd_step_norm_needs_no_concatenated_copy():
     assert norm_of([]) == 0.0
 
 
+def test_the_fd_hvp_concatenates_only_the_shifted_gradient(monkeypatch):
+    """θ is copied tensor by tensor and its norm taken without a flat copy: the one
+    concatenation of a step's fd HVP is the shifted gradient's (a quadratic: H·v is exact)."""
+    from gradguide.guidance import hvp as hvp_mod
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, 4, generator=gen)) for _ in range(2)]
+    c = [torch.rand(3, 4, generator=gen) + 0.5 for _ in params]
+
+    def loss() -> torch.Tensor:
+        return sum(0.5 * (ci * p * p).sum() for ci, p in zip(c, params, strict=True))
+
+    before = [p.detach().clone() for p in params]
+    _, g = hvp_mod.loss_gradient(loss, params)
+    v = torch.randn(g.numel(), generator=gen)
+    sizes: list[int] = []
+    real_cat = torch.cat
+
+    def spy(tensors, *args, **kwargs):
+        sizes.append(sum(t.numel() for t in tensors))
+        return real_cat(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(hvp_mod.torch, "cat", spy)
+    hv = hvp_mod.fd_hvp(loss, params, g, v, rel_eps=1e-3)
+    monkeypatch.undo()
+    assert sizes == [g.numel()]  # the gradient at θ + εv̂, nothing of θ
+    torch.testing.assert_close(
+        hv, torch.cat([ci.reshape(-1) for ci in c]) * v, rtol=1e-3, atol=1e-4
+    )
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))  # θ restored
+
+
 def test_ofa_probes_come_from_a_generator_on_the_models_device(batch, monkeypatch):
     from gradguide.guidance import ofa
 
