@@ -159,6 +159,17 @@ def test_a_bf16_run_records_its_device_and_precision(tmp_path):
     assert rec["skipped_steps"] == [] and all(x is not None for x in rec["curves"]["loss"])
 
 
+def test_an_evaluation_records_its_device_and_both_memory_peaks(tmp_path):
+    from gradguide.config import EvalConfig
+    from gradguide.evaluate import evaluate
+
+    config = EvalConfig(model="tiny-llama", task="demo-sentiment", limit=4, out=str(tmp_path))
+    rec = evaluate(config, show_progress=False).record
+    assert rec["device"]["type"] == "cpu" and rec["device"]["name"] == "cpu"
+    assert rec["timings"]["peak_device_mb"] is None  # the CPU's peak is the resident memory's
+    assert rec["timings"]["peak_rss_mb"] > 0 and rec["peak_rss_scope"] in ("run", "process")
+
+
 # --------------------------------------------------------------------------------------------
 # Tensors on the model's device
 
@@ -458,6 +469,38 @@ def test_the_fd_step_norm_needs_no_concatenated_copy():
     assert norm_of([]) == 0.0
 
 
+def test_the_fd_hvp_concatenates_only_the_shifted_gradient(monkeypatch):
+    """θ is copied tensor by tensor and its norm taken without a flat copy: the one
+    concatenation of a step's fd HVP is the shifted gradient's (a quadratic: H·v is exact)."""
+    from gradguide.guidance import hvp as hvp_mod
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, 4, generator=gen)) for _ in range(2)]
+    c = [torch.rand(3, 4, generator=gen) + 0.5 for _ in params]
+
+    def loss() -> torch.Tensor:
+        return sum(0.5 * (ci * p * p).sum() for ci, p in zip(c, params, strict=True))
+
+    before = [p.detach().clone() for p in params]
+    _, g = hvp_mod.loss_gradient(loss, params)
+    v = torch.randn(g.numel(), generator=gen)
+    sizes: list[int] = []
+    real_cat = torch.cat
+
+    def spy(tensors, *args, **kwargs):
+        sizes.append(sum(t.numel() for t in tensors))
+        return real_cat(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(hvp_mod.torch, "cat", spy)
+    hv = hvp_mod.fd_hvp(loss, params, g, v, rel_eps=1e-3)
+    monkeypatch.undo()
+    assert sizes == [g.numel()]  # the gradient at θ + εv̂, nothing of θ
+    torch.testing.assert_close(
+        hv, torch.cat([ci.reshape(-1) for ci in c]) * v, rtol=1e-3, atol=1e-4
+    )
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))  # θ restored
+
+
 def test_ofa_probes_come_from_a_generator_on_the_models_device(batch, monkeypatch):
     from gradguide.guidance import ofa
 
@@ -478,3 +521,60 @@ def test_ofa_probes_come_from_a_generator_on_the_models_device(batch, monkeypatc
         monkeypatch.undo()
     term.close()
     assert made == [(next(lm.model.parameters()).device,)]  # asked for, not the CPU default
+
+
+def test_layer_diagnostics_draw_their_probes_on_the_models_device(batch, monkeypatch):
+    from gradguide import layerwise
+
+    lm = load_model("tiny-llama", seed=0)
+    made: list[tuple[object, ...]] = []
+    real = torch.Generator
+
+    def spy(*args: object) -> torch.Generator:
+        made.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(torch, "Generator", spy)
+    out = layerwise.layer_diagnostics(lm, batch, ofa=OfaOptions(probes=1), seed=3)
+    monkeypatch.undo()
+    assert made == [(next(lm.model.parameters()).device,)]  # asked for, not the CPU default
+    assert all(x == x for x in out["sharpness"])  # numbers, not NaN
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints and finished runs on another device
+
+
+def test_optimizer_state_from_a_checkpoint_lands_on_the_parameters_device(tmp_path):
+    """Read back onto the CPU (map_location), then moved by the optimiser to its parameters."""
+    from gradguide.checkpoint import load_checkpoint
+
+    cfg = tiny(tmp_path, checkpoint_every=1)
+    r = train(cfg, show_progress=False)
+    shapes = {k: p.shape for k, p in r.adapted.trainable.items()}
+    on_meta = {k: torch.nn.Parameter(torch.empty(s, device=META)) for k, s in shapes.items()}
+    optimizer = torch.optim.AdamW(list(on_meta.values()), lr=1e-3)
+    scheduler = train_mod.make_scheduler(optimizer, cfg.optim, cfg.optim.steps)
+    state = load_checkpoint(r.run_dir, SimpleNamespace(trainable=on_meta), optimizer, scheduler)
+    assert state["step"] == cfg.optim.steps
+    moments = [t for s in optimizer.state.values() for k, t in s.items() if k != "step"]
+    assert moments and {t.device for t in moments} == {META}
+
+
+def test_a_finished_run_is_evaluated_and_predicts_on_the_device_asked_for(tmp_path, capsys):
+    """A run trained on a GPU (its config says cuda:7) is evaluated again and predicts on this
+    machine's CPU when --device says so; without it, the run's own device is a clear error."""
+    r = train(tiny(tmp_path, optim=OptimConfig(steps=1, batch_size=4)), show_progress=False)
+    config = json.loads((r.run_dir / "config.json").read_text())
+    (r.run_dir / "config.json").write_text(json.dumps({**config, "device": "cuda:7"}))
+    with pytest.raises(GradguideError) as e:
+        train_mod.reevaluate(r.run_dir, show_progress=False)
+    assert e.value.field == "device"
+    assert train_mod.reevaluate(r.run_dir, show_progress=False, device="cpu") == r.metrics
+    capsys.readouterr()
+    assert main(["eval", str(r.run_dir), "--device", "cpu"]) == 0
+    assert "matches the run record" in capsys.readouterr().out
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps({"text": "a fine film"}) + "\n")
+    assert main(["predict", str(r.run_dir), "--input", str(inputs), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["prediction"]

@@ -317,3 +317,25 @@ def test_alignment_with_a_source_task_trains_on_its_pairs(tmp_path):
     assert len(rec["guidance"]["source"]["ids"]) == 8
     assert all(v is not None for v in rec["curves"]["cos_source"])
     assert all(v is not None for v in rec["curves"]["penalty_align"])
+
+
+def test_the_sentence_encoder_is_built_on_the_models_device(monkeypatch):
+    """SentenceTransformer is told the device of gradguide's model (its own default would pick
+    CUDA whenever one is visible), and the pair loss feeds the model on that device."""
+    import sentence_transformers
+
+    from gradguide.methods.setfit import sentence_encoder
+
+    seen: list[object] = []
+    real = sentence_transformers.SentenceTransformer
+
+    class Spy(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs.get("device"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", Spy)
+    lm = load_model("tiny-bert")
+    body = sentence_encoder(lm)
+    assert seen == [str(next(lm.model.parameters()).device)]
+    assert body.device == next(lm.model.parameters()).device

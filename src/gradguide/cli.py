@@ -205,7 +205,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def _eval_run(a: argparse.Namespace) -> int:
     from gradguide.trained import reevaluate
 
-    metrics = reevaluate(Path(a.run))
+    metrics = reevaluate(Path(a.run), device=a.device)  # None: the run's own device
     recorded = json.loads((Path(a.run) / "record.json").read_text())["metrics"]
     print(_metric_rows(metrics))
     same = all(abs(metrics[k] - recorded[k]) < 1e-9 for k in metrics)
@@ -301,7 +301,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     from gradguide.predict import predict
 
-    rows = predict(Path(a.run), Path(a.input))
+    rows = predict(Path(a.run), Path(a.input), device=a.device)
     text = "".join(json.dumps(r) + "\n" for r in rows)
     if a.output:
         from gradguide.atomic import write_text_atomic
@@ -367,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="JSONL/CSV/TSV with the template's fields")
     p.add_argument("--output", help="write JSONL here instead of standard output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's own setting)")
     p.set_defaults(func=cmd_predict)
     from gradguide.bench.cli import add_bench_parser, add_results_parser
     from gradguide.report.cli import add_report_parser

@@ -28,7 +28,7 @@ from gradguide.device import (
 from gradguide.errors import GradguideError
 from gradguide.metrics import compute_metrics
 from gradguide.models import LoadedModel, load_model
-from gradguide.record import environment, new_run_dir, write_record
+from gradguide.record import environment, new_run_dir, peak_rss_mb, reset_peak_rss, write_record
 from gradguide.scoring import TRUNCATION_POLICY, ScoringOptions, build_prefix, score_dataset
 from gradguide.tasks import get_task, resolve_data_root, user_task
 from gradguide.tasks.base import Instance, Task
@@ -121,6 +121,7 @@ def evaluate(
     show_progress: bool = True,
 ) -> EvalResult:
     """Evaluate a model on a task's evaluation split, zero-shot or with demonstrations."""
+    own_peak = reset_peak_rss()
     if config.shots < 0:
         raise GradguideError(f"shots must be 0 or more, got {config.shots}", field="shots")
     data_root = resolve_data_root(config.data_dir)
@@ -181,9 +182,12 @@ def evaluate(
         "timings": {
             "model_load_s": load_seconds,
             "eval_s": facts["seconds"],
+            "peak_rss_mb": peak_rss_mb(),
             "peak_device_mb": peak_memory_mb(model_device(lm.model)),
         },
         "device": describe(model_device(lm.model), lm.info.get("dtype", "?"), False),
+        # "run": this evaluation alone (model load included unless the model was given)
+        "peak_rss_scope": "run" if own_peak else "process",
     }
     run_dir = None
     if write:

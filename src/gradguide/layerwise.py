@@ -16,7 +16,8 @@ some evaluation examples, one forward pass per batch records every block's input
 
 Sharpness and step ratio are means over the non-padding tokens of the scored sequences
 (demonstrations included for in-context learning). Probes come from a generator seeded from the
-run seed alone (step -1 of gradguide.guidance.ofa.probe_seed), so the numbers are repeatable.
+run seed alone (step -1 of gradguide.guidance.ofa.probe_seed), on the model's device like the
+term's, so the numbers are repeatable (on one kind of device: CPU and CUDA generators differ).
 """
 
 from __future__ import annotations
@@ -101,7 +102,9 @@ def layer_diagnostics(
         prefix_ids = prefix_token_ids(
             lm.tokenizer, build_prefix(demonstrations, options.demo_separator)
         )
-        generator = torch.Generator().manual_seed(probe_seed(seed, -1))
+        # on the model's device, as the ofa-sharp term draws them: no copy per probe
+        device = next(lm.model.parameters()).device
+        generator = torch.Generator(device).manual_seed(probe_seed(seed, -1))
         correct = torch.zeros(n_blocks + 1, dtype=torch.float64)
         losses = torch.zeros(n_blocks + 1, dtype=torch.float64)
         ratio = torch.zeros(max(n_blocks - 1, 0), dtype=torch.float64)

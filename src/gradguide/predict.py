@@ -19,10 +19,15 @@ from gradguide.trained import load_trained
 
 
 def predict(
-    run_dir: str | Path, input_path: str | Path, *, show_progress: bool = False
+    run_dir: str | Path,
+    input_path: str | Path,
+    *,
+    show_progress: bool = False,
+    device: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One prediction per input record: its line, the predicted label and every label's score."""
-    run = load_trained(run_dir)
+    """One prediction per input record: its line, the predicted label and every label's score
+    (computed on ``device``; None: the device setting the run was trained with)."""
+    run = load_trained(run_dir, device)
     task = run.task
     if not getattr(task, "uses_verbalizer", True):
         raise GradguideError(

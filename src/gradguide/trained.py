@@ -51,10 +51,13 @@ class TrainedRun:
     record: dict[str, Any]
 
 
-def load_trained(run_dir: str | Path) -> TrainedRun:
-    """Rebuild a finished run's model (base model + saved adapter) for evaluation or prediction."""
+def load_trained(run_dir: str | Path, device: str | None = None) -> TrainedRun:
+    """Rebuild a finished run's model (base model + saved adapter) for evaluation or prediction,
+    on ``device`` (auto, cpu, cuda, cuda:N; None: the device setting the run was trained with)."""
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
+    if device is not None:  # a run trained on a GPU, evaluated on another machine
+        config = dataclasses.replace(config, device=device)
     record_path = run_dir / "record.json"
     if not record_path.is_file():
         raise GradguideError("run has not finished (no record.json); resume it first", file=run_dir)
@@ -76,9 +79,12 @@ def load_trained(run_dir: str | Path) -> TrainedRun:
     return TrainedRun(config, setup.task, lm, demos, record)
 
 
-def reevaluate(run_dir: str | Path, *, show_progress: bool = True) -> dict[str, float]:
-    """Evaluate a finished run again on its evaluation set (must match its record)."""
-    run = load_trained(run_dir)
+def reevaluate(
+    run_dir: str | Path, *, show_progress: bool = True, device: str | None = None
+) -> dict[str, float]:
+    """Evaluate a finished run again on its evaluation set (must match its record), on
+    ``device`` (None: the run's own setting)."""
+    run = load_trained(run_dir, device)
     setup = prepare_data(run.config)
     metrics, _, _ = evaluate_instances(
         run.lm,
