@@ -32,6 +32,7 @@ from gradguide.report.render import (
 )
 from gradguide.report.sanity import (
     CLIPPING,
+    FILTER,
     NONFINITE,
     PENALTY,
     PRIORS,
@@ -209,6 +210,17 @@ def test_loss_terms_that_outweigh_the_task_gradient_fail_and_withhold_the_claim(
     data = archive({("cb", 1): {"ratio": 1.0, "extra_curves": {"terms_to_task": small}}})
     (c,) = [c for c in check(data).runs if c.run.key == "sgg-cb-1"]
     assert c.terms == pytest.approx(0.4) and c.failed == ()
+
+
+def test_a_filter_that_keeps_a_sliver_of_the_gradient_fails():
+    thin = {"transform_keep": [0.05] * STEPS}
+    data = archive({("rte", 2): {"ratio": 1.0, "extra_curves": thin}})
+    (c,) = [c for c in check(data).runs if c.run.key == "sgg-rte-2"]
+    assert c.keep == pytest.approx(0.05) and c.failed == (FILTER,)
+    assert check(data, Limits(ratio=50.0)).failures() == {}
+    kept = {"transform_keep": [0.4] * STEPS}
+    data = archive({("rte", 2): {"ratio": 1.0, "extra_curves": kept}})
+    assert check(data).failures() == {}
 
 
 def test_alignments_against_different_priors_fail_only_the_alignment_claim():

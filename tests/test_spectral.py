@@ -440,3 +440,23 @@ def test_cli_compare_recipe_preset_and_run_keys(tmp_path):
     rec = json.loads((run_dir / "record.json").read_text())
     assert rec["config"]["guidance"]["spectral"]["knn"] == 3
     assert rec["guidance"]["term_summaries"]["spectral-filter"]["response"] == "exp"
+
+
+def test_the_record_says_how_much_of_the_gradient_the_filter_keeps(tmp_path):
+    """‖filtered g‖/‖g‖ per step (``transform_keep``), read by the report's sanity check: a
+    filter that leaves a sliver of the task gradient is guidance dominating the update."""
+
+    def run(folder: str, k_low: int):
+        options = SpectralOptions(knn=3, response="lowk", k_low=k_low)
+        return train(
+            tiny_cfg(tmp_path / folder, use="spectral-filter", spectral=options),
+            show_progress=False,
+        ).record["curves"]
+
+    whole = run("whole", 32)  # every eigenvector of every graph (32 and 16 nodes): the identity
+    assert whole["transform_keep"] == pytest.approx([1.0] * 4, rel=1e-5)
+    two, eight = run("two", 2)["transform_keep"], run("eight", 8)["transform_keep"]
+    assert all(0 < k < 1 for k in two + eight)
+    assert sum(two) < sum(eight)  # fewer frequencies kept, less of the gradient
+    plain = train(tiny_cfg(tmp_path / "plain"), show_progress=False).record["curves"]
+    assert "transform_keep" not in plain

@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,7 @@ def fit(
             current_lr = optimizer.param_groups[0]["lr"]
             loss_value = first_values.get("task_loss", stats.loss)
             clip_scale = _apply_step(loop, step, stats, adapted, guide, o, run_dir)
+            values.update(guide.take_transform_keep())
             dt = time.perf_counter() - t0
             loop.train_s += dt
             cos_prev = loop.tracker.observe(stats.gradient) if stats.finite else None
@@ -254,8 +255,12 @@ def _apply_step(
                 file=run_dir,
             )
         return None
-    for transform in guide.transforms:
-        transform.apply(adapted.trainable)
+    if guide.transforms:
+        before = _grad_norm(adapted.trainable.values())
+        for transform in guide.transforms:
+            transform.apply(adapted.trainable)
+        after = _grad_norm(adapted.trainable.values())
+        guide.transform_keep = after / before if before > 0 else None
     if o.grad_clip:
         applied = float(
             torch.nn.utils.clip_grad_norm_(list(adapted.trainable.values()), o.grad_clip)
@@ -265,6 +270,12 @@ def _apply_step(
     loop.scheduler.step()
     loop.optimizer.zero_grad(set_to_none=True)
     return clip_scale
+
+
+def _grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
+    """‖.grad‖ over the parameters that have one."""
+    norms = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
 def _summed(dist: DistContext, values: dict[str, float]) -> dict[str, float]:

@@ -62,6 +62,8 @@ class Guide:
     dist: DistContext = dataclasses.field(default_factory=DistContext)
     #: ∇(task loss) alone on a step that measures the loss terms' share (term_share)
     task_gradient: torch.Tensor | None = None
+    #: ‖gradient after the transforms‖/‖before‖ on this step (None: no transform applied)
+    transform_keep: float | None = None
 
     @property
     def device(self) -> torch.device:
@@ -69,10 +71,14 @@ class Guide:
         return self.dist.device
 
     def term_keys(self) -> list[str]:
-        """Curve names of the loss terms' per-step values (and of their share of the gradient)."""
-        if not self.loss_terms:
-            return []
-        return [*(f"term_{t.name}" for t in self.loss_terms), *term_share.TERM_KEYS]
+        """Curve names of the loss terms' per-step values and of the guidance's measures of its
+        own weight: the terms' share of the gradient, what the transforms keep of it."""
+        keys = []
+        if self.loss_terms:
+            keys += [*(f"term_{t.name}" for t in self.loss_terms), *term_share.TERM_KEYS]
+        if self.transforms:
+            keys.append("transform_keep")
+        return keys
 
     def term_share(self, stats: StepStats) -> dict[str, float | None]:
         """The loss terms' part of this step's gradient, when the step took ∇L apart."""
@@ -80,6 +86,11 @@ class Guide:
         if task is None or stats.gradient is None:
             return {}
         return term_share.term_measures(stats.gradient, task)
+
+    def take_transform_keep(self) -> dict[str, float | None]:
+        """What the transforms kept of this step's gradient (empty without transforms)."""
+        keep, self.transform_keep = self.transform_keep, None
+        return {"transform_keep": keep} if self.transforms else {}
 
     def loss_closure(
         self, step: int, batch: list[Any], params: dict[str, torch.nn.Parameter]

@@ -20,7 +20,9 @@ A run fails a check when, at its median step (``Limits``, configurable):
 - the loss terms (OFA's penalties, the spectral regulariser) dominate it: their gradient over the
   task loss's, ‖∇T‖/‖∇L‖ (``terms_to_task``, recorded every few steps by
   gradguide.guidance.term_share), above ``penalty``. For such runs ‖guided g‖/‖g‖ is 1 by
-  construction (g is already ∇(L + T)), so only this measure sees a term that swamps the task.
+  construction (g is already ∇(L + T)), so only this measure sees a term that swamps the task;
+- a gradient transform (the spectral filter) leaves a sliver of the gradient: what it keeps,
+  ‖filtered g‖/‖g‖ (``transform_keep``), is below 1/``ratio``.
 
 A condition whose arms measured directional alignment against different priors fails for that
 measure: their cosines are different quantities. Claims decided from a failed run get no verdict
@@ -50,6 +52,7 @@ NONFINITE = "‖guided g‖/‖g‖ not finite"
 PENALTY = "the penalty dominates the update"
 CLIPPING = "clipping dominates the update"
 TERMS = "the loss terms dominate the update"
+FILTER = "the gradient filter removes most of the update"
 PRIORS = "alignment measured against different priors"
 
 
@@ -99,6 +102,8 @@ class RunCheck:
     #: the loss terms' gradient over the task loss's, ‖∇T‖/‖∇L‖, at the median measured step
     #: (None: the run has no loss terms, or its record predates the measure)
     terms: float | None = None
+    #: ‖filtered g‖/‖g‖ at the median step (None: no transform, or an older record)
+    keep: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +206,9 @@ def check_run(run: RunData, limits: Limits) -> RunCheck | None:
     terms = _median(run.curves.get("terms_to_task") or [])
     if terms is not None and terms > limits.penalty:
         failed.append(TERMS)
+    keep = _median(run.curves.get("transform_keep") or [])
+    if keep is not None and keep < 1 / limits.ratio:
+        failed.append(FILTER)
     return RunCheck(
         run=run,
         ratios=ratios,
@@ -215,6 +223,7 @@ def check_run(run: RunData, limits: Limits) -> RunCheck | None:
         nonfinite=nonfinite + run.skipped_steps,
         failed=tuple(failed),
         terms=terms,
+        keep=keep,
     )
 
 
@@ -263,6 +272,7 @@ def _row(c: RunCheck) -> tuple[str, ...]:
         share,
         penalty,
         _num(c.terms, 2),
+        _num(c.keep, 2),
         clip,
         str(c.nonfinite),
         "; ".join(c.failed) or "ok",
@@ -281,11 +291,13 @@ def _text(limits: Limits) -> str:
         "‖guided g‖), with the number of steps clipping shrank. Terms / task: for runs with loss "
         "terms (OFA, the spectral regulariser), whose g already holds the terms' gradient, "
         "‖∇terms‖/‖∇task loss‖ on the steps that measured it (n/a: no loss terms, or an older "
-        "record). Medians over the run's steps. "
+        "record). Filter keeps: ‖filtered g‖/‖g‖ for runs with a gradient filter. Medians over "
+        "the run's steps. "
         f"A run fails when, at its median step, ‖guided g‖/‖g‖ is above {limits.ratio:g}× or "
         f"below 1/{limits.ratio:g}, or not finite; the penalties' part outweighs the task "
         f"gradient (penalty / task above {limits.penalty:g}) or the loss terms' does (terms / "
-        f"task above {limits.penalty:g}); or the clip scale is below "
+        f"task above {limits.penalty:g}); the filter keeps less than 1/{limits.ratio:g} of the "
+        "gradient; or the clip scale is below "
         f"{limits.clip_scale:g} (limits set "
         "with `gradguide report --sanity-ratio/--sanity-penalty/--sanity-clip-scale`). "
         "Non-finite: steps skipped for a non-finite loss or gradient plus non-finite norms in "
@@ -347,6 +359,7 @@ def sanity_section(doc: Doc, data: BenchData, sanity: Sanity) -> None:
                 "penalty share",
                 "penalty / task",
                 "terms / task",
+                "filter keeps",
                 "clip scale",
                 "non-finite",
                 "checks",
