@@ -233,3 +233,43 @@ def flag_fields(cls: type, prefix: str = "") -> list[FlagField]:
         flag = declared if isinstance(declared, str) else "--" + f.name.replace("_", "-")
         out.append(FlagField(prefix + f.name, flag, f.metadata["help"], tp))
     return out
+
+
+#: one field a registration adds to a carrier dataclass: its name, (resolved) type and field
+ExtraField = tuple[str, Any, "dataclasses.Field[Any]"]
+
+
+def remember_core_fields(cls: type) -> None:
+    """Record dataclass ``cls``'s own fields, the ones :func:`rebuild_dataclass` keeps first."""
+    cls._core_fields = dataclasses.fields(cls)  # type: ignore[attr-defined]
+
+
+def rebuild_dataclass(cls: type, extra: list[ExtraField]) -> None:
+    """Rebuild ``cls``'s dataclass machinery (in place) from its own fields plus ``extra``.
+
+    Registries that let a module add settings to a config class use this: each guidance family's
+    options become a field of GuidanceConfig (gradguide.guidance.registry), each method's options
+    fields of MethodOptions (gradguide.methods.base). The class object stays the same (isinstance,
+    pickling and imports of it keep working); its ``__init__``, ``__repr__``, ``__eq__``, fields
+    and annotations follow the current registrations. :func:`remember_core_fields` first.
+    """
+    annotations: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    core = [(f.name, f.type, f) for f in cls.__dict__["_core_fields"]]
+    for name, tp, f in [*core, *extra]:
+        annotations[name] = tp
+        namespace[name] = dataclasses.field(
+            default=f.default,
+            default_factory=f.default_factory,
+            init=f.init,
+            repr=f.repr,
+            compare=f.compare,
+            metadata=f.metadata,
+        )
+    if "__post_init__" in cls.__dict__:
+        namespace["__post_init__"] = cls.__dict__["__post_init__"]
+    namespace["__annotations__"] = annotations
+    built: type = dataclasses.dataclass(type(cls.__name__, (), namespace))
+    for attr in ("__init__", "__repr__", "__eq__", "__match_args__", "__dataclass_fields__"):
+        setattr(cls, attr, built.__dict__[attr])
+    cls.__annotations__ = annotations

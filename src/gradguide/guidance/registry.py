@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from gradguide.config import ExtraField, rebuild_dataclass, remember_core_fields
 from gradguide.errors import GradguideError
 
 TermKind = Literal["penalty", "loss", "transform"]
@@ -187,7 +188,7 @@ def carries_term_options(cls: C) -> C:
     The fields follow the class's own, in registration order, and track later registrations, so
     ``guidance.ofa.jvp`` reads, validates, records and hashes like any other setting.
     """
-    cls._core_fields = dataclasses.fields(cls)  # type: ignore[attr-defined]
+    remember_core_fields(cls)
     _CARRIERS.append(cls)
     _install(cls)
     return cls
@@ -200,32 +201,20 @@ def _refresh_carriers() -> None:
 
 def _install(cls: type) -> None:
     """Rebuild ``cls``'s dataclass machinery from its own fields plus the families' options."""
-    annotations: dict[str, Any] = {}
-    namespace: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
-    for f in cls.__dict__["_core_fields"]:
-        annotations[f.name] = f.type
-        namespace[f.name] = dataclasses.field(
-            default=f.default,
-            default_factory=f.default_factory,
-            init=f.init,
-            repr=f.repr,
-            compare=f.compare,
-            metadata=f.metadata,
-        )
+    extra: list[ExtraField] = []
     for spec in option_specs():
         assert spec.options_key is not None and spec.options is not None
-        annotations[spec.options_key] = spec.options
         doc = (spec.options.__doc__ or "").strip().splitlines()
-        namespace[spec.options_key] = dataclasses.field(
-            default_factory=spec.options, metadata={"help": doc[0] if doc else ""}
+        extra.append(
+            (
+                spec.options_key,
+                spec.options,
+                dataclasses.field(
+                    default_factory=spec.options, metadata={"help": doc[0] if doc else ""}
+                ),
+            )
         )
-    if "__post_init__" in cls.__dict__:
-        namespace["__post_init__"] = cls.__dict__["__post_init__"]
-    namespace["__annotations__"] = annotations
-    built: type = dataclasses.dataclass(type(cls.__name__, (), namespace))
-    for attr in ("__init__", "__repr__", "__eq__", "__match_args__", "__dataclass_fields__"):
-        setattr(cls, attr, built.__dict__[attr])
-    cls.__annotations__ = annotations
+    rebuild_dataclass(cls, extra)
 
 
 def load_plugins() -> list[str]:
