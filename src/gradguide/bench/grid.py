@@ -56,7 +56,7 @@ from gradguide.guidance import (
 from gradguide.guidance.priors import check_prior_fits
 from gradguide.guidance.registry import option_specs
 from gradguide.methods import get_method, list_methods
-from gradguide.methods.base import SCOPED_OPTIONS
+from gradguide.methods.base import options_scoped_out
 from gradguide.models import model_kind
 from gradguide.tasks import get_task, resolve_data_root, sample_k_shot
 from gradguide.train_config import TrainConfig, as_eval_config, validate
@@ -564,10 +564,8 @@ def run_key(config: TrainConfig) -> str:
         # train() writes a method's default guidance (ofa's) into the config it records: the
         # recorded config and the grid's, which leaves it implied, are one run
         data["guidance"]["use"] = ""
-    for prefix, owner in SCOPED_OPTIONS.items():  # one method's options (setfit_*) when unused
-        if config.method != owner:
-            for name in [k for k in data["method_options"] if k.startswith(prefix)]:
-                del data["method_options"][name]
+    for name in options_scoped_out(config.method):  # another method's options (setfit_*)
+        data["method_options"].pop(name, None)
     if not config.layer_diagnostics:  # the diagnostics when off change nothing
         data.pop("layer_diagnostics", None)
     in_use = expand_terms(parse_guidance(config.guidance.use or default_use))

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from gradguide.errors import GradguideError
 from gradguide.methods.adapter import BottleneckAdapters
-from gradguide.methods.base import Adapted, Method, MethodOptions, check_method
+from gradguide.methods.base import (
+    Adapted,
+    Method,
+    MethodOptions,
+    check_method,
+    install_method_options,
+    uninstall_method_options,
+)
 from gradguide.methods.bitfit import BitFit
 from gradguide.methods.full import FullFineTuning
 from gradguide.methods.layernorm import LayerNormTuning
@@ -32,6 +39,8 @@ __all__ = [
     "get_method",
     "list_methods",
     "methods_in_report_order",
+    "register_method",
+    "unregister_method",
 ]
 
 
@@ -66,6 +75,27 @@ _REGISTRY: dict[str, Method] = build_registry(
         ICL,
     )
 )
+for _method in _REGISTRY.values():
+    install_method_options(_method)  # MethodOptions gains each method's options, in this order
+
+
+def register_method(method: Method) -> Method:
+    """Add a method from outside this list (a plugin module, or a test), its options included.
+
+    The checks of :func:`build_registry` apply (metadata, name, rank), and an option name
+    another method declared is refused. ``GRADGUIDE_PLUGINS`` modules calling this are imported
+    wherever gradguide runs (gradguide.guidance.load_plugins).
+    """
+    registry = build_registry((*_REGISTRY.values(), method))
+    install_method_options(method)
+    _REGISTRY[method.name] = registry[method.name]
+    return method
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method added with :func:`register_method`, and its options, again."""
+    _REGISTRY.pop(name)
+    uninstall_method_options(name)
 
 
 def list_methods() -> list[Method]:

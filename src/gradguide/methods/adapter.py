@@ -20,10 +20,12 @@ base weights by name) and only ``….adapter.down/up.*`` tensors are new.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from gradguide.config import option
 from gradguide.errors import GradguideError
 from gradguide.methods.base import (
     Adapted,
@@ -127,6 +129,14 @@ def insert_adapters(model: torch.nn.Module, options: MethodOptions) -> int:
     return len(sites)
 
 
+@dataclass
+class AdapterOptions:
+    """The bottleneck adapters' settings (``method_options.adapter_*``)."""
+
+    adapter_size: int = option(16, "bottleneck adapter width")
+    adapter_init_scale: float = 1e-2
+
+
 class BottleneckAdapters(SavedAsTensors):
     """Two bottleneck adapters per layer; only the adapters are trained."""
 
@@ -140,6 +150,10 @@ class BottleneckAdapters(SavedAsTensors):
     step_factor = 1.0
     eval_factor = 1.0
     description = "bottleneck adapters (Houlsby) after each attention and MLP block"
+    options = AdapterOptions
+    #: its options are hashed into every run's key (as before options were scoped: stored
+    #: runs keep their keys), not only its own runs' (methods/base.py options_scoped_out)
+    options_scoped = False
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:
         """Insert adapters into ``lm.model`` (in place) and freeze every base weight."""

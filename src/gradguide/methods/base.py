@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import tempfile
+import typing
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from gradguide.atomic import fsync_dir, sha256_file, write_json_atomic
-from gradguide.config import option
+from gradguide.config import rebuild_dataclass, remember_core_fields
 from gradguide.errors import GradguideError
 from gradguide.models import LoadedModel
 from gradguide.tasks.base import Instance
@@ -40,26 +41,15 @@ META_FORMAT = 1
 
 @dataclass
 class MethodOptions:
-    """How a method builds its trainable parameters; every field goes into the run record."""
+    """How a method builds its trainable parameters; every field goes into the run record.
 
-    lora_r: int = option(8, "LoRA rank")
-    lora_alpha: int = option(16, "LoRA alpha")
-    lora_dropout: float = 0.0
-    lora_targets: str = option("q_proj,v_proj", "LoRA target modules, comma-separated")
-    prompt_tokens: int = option(20, "soft prompt length")
-    prompt_init: str = "text"
-    prompt_init_text: str = "Classify the text and answer with the right word."
-    adapter_size: int = option(16, "bottleneck adapter width")
-    adapter_init_scale: float = 1e-2
-    #: SetFit (gradguide.methods.setfit), SetFit 1.x's defaults: pairs per example and polarity
-    #: (0 = its "oversampling"), pair batches, passes over the pairs, weight decay, the head
-    setfit_iterations: int = 0
-    setfit_sampling: str = "oversampling"
-    setfit_batch_size: int = 16
-    setfit_epochs: int = 1
-    setfit_weight_decay: float = 0.01
-    setfit_head: str = "logistic"
-    setfit_input: str = "text"
+    The fields are the registered methods' own: a method with settings declares an options
+    dataclass in its module (``Method.options``: ``LoRAOptions`` in methods/lora.py, …) whose
+    fields, registered with the method (:func:`install_method_options`), become fields of this
+    class, flat and in registration order (``method_options.lora_r``, ``setfit_epochs``), so they
+    read, validate, record and hash like any other setting. Field names must be unique across
+    methods (prefix them with the method's name).
+    """
 
     def to_dict(self) -> dict[str, Any]:
         """The options as a plain dict (for run records and adapter_meta.json)."""
@@ -71,10 +61,77 @@ class MethodOptions:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def __getattr__(self, name: str) -> Any:
+        """A method's option on options built before that method registered: its default."""
+        declared = _OPTIONS.get(name)
+        if declared is None:
+            raise AttributeError(name)
+        f = declared.spec
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
-#: Method options read by one method only (prefix → method): a run of another method leaves
-#: them out of its run key (gradguide.bench.grid.run_key), so adding them re-keys no stored run.
-SCOPED_OPTIONS: dict[str, str] = {"setfit_": "setfit"}
+
+@dataclass(frozen=True)
+class _DeclaredOption:
+    """One field of MethodOptions: the method that declared it and how it is keyed."""
+
+    method: str
+    type: Any
+    spec: dataclasses.Field[Any]
+    #: left out of the run key of other methods' runs (Method.options_scoped)
+    scoped: bool
+
+
+#: option name → its declaration, in registration order (what MethodOptions's fields are)
+_OPTIONS: dict[str, _DeclaredOption] = {}
+remember_core_fields(MethodOptions)
+
+
+def install_method_options(method: Method) -> None:
+    """Add the fields of ``method``'s options dataclass (``method.options``) to MethodOptions.
+
+    Called when a method registers (gradguide.methods.register_method); a field name another
+    method already declared is refused. A method without ``options`` adds nothing.
+    """
+    options = getattr(method, "options", None)
+    if options is None:
+        return
+    if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+        raise GradguideError(f"options of method {method.name!r} must be a dataclass")
+    hints = typing.get_type_hints(options)
+    fields = dataclasses.fields(options)
+    for f in fields:
+        if f.name in _OPTIONS:
+            raise GradguideError(
+                f"method {method.name!r} declares option {f.name!r}, already declared by "
+                f"method {_OPTIONS[f.name].method!r}",
+                field=f"method_options.{f.name}",
+            )
+    scoped = bool(getattr(method, "options_scoped", True))
+    for f in fields:
+        _OPTIONS[f.name] = _DeclaredOption(method.name, hints[f.name], f, scoped)
+    _rebuild_options()
+
+
+def uninstall_method_options(method: str) -> None:
+    """Remove the options method ``method`` declared (tests that register a toy method)."""
+    for name in [n for n, d in _OPTIONS.items() if d.method == method]:
+        del _OPTIONS[name]
+    _rebuild_options()
+
+
+def _rebuild_options() -> None:
+    rebuild_dataclass(MethodOptions, [(n, d.type, d.spec) for n, d in _OPTIONS.items()])
+
+
+def options_scoped_out(method: str) -> list[str]:
+    """The options a run of ``method`` leaves out of its run key (gradguide.bench.grid.run_key).
+
+    Those another method declared with ``options_scoped`` (the default): they change nothing in
+    this run, and adding such a method re-keys no stored run. LoRA, prompt tuning and the
+    bottleneck adapters declare ``options_scoped = False``: their options were hashed into every
+    run's key before options were scoped, and stay so, so stored runs keep their keys.
+    """
+    return [n for n, d in _OPTIONS.items() if d.scoped and d.method != method]
 
 
 #: What a method can be in the report (Method.role).
@@ -182,6 +239,11 @@ class Method(Protocol):
     step_factor: float
     #: cost of evaluation relative to scoring each example's candidates once
     eval_factor: float
+    # Optional, read with getattr (a method without settings declares neither):
+    #   options: type | None -- its options dataclass; its fields become MethodOptions fields
+    #     (``method_options.<name>``) when the method registers (install_method_options)
+    #   options_scoped: bool (default True) -- whether its options are left out of the run keys
+    #     of other methods' runs (options_scoped_out)
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:
         """Adapt ``lm.model`` in place, freeze everything not trained, return the result."""

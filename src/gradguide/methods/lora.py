@@ -9,10 +9,12 @@ on encoders too. Saved in PEFT format (``save_pretrained``), loadable with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from gradguide.config import option
 from gradguide.errors import GradguideError
 from gradguide.methods._peft_io import load_peft, quiet_peft, save_peft
 from gradguide.methods.base import (
@@ -60,6 +62,16 @@ def resolve_targets(model: torch.nn.Module, targets: str) -> list[str] | str:
     return resolved
 
 
+@dataclass
+class LoRAOptions:
+    """LoRA's settings (``method_options.lora_*``)."""
+
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(16, "LoRA alpha")
+    lora_dropout: float = 0.0
+    lora_targets: str = option("q_proj,v_proj", "LoRA target modules, comma-separated")
+
+
 class LoRA:
     """PEFT LoRA on the attention projections (query and value by default)."""
 
@@ -73,6 +85,10 @@ class LoRA:
     step_factor = 1.0  # the unit of the step costs
     eval_factor = 1.0
     description = "LoRA (PEFT): low-rank updates of the attention projections"
+    options = LoRAOptions
+    #: its options are hashed into every run's key (as before options were scoped: stored
+    #: runs keep their keys), not only its own runs' (methods/base.py options_scoped_out)
+    options_scoped = False
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:
         """Wrap ``lm.model`` with PEFT LoRA; only the LoRA matrices are trainable."""

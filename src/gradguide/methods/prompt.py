@@ -35,11 +35,13 @@ works unchanged.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gradguide.config import option
 from gradguide.errors import GradguideError
 from gradguide.methods._peft_io import load_peft, quiet_peft, save_peft
 from gradguide.methods.base import (
@@ -219,6 +221,15 @@ def _prompt_config(lm: LoadedModel, options: MethodOptions, tokenizer_dir: str) 
     )
 
 
+@dataclass
+class PromptOptions:
+    """Prompt tuning's settings (``method_options.prompt_*``)."""
+
+    prompt_tokens: int = option(20, "soft prompt length")
+    prompt_init: str = "text"
+    prompt_init_text: str = "Classify the text and answer with the right word."
+
+
 class PromptTuning:
     """PEFT prompt tuning: ``prompt_tokens`` trained input embeddings, everything else frozen."""
 
@@ -233,6 +244,10 @@ class PromptTuning:
     step_factor = 1.0
     eval_factor = 1.0
     description = "prompt tuning (PEFT): a trained soft prompt before the input"
+    options = PromptOptions
+    #: its options are hashed into every run's key (as before options were scoped: stored
+    #: runs keep their keys), not only its own runs' (methods/base.py options_scoped_out)
+    options_scoped = False
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> Adapted:
         """Build the soft prompt with PEFT and wrap it so left-padded batches score correctly."""

@@ -66,6 +66,21 @@ INPUTS = ("text", "prompt")
 SETFIT_LR = 2e-5
 
 
+@dataclass
+class SetFitOptions:
+    """SetFit's settings (``method_options.setfit_*``), SetFit 1.x's defaults: pairs per example
+    and polarity (0 = its "oversampling"), pair batches, passes over the pairs, weight decay, the
+    head, the encoder's input."""
+
+    setfit_iterations: int = 0
+    setfit_sampling: str = "oversampling"
+    setfit_batch_size: int = 16
+    setfit_epochs: int = 1
+    setfit_weight_decay: float = 0.01
+    setfit_head: str = "logistic"
+    setfit_input: str = "text"
+
+
 def check_options(options: MethodOptions) -> None:
     """Refuse SetFit settings that cannot run (the field named)."""
     o = options
@@ -349,6 +364,8 @@ class SetFit:
         "SetFit (setfit package): contrastive tuning of the sentence encoder on pairs of the "
         "k shots, then a logistic-regression head"
     )
+    #: read by SetFit alone: left out of other methods' run keys (options_scoped, the default)
+    options = SetFitOptions
 
     def planned_items(
         self, shots: int, n_labels: int, options: MethodOptions
