@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -19,8 +20,10 @@ from gradguide.bench.estimate import estimate_config_seconds
 from gradguide.bench.grid import expand_grid, parse_grid, run_key, setting_type
 from gradguide.bench.runner import run_grid
 from gradguide.cli import main as cli_main
-from gradguide.config import from_dict
+from gradguide.config import flag_fields, from_dict
 from gradguide.errors import GradguideError
+from gradguide.methods import MethodOptions, get_method, unregister_method
+from gradguide.methods.base import install_method_options
 from gradguide.models import load_model
 from gradguide.train import GuidanceConfig, OptimConfig, TrainConfig, train, validate
 
@@ -155,3 +158,69 @@ def test_plugins_named_in_the_environment_register_in_a_fresh_process():
     env["GRADGUIDE_PLUGINS"] = "plugins.no_such_term"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode != 0 and "GRADGUIDE_PLUGINS" in done.stderr
+
+
+METHOD_PLUGIN = "plugins.toy_method"
+
+
+def test_a_method_with_options_registers_from_one_module_and_undoes_cleanly(tmp_path, capsys):
+    lora = tiny(tmp_path, method="lora")
+    key_before = run_key(lora)
+    names_before = [f.name for f in dataclasses.fields(MethodOptions)]
+    assert "toy_norm_scale" not in names_before
+    sys.modules.pop(METHOD_PLUGIN, None)
+    importlib.import_module(METHOD_PLUGIN)  # the module's last statement registers the method
+    try:
+        # the method's own options class became flat fields of MethodOptions, help included
+        assert [f.name for f in dataclasses.fields(MethodOptions)] == [
+            *names_before,
+            "toy_norm_scale",
+        ]
+        assert typing.get_type_hints(MethodOptions)["toy_norm_scale"] is float
+        assert setting_type("method_options.toy_norm_scale") is float
+        assert MethodOptions(toy_norm_scale=2.0).toy_norm_scale == 2.0
+        assert MethodOptions.from_dict({"toy_norm_scale": 3.0}).to_dict()["toy_norm_scale"] == 3.0
+        assert lora.method_options.toy_norm_scale == 1.0  # options built before: the default
+        flags = {f.key: f for f in flag_fields(TrainConfig)}
+        assert flags["method_options.toy_norm_scale"].flag == "--toy-norm-scale"
+        # it is scoped to its method: a LoRA run keeps its key, built before or after
+        assert run_key(lora) == run_key(tiny(tmp_path, method="lora")) == key_before
+        toy = tiny(tmp_path, method="toy-norm")
+        scaled = from_dict(TrainConfig, {"method_options": {"toy_norm_scale": "2"}})
+        assert scaled.method_options.toy_norm_scale == 2.0
+        other = dataclasses.replace(toy, method_options=scaled.method_options)
+        assert run_key(toy) != run_key(other)
+        # --set reaches it; the run records it in config.json and record.json
+        args = ["train", "--model", "tiny-llama", "--task", "demo-sentiment", "--shots", "8"]
+        args += ["--method", "toy-norm", "--seed", "1", "--eval-limit", "4", "--steps", "2"]
+        args += ["--set", "method_options.toy_norm_scale=0.5", "--out", str(tmp_path / "cli")]
+        assert cli_main(args) == 0
+        capsys.readouterr()
+        (run_dir,) = (tmp_path / "cli").iterdir()
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["method"] == "toy-norm"
+        assert config["method_options"]["toy_norm_scale"] == 0.5
+        assert list(config["method_options"]) == [*names_before, "toy_norm_scale"]
+        record = json.loads((run_dir / "record.json").read_text())
+        assert record["config"]["method_options"]["toy_norm_scale"] == 0.5
+        with pytest.raises(GradguideError, match="already declared"):
+            install_method_options(ToyClash())
+    finally:
+        unregister_method("toy-norm")
+        sys.modules.pop(METHOD_PLUGIN, None)
+    assert [f.name for f in dataclasses.fields(MethodOptions)] == names_before
+    with pytest.raises(TypeError):
+        MethodOptions(toy_norm_scale=2.0)
+    with pytest.raises(GradguideError, match="unknown method"):
+        get_method("toy-norm")
+    assert run_key(tiny(tmp_path, method="lora")) == key_before
+
+
+@dataclasses.dataclass
+class _ClashOptions:
+    lora_r: int = 3
+
+
+class ToyClash:
+    name = "toy-clash"
+    options = _ClashOptions
