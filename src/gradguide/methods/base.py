@@ -73,7 +73,7 @@ class MethodOptions:
 
 
 #: Method options read by one method only (prefix → method): a run of another method leaves
-#: them out of its run key (gradguide.bench.grid.run_key), so adding them re-keys no stored run.
+#: them out of its run key (gradguide.bench.keys.run_key), so adding them re-keys no stored run.
 SCOPED_OPTIONS: dict[str, str] = {"setfit_": "setfit"}
 
 
