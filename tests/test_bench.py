@@ -238,9 +238,9 @@ def test_a_finished_runs_record_maps_back_to_its_key(tmp_path):
 
 
 def test_methods_that_cannot_run_fail_before_anything_runs(tmp_path, monkeypatch):
-    from gradguide.bench import grid
+    from gradguide.bench import spec
 
-    monkeypatch.setattr(grid, "PLANNED_METHODS", ("future",))  # a method a later version adds
+    monkeypatch.setattr(spec, "PLANNED_METHODS", ("future",))  # a method a later version adds
     path = _write(tmp_path, _grid(methods=["lora", "future"]))
     with pytest.raises(GradguideError) as err:
         expand_grid(load_grid(path))

@@ -2,7 +2,7 @@
 
 For a decoder model (base model with in-context demonstrations, LayerNorm-tuned, OFA-tuned) and
 some evaluation examples, one forward pass per batch records every block's input and output
-(gradguide.guidance.ofa.BlockCapture) and gives, per layer:
+(gradguide.guidance.ofa_blocks.BlockCapture) and gives, per layer:
 
 * probe accuracy and loss: the hidden state after block l (index 0: the embeddings; the last
   index: the model's own output) read out through the final normalisation and the output head
@@ -30,15 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from gradguide.errors import GradguideError
-from gradguide.guidance.ofa import (
-    BlockCapture,
-    OfaOptions,
-    masked,
-    probe_seed,
-    sharpness_sums,
-    step_norms,
-    step_ratio_sums,
-)
+from gradguide.guidance.ofa import OfaOptions, probe_seed
+from gradguide.guidance.ofa_blocks import BlockCapture
+from gradguide.guidance.ofa_measures import masked, sharpness_sums, step_norms, step_ratio_sums
 from gradguide.models import LoadedModel
 from gradguide.scoring import (
     ScoringOptions,

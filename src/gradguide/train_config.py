@@ -3,7 +3,7 @@
 ``TrainConfig`` names a run (model × task × k-shot sample × method × seed) and how it trains
 (``OptimConfig``, ``GuidanceConfig``, the method's and the scoring's options). ``validate``
 rejects impossible settings with the offending field named. Every field goes into the run's
-config.json and record, and (bench/grid.py) into its run key.
+config.json and record, and (bench/keys.py) into its run key.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    from gradguide.bench.grid import list_presets
+    from gradguide.bench.spec import list_presets
 
     p.add_argument("grid", help=f"a preset ({', '.join(list_presets())}) or a grid YAML file")
     p.add_argument(
@@ -65,8 +65,8 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 
 
 def _dry_run(spec: Any, out: Path, workers: int) -> int:
+    from gradguide.bench.checks import check_data, check_models
     from gradguide.bench.estimate import Calibration, estimate_grid_seconds, format_duration
-    from gradguide.bench.grid import check_data, check_models
     from gradguide.bench.runner import pending_runs
     from gradguide.bench.store import DB_NAME, Store
 
@@ -124,8 +124,8 @@ def _dry_run(spec: Any, out: Path, workers: int) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     """Run (or with --dry-run list) the grid; exit 1 when some run failed."""
-    from gradguide.bench.grid import load_grid
     from gradguide.bench.runner import run_grid, summarize
+    from gradguide.bench.spec import load_grid
     from gradguide.bench.store import DB_NAME
 
     spec = load_grid(a.grid, a.set)

@@ -25,7 +25,8 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 
-from gradguide.bench.grid import DataCheck, GridRun
+from gradguide.bench.checks import DataCheck
+from gradguide.bench.spec import GridRun
 from gradguide.bench.store import RunRow, arm_name
 from gradguide.config import from_dict, to_dict
 from gradguide.errors import GradguideError

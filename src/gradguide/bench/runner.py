@@ -30,7 +30,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from gradguide.bench.grid import GridRun, GridSpec, check_data, check_models, expand_grid, run_key
+from gradguide.bench.checks import check_data, check_models
+from gradguide.bench.grid import expand_grid
+from gradguide.bench.keys import run_key
+from gradguide.bench.spec import GridRun, GridSpec
 from gradguide.bench.store import DB_NAME, Store, row_from_record
 from gradguide.config import from_dict, to_dict
 from gradguide.errors import GradguideError

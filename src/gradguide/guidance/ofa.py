@@ -55,6 +55,10 @@ The hooks record only during a full forward pass of the module that owns the blo
 terms' own re-runs of single blocks are not recorded); a term reads the last pass recorded (the
 decoder scoring of the loss closure is one forward of the model; the terms need a decoder LM) and
 drops what it read after use.
+
+This module holds the options, the two loss terms and their registration; the blocks and the
+recorded passes are in ofa_blocks.py, the quantities (step ratios, Hutchinson estimates, JVPs) in
+ofa_measures.py, whose names are importable from here as well.
 """
 
 from __future__ import annotations
@@ -62,21 +66,61 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
 from gradguide.errors import GradguideError
+from gradguide.guidance.ofa_blocks import BlockCapture, BlockStack, Pass, StepFn, find_blocks
+from gradguide.guidance.ofa_measures import (
+    JVP_MODES,
+    WIDE,
+    check_fd_precision,
+    fd_jvp,
+    hutchinson,
+    masked,
+    rademacher,
+    sharpness_sums,
+    step_norms,
+    step_ratio_sums,
+)
 from gradguide.guidance.registry import GuidanceSpec, Term, register_guidance
-from gradguide.methods.layernorm import norm_modules
 
-JVP_MODES = ("fd", "exact")
+__all__ = [
+    "JVP_MODES",
+    "OFA",
+    "OFA_TERMS",
+    "WIDE",
+    "BlockCapture",
+    "BlockStack",
+    "OfaOptions",
+    "OfaSharpness",
+    "OfaStepRatio",
+    "Pass",
+    "StepFn",
+    "build_sharpness",
+    "build_step_ratio",
+    "check_fd_precision",
+    "fd_jvp",
+    "find_blocks",
+    "hutchinson",
+    "masked",
+    "parse_layers",
+    "penalised",
+    "probe_seed",
+    "rademacher",
+    "ratio_pairs",
+    "resolve_layers",
+    "sharpness_sums",
+    "signed_means",
+    "step_norms",
+    "step_ratio_sums",
+    "validate_options",
+]
+
 #: the loss terms of this module (guidance names in gradguide.guidance.GUIDANCE)
 OFA_TERMS = ("ofa-step", "ofa-sharp")
-StepFn = Callable[[torch.Tensor], torch.Tensor]
-#: parameter dtypes fine enough for the fd JVP's step (integer buffers are not parameters)
-WIDE = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 
 
 @dataclasses.dataclass
@@ -123,274 +167,6 @@ def validate_options(o: OfaOptions) -> None:
         if not ok:
             raise GradguideError(message, field=f"guidance.ofa.{name}")
     parse_layers(o.layers)
-
-
-# --------------------------------------------------------------------------------------------
-# The blocks of a model and what one forward pass through them looked like
-
-
-@dataclasses.dataclass
-class BlockStack:
-    """The transformer blocks of a model, the module that runs them, and each block's gain."""
-
-    parent: torch.nn.Module
-    blocks: list[torch.nn.Module]
-    preconditioners: list[torch.nn.Module]
-    preconditioner_name: str  # its name inside block 0, e.g. "input_layernorm"
-
-    def gain(self, t: int) -> torch.Tensor | None:
-        """γ_t, the gain of block t's preconditioning norm (None: the norm has no gain)."""
-        weight = getattr(self.preconditioners[t], "weight", None)
-        return weight if isinstance(weight, torch.Tensor) else None
-
-
-def find_blocks(model: torch.nn.Module) -> BlockStack:
-    """The longest ModuleList of same-class blocks that contain normalisation layers.
-
-    Found by structure, not by name, so PEFT-wrapped models (LoRA, prompt tuning) work too.
-    """
-    best: tuple[str, torch.nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
-            continue
-        if len({type(m) for m in module}) != 1 or not all(norm_modules(m) for m in module):
-            continue
-        if best is None or len(module) > len(best[1]):
-            best = (name, module)
-    if best is None:
-        raise GradguideError(
-            "OFA found no stack of transformer blocks with normalisation layers in this model"
-        )
-    name, blocks = best
-    parent = model.get_submodule(name.rpartition(".")[0])
-    chosen = [_preconditioner(b) for b in blocks]
-    return BlockStack(parent, list(blocks), [m for _, m in chosen], chosen[0][0])
-
-
-def _preconditioner(block: torch.nn.Module) -> tuple[str, torch.nn.Module]:
-    """The first normalisation module that is a direct child of ``block`` (else the first one)."""
-    direct = [(n, m) for n, m in block.named_children() if "Norm" in type(m).__name__]
-    return direct[0] if direct else next(iter(norm_modules(block).items()))
-
-
-@dataclasses.dataclass
-class Pass:
-    """One forward pass through the blocks: inputs Z_t, outputs Z_{t+1}, call arguments, mask."""
-
-    inputs: list[torch.Tensor]
-    outputs: list[torch.Tensor]
-    calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
-    mask: torch.Tensor  # [batch, tokens] float, 1 on real tokens
-
-    def tokens(self) -> torch.Tensor:
-        """Number of non-padding tokens."""
-        return self.mask.sum()
-
-    def step_fn(self, stack: BlockStack, t: int) -> StepFn:
-        """u_t(Z) = f_t(Z) − Z, block t re-run with this pass's call arguments."""
-        block = stack.blocks[t]
-        args, kwargs = self.calls[t]
-
-        def step(z: torch.Tensor) -> torch.Tensor:
-            out = block(z, *args[1:], **kwargs) if args else block(**kwargs, hidden_states=z)
-            return _first(out) - z
-
-        return step
-
-
-def _first(output: Any) -> torch.Tensor:
-    """A block's hidden-state output (some blocks return a tuple)."""
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-class BlockCapture:
-    """Forward hooks recording every block's input, output and call arguments, per full pass.
-
-    Recording happens only inside a forward pass of the blocks' parent module (e.g. LlamaModel),
-    so single blocks re-run by the sharpness estimate are not recorded.
-    """
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.stack = find_blocks(model)
-        self.passes: list[Pass] = []
-        self._current: dict[str, Any] | None = None
-        parent = self.stack.parent
-        self._handles = [
-            parent.register_forward_pre_hook(self._begin, with_kwargs=True),
-            parent.register_forward_hook(self._end),
-        ]
-        for t, block in enumerate(self.stack.blocks):
-            self._handles.append(block.register_forward_hook(self._hook(t), with_kwargs=True))
-
-    def _begin(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
-        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        self._current = {"mask": mask, "blocks": {}}
-
-    def _hook(self, t: int) -> Callable[..., None]:
-        def hook(
-            module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-        ) -> None:
-            if self._current is not None:
-                z = args[0] if args else kwargs["hidden_states"]
-                self._current["blocks"][t] = (z, _first(output), args, kwargs)
-
-        return hook
-
-    def _end(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        current, self._current = self._current, None
-        if current is None or len(current["blocks"]) != len(self.stack.blocks):
-            return
-        got = [current["blocks"][t] for t in range(len(self.stack.blocks))]
-        z0 = got[0][0]
-        self.passes.append(
-            Pass(
-                inputs=[g[0] for g in got],
-                outputs=[g[1] for g in got],
-                calls=[(g[2], g[3]) for g in got],
-                mask=_token_mask(current["mask"], z0),
-            )
-        )
-
-    def take(self) -> list[Pass]:
-        """The passes recorded since the last call (and forget them)."""
-        passes, self.passes = self.passes, []
-        return passes
-
-    def remove(self) -> None:
-        """Remove the hooks and drop whatever is recorded."""
-        for h in self._handles:
-            h.remove()
-        self._handles, self.passes, self._current = [], [], None
-
-
-def _token_mask(mask: Any, z: torch.Tensor) -> torch.Tensor:
-    """[batch, tokens] float mask of real tokens (the last ``tokens`` columns of a 2-D mask)."""
-    b, n = z.shape[0], z.shape[1]
-    is_2d = isinstance(mask, torch.Tensor) and mask.dim() == 2
-    if is_2d and mask.shape[0] == b and mask.shape[1] >= n:  # a cached prefix adds columns
-        return mask[:, -n:].to(device=z.device, dtype=torch.float32)
-    return torch.ones(b, n, device=z.device, dtype=torch.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# The two quantities
-
-
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in at least float32 (bf16/fp16 hidden states are measured in float32)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
-def masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``x`` with padding positions set to 0 (a select, so non-finite padding cannot leak)."""
-    m = mask > 0
-    return torch.where(m if m.dim() == x.dim() else m.unsqueeze(-1), x, torch.zeros_like(x))
-
-
-def step_norms(p: Pass) -> list[torch.Tensor]:
-    """s_t = ‖Z_{t+1} − Z_t‖ per token, for every block t ([batch, tokens] each)."""
-    return [(_wide(o) - _wide(z)).norm(dim=-1) for z, o in zip(p.inputs, p.outputs, strict=True)]
-
-
-def step_ratio_sums(
-    p: Pass, pairs: Sequence[int], eps: float, squared: bool = False
-) -> torch.Tensor:
-    """Σ over real tokens of s_{t+1}/(s_t + eps) (or the squared form), one entry per pair t."""
-    s = step_norms(p)
-    out = []
-    for t in pairs:
-        ratio = s[t + 1].pow(2) / (s[t].pow(2) + eps) if squared else s[t + 1] / (s[t] + eps)
-        out.append(masked(ratio, p.mask).sum())
-    return torch.stack(out)
-
-
-def rademacher(
-    shape: Sequence[int], generator: torch.Generator, like: torch.Tensor
-) -> torch.Tensor:
-    """±1 entries drawn from ``generator`` on its device (no copy when it is ``like``'s)."""
-    bits = torch.randint(
-        0, 2, tuple(shape), generator=generator, dtype=torch.int8, device=generator.device
-    )
-    return (2 * bits - 1).to(device=like.device, dtype=like.dtype)
-
-
-def hutchinson(
-    step: StepFn,
-    z: torch.Tensor,
-    gain: torch.Tensor | None,
-    mask: torch.Tensor,
-    generator: torch.Generator,
-    probes: int = 1,
-    jvp: str = "fd",
-    fd_eps: float = 1e-3,
-) -> torch.Tensor:
-    """Per-token −νᵀ J_u(z)(γ ⊙ ν), averaged over probes: Hutchinson's tr(P H Pᵀ) per token.
-
-    ``step`` is u(z); ``z`` is [..., d]; ``mask`` [...] zeroes the probes (and the result) on
-    padding. Differentiable in z, γ and whatever ``step`` depends on.
-    """
-    if jvp not in JVP_MODES:
-        raise GradguideError(f"unknown JVP mode {jvp!r}", field="guidance.ofa.jvp")
-    total = _wide(torch.zeros(z.shape[:-1], device=z.device, dtype=z.dtype))
-    for _ in range(probes):
-        nu = masked(rademacher(z.shape, generator, z), mask)
-        w = nu * gain.to(z.dtype) if gain is not None else nu
-        if jvp == "exact":
-            jw = torch.func.jvp(step, (z,), (w,))[1]
-        else:
-            jw = fd_jvp(step, z, w, mask, fd_eps)
-        total = total - masked(_wide(nu) * _wide(jw), mask).sum(-1)
-    return total / probes
-
-
-def fd_jvp(
-    step: StepFn, z: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, fd_eps: float
-) -> torch.Tensor:
-    """J_u(z)·w as (u(z + εw) − u(z − εw)) / 2ε, the two re-runs in float32 with autocast off.
-
-    ε·w is ``fd_eps`` (1e-3) of z's scale, below bf16's resolution (2⁻⁸): under bf16 autocast
-    the difference would be rounding noise, its sign arbitrary.
-    """
-    count = (mask > 0).sum().clamp_min(1) * z.shape[-1]
-    rms_z = (masked(z.detach(), mask).pow(2).sum() / count).sqrt().clamp_min(1e-6)
-    rms_w = (w.detach().pow(2).sum() / count).sqrt().clamp_min(1e-12)
-    e = float(fd_eps * rms_z / rms_w)
-    z, w = _wide(z), _wide(w)
-    with torch.autocast(device_type=z.device.type, enabled=False):
-        return (step(z + e * w) - step(z - e * w)) / (2 * e)
-
-
-def check_fd_precision(block: torch.nn.Module) -> None:
-    """Refuse the fd JVP on a block stored below float32 (its re-runs cannot resolve the step)."""
-    low = sorted({str(p.dtype) for p in block.parameters() if p.dtype not in WIDE})
-    if low:
-        raise GradguideError(
-            f"the fd JVP needs float32 block weights, this model's are {', '.join(low)}: the "
-            "step is below their resolution; load the model in float32 (bf16 autocast is fine) "
-            "or set guidance.ofa.jvp=exact",
-            field="guidance.ofa.jvp",
-        )
-
-
-def sharpness_sums(
-    p: Pass,
-    stack: BlockStack,
-    layers: Sequence[int],
-    generator: torch.Generator,
-    probes: int,
-    jvp: str,
-    fd_eps: float,
-) -> torch.Tensor:
-    """Σ over real tokens of the per-token sharpness estimate, one entry per block in ``layers``."""
-    out = []
-    for t in layers:
-        if jvp == "fd":
-            check_fd_precision(stack.blocks[t])
-        est = hutchinson(
-            p.step_fn(stack, t), p.inputs[t], stack.gain(t), p.mask, generator, probes, jvp, fd_eps
-        )
-        out.append(est.sum())  # zero on padding already
-    return torch.stack(out)
 
 
 def penalised(layer_values: torch.Tensor) -> torch.Tensor:

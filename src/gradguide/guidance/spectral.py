@@ -23,16 +23,13 @@ damped 5×). Matrices with more than ``max_nodes`` rows (smollm2's 49152-row tok
 skipped and listed in the summary.
 
 The bases are written to ``RUN_DIR/spectral_bases.safetensors`` with a key (sha256 of the graph
-options and of the base weights); a resumed run reloads them after checking the key.
+options and of the base weights); a resumed run reloads them after checking the key
+(spectral_bases.py, whose names are importable from here as well).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,15 +40,43 @@ import torch
 from gradguide.errors import GradguideError
 from gradguide.guidance.graphs import LAPLACIANS, SIMILARITIES, SYMMETRISE, Graph, build_graph
 from gradguide.guidance.registry import GuidanceSpec, Term, register_guidance
+from gradguide.guidance.spectral_bases import (
+    BASES_FILE,
+    BASES_FORMAT,
+    bases_key,
+    load_bases,
+    save_bases,
+)
 
 if TYPE_CHECKING:
     from gradguide.guidance.registry import BuildContext
 
+__all__ = [
+    "BASES_FILE",
+    "BASES_FORMAT",
+    "RESPONSES",
+    "SPECTRAL",
+    "SPECTRAL_METHODS",
+    "SPECTRAL_TERMS",
+    "SPECTRUM_POINTS",
+    "Coordinated",
+    "SpectralFilter",
+    "SpectralGraphs",
+    "SpectralOptions",
+    "SpectralRegulariser",
+    "bases_key",
+    "build_filter",
+    "build_regulariser",
+    "check_spectral",
+    "load_bases",
+    "response",
+    "save_bases",
+    "shared_graphs",
+]
+
 SPECTRAL_TERMS = ("spectral-reg", "spectral-filter")
 SPECTRAL_METHODS = ("full", "lora", "setfit")
 RESPONSES = ("inverse", "exp", "lowk")
-BASES_FILE = "spectral_bases.safetensors"
-BASES_FORMAT = "1"
 SPECTRUM_POINTS = 33
 
 
@@ -192,13 +217,7 @@ def _graph_options(options: SpectralOptions) -> dict[str, Any]:
 
 def _key(options: SpectralOptions, method: str, cands: Sequence[_Candidate]) -> str:
     """sha256 of what the graphs depend on: options, matrix names and the base weights."""
-    h = hashlib.sha256()
-    head = {"format": BASES_FORMAT, "method": method, **_graph_options(options)}
-    h.update(json.dumps(head, sort_keys=True).encode())
-    for c in cands:
-        h.update(json.dumps([c.name, list(c.rows.shape)]).encode())
-        h.update(c.rows.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return bases_key(_graph_options(options), method, [(c.name, c.rows) for c in cands])
 
 
 class SpectralGraphs:
@@ -251,7 +270,7 @@ class SpectralGraphs:
         key = _key(options, method, cands)
         path = Path(run_dir) / BASES_FILE if run_dir is not None else None
         if path is not None and path.exists():
-            graphs, times = _load(path, key, [c.name for c in cands], options.laplacian)
+            graphs, times = load_bases(path, key, [c.name for c in cands], options.laplacian)
             source = "loaded"
         else:
             graphs, times = [], []
@@ -268,7 +287,7 @@ class SpectralGraphs:
                 )
                 times.append(time.perf_counter() - t0)
             if path is not None:
-                _save(path, key, [c.name for c in cands], graphs, times)
+                save_bases(path, key, [c.name for c in cands], graphs, times)
             source = "built"
         entries = []
         for c, g, t in zip(cands, graphs, times, strict=True):
@@ -375,46 +394,6 @@ class SpectralGraphs:
             "spectra": self.spectra(),
             **end,
         }
-
-
-def _save(path: Path, key: str, names: list[str], graphs: list[Graph], times: list[float]) -> None:
-    from safetensors.torch import save_file
-
-    tensors: dict[str, torch.Tensor] = {}
-    for i, g in enumerate(graphs):
-        tensors.update(g.tensors(str(i)))
-    meta = {"format": BASES_FORMAT, "key": key, "names": json.dumps(names)}
-    meta["build_s"] = json.dumps(times)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _load(
-    path: Path, key: str, names: list[str], laplacian: str
-) -> tuple[list[Graph], list[float]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise GradguideError(f"cannot read the cached spectral bases: {e}", file=path) from None
-    if meta.get("key") != key or json.loads(meta.get("names", "[]")) != names:
-        raise GradguideError(
-            "the cached spectral bases were built from other base weights or graph options "
-            "than this run's; delete the file to rebuild them",
-            file=path,
-        )
-    graphs = [Graph.from_tensors(tensors, str(i), laplacian) for i in range(len(names))]
-    return graphs, [float(t) for t in json.loads(meta.get("build_s", "[]"))]
 
 
 def shared_graphs(ctx: BuildContext) -> SpectralGraphs:

@@ -124,7 +124,7 @@ def _rebuild_options() -> None:
 
 
 def options_scoped_out(method: str) -> list[str]:
-    """The options a run of ``method`` leaves out of its run key (gradguide.bench.grid.run_key).
+    """The options a run of ``method`` leaves out of its run key (gradguide.bench.keys.run_key).
 
     Those another method declared with ``options_scoped`` (the default): they change nothing in
     this run, and adding such a method re-keys no stored run. LoRA, prompt tuning and the

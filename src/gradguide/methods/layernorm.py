@@ -3,8 +3,8 @@
 Normalisation layers are found by class name (``LayerNorm``, ``LlamaRMSNorm``, any class whose
 name contains "Norm"); their own parameters are made trainable in place. PEFT's ``LNTuningConfig``
 is not used: it trains *copies* of the norm layers under new names, whereas OFA
-(guidance/ofa.py) reads each layer's gain as that layer's preconditioner under its original name,
-and in-place training keeps the model's parameter names and memory unchanged.
+(guidance/ofa_blocks.py) reads each layer's gain as that layer's preconditioner under its original
+name, and in-place training keeps the model's parameter names and memory unchanged.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from gradguide.bench.archive import ensure_store
-from gradguide.bench.grid import grid_keys, spec_from_stored
+from gradguide.bench.grid import grid_keys
+from gradguide.bench.spec import spec_from_stored
 from gradguide.bench.store import Failure, RunRow, Store
 from gradguide.errors import GradguideError
 from gradguide.metrics import normalised_loss_auc, steps_to_threshold

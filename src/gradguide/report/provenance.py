@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from gradguide.bench.grid import departures_from_preset
+from gradguide.bench.spec import departures_from_preset
 from gradguide.report.data import BenchData
 from gradguide.report.doc import Doc
 from gradguide.report.render import Block, BulletList, Figure, Heading, Paragraph, Table
