@@ -17,6 +17,7 @@ from gradguide import objective as objective_mod
 from gradguide import train as train_mod
 from gradguide.cli import main
 from gradguide.errors import GradguideError
+from gradguide.models import load_model
 from gradguide.predict import predict
 from gradguide.train import OptimConfig, TrainConfig, data_order, reevaluate, train
 
@@ -321,7 +322,7 @@ def test_loss_terms_join_the_objective_and_are_recorded_apart(tmp_path, toy_guid
 def test_gradient_transforms_edit_the_step(tmp_path, toy_guidance):
     cfg = tiny(tmp_path, method="layernorm")
     cfg.guidance.use = "toy-zero"
-    lm = train_mod.load_model("tiny-llama", seed=1)
+    lm = load_model("tiny-llama", seed=1)
     before = {n: p.detach().clone() for n, p in lm.model.named_parameters() if "norm" in n}
     r = train(cfg, show_progress=False)
     after = dict(r.adapted.model.named_parameters())

@@ -20,14 +20,12 @@ from gradguide.config import EvalConfig, to_dict
 from gradguide.device import (
     describe,
     model_device,
-    parse_dtype,
     peak_memory_mb,
     reset_peak_memory,
-    resolve_device,
 )
 from gradguide.errors import GradguideError
 from gradguide.metrics import compute_metrics
-from gradguide.models import LoadedModel, load_model
+from gradguide.models import LoadedModel, load_configured
 from gradguide.record import environment, new_run_dir, peak_rss_mb, reset_peak_rss, write_record
 from gradguide.scoring import TRUNCATION_POLICY, ScoringOptions, build_prefix, score_dataset
 from gradguide.tasks import get_task, resolve_data_root, user_task
@@ -134,13 +132,7 @@ def evaluate(
         demos = sample_demonstrations(pool, config.shots, config.seed)
     load_start = time.perf_counter()
     if lm is None:
-        lm = load_model(
-            config.model,
-            cache_dir=config.cache_dir,
-            seed=config.seed,
-            dtype=parse_dtype(config.dtype),
-            device=resolve_device(config.device),
-        )
+        lm = load_configured(config)
     load_seconds = time.perf_counter() - load_start
     reset_peak_memory(model_device(lm.model))
     metrics, scored, facts = evaluate_instances(

@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from gradguide.distributed import DistContext
 from gradguide.errors import GradguideError
 from gradguide.guidance.assembly import Guide
 from gradguide.guidance.engine import StepStats
+from gradguide.guidance.hvp import norm_of
 from gradguide.guidance.priors import MEAN_GRADIENT_FILE, save_vector
 from gradguide.methods import Adapted, get_method
 from gradguide.metrics import GradientTracker
@@ -181,8 +182,9 @@ def fit(
             values: dict[str, float | None] = {**first_values, **guide.term_share(stats)}
             current_lr = optimizer.param_groups[0]["lr"]
             loss_value = first_values.get("task_loss", stats.loss)
-            clip_scale = _apply_step(loop, step, stats, adapted, guide, o, run_dir)
-            values.update(guide.take_transform_keep())
+            clip_scale, keep = _apply_step(loop, step, stats, adapted, guide, o, run_dir)
+            if guide.transforms:
+                values["transform_keep"] = keep
             dt = time.perf_counter() - t0
             loop.train_s += dt
             cos_prev = loop.tracker.observe(stats.gradient) if stats.finite else None
@@ -240,9 +242,11 @@ def _apply_step(
     guide: Guide,
     o: OptimConfig,
     run_dir: Path,
-) -> float | None:
-    """Transform, clip and apply a finite step's gradient (its clip scale), or skip the step."""
+) -> tuple[float | None, float | None]:
+    """Transform, clip and apply a finite step's gradient, or skip the step; the clip scale and
+    what the transforms kept of the gradient, ‖transformed‖/‖guided g‖ (None where not taken)."""
     clip_scale: float | None = None
+    keep: float | None = None
     if not stats.finite:
         loop.skipped.append(step)
         loop.optimizer.zero_grad(set_to_none=True)
@@ -254,13 +258,12 @@ def _apply_step(
                 "checkpoint is intact: lower the learning rate or turn off bf16",
                 file=run_dir,
             )
-        return None
+        return None, None
     if guide.transforms:
-        before = _grad_norm(adapted.trainable.values())
         for transform in guide.transforms:
             transform.apply(adapted.trainable)
-        after = _grad_norm(adapted.trainable.values())
-        guide.transform_keep = after / before if before > 0 else None
+        after = norm_of([p.grad for p in adapted.trainable.values() if p.grad is not None])
+        keep = after / stats.guided_norm if stats.guided_norm > 0 else None
     if o.grad_clip:
         applied = float(
             torch.nn.utils.clip_grad_norm_(list(adapted.trainable.values()), o.grad_clip)
@@ -269,13 +272,7 @@ def _apply_step(
     loop.optimizer.step()
     loop.scheduler.step()
     loop.optimizer.zero_grad(set_to_none=True)
-    return clip_scale
-
-
-def _grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
-    """‖.grad‖ over the parameters that have one."""
-    norms = [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+    return clip_scale, keep
 
 
 def _summed(dist: DistContext, values: dict[str, float]) -> dict[str, float]:

@@ -30,11 +30,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers.utils import logging as hf_logging
 
+from gradguide.device import parse_dtype, resolve_device
 from gradguide.errors import GradguideError
 from gradguide.model_cache import CacheCorruptedWarning, cache_root, dtype_of
 from gradguide.model_hub import load_hub
@@ -154,6 +155,33 @@ def _ensure_pad(model: torch.nn.Module, tokenizer: Any) -> None:
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = tokenizer.pad_token_id
+
+
+class ModelSettings(Protocol):
+    """What a run's or an evaluation's config says about its model (TrainConfig, EvalConfig)."""
+
+    model: str
+    cache_dir: str | None
+    seed: int
+    dtype: str
+    device: str
+
+
+def load_configured(
+    config: ModelSettings,
+    *,
+    device: torch.device | None = None,
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    """The model ``config`` names, in its dtype, on its device (``device`` overrides that)."""
+    return load_model(
+        config.model,
+        cache_dir=config.cache_dir,
+        seed=config.seed,
+        attn_implementation=attn_implementation,
+        dtype=parse_dtype(config.dtype),
+        device=device if device is not None else resolve_device(config.device),
+    )
 
 
 def load_model(

@@ -25,7 +25,7 @@ import torch
 
 from gradguide.atomic import write_json_atomic
 from gradguide.config import to_dict
-from gradguide.device import enable_checkpointing, parse_dtype, reset_peak_memory
+from gradguide.device import enable_checkpointing, reset_peak_memory
 from gradguide.distributed import DistContext
 from gradguide.distributed import init as init_distributed
 from gradguide.errors import GradguideError
@@ -36,7 +36,7 @@ from gradguide.guidance import needs_eager_attention, parse_guidance
 from gradguide.guidance.assembly import assemble
 from gradguide.layerwise import layer_diagnostics
 from gradguide.methods import Adapted, Method, get_method
-from gradguide.models import LoadedModel, load_model
+from gradguide.models import LoadedModel, load_configured
 from gradguide.objective import RankObjective, objective_for, rank_loss, total_steps
 from gradguide.record import new_run_dir, reset_peak_rss, train_record, write_record
 from gradguide.tasks import sample_demonstrations
@@ -223,14 +223,7 @@ def _load_model(config: TrainConfig, device: torch.device) -> LoadedModel:
     eager = needs_eager_attention(parse_guidance(config.guidance.use), config.guidance)
     eager = eager or (config.layer_diagnostics > 0 and config.guidance.ofa.jvp == "exact")
     attn = "eager" if eager else None  # SDPA has no forward-mode derivative
-    lm = load_model(
-        config.model,
-        cache_dir=config.cache_dir,
-        seed=config.seed,
-        attn_implementation=attn,
-        dtype=parse_dtype(config.dtype),
-        device=device,
-    )
+    lm = load_configured(config, device=device, attn_implementation=attn)
     if config.layer_diagnostics and lm.kind != "causal":
         raise GradguideError(
             f"layer diagnostics need a decoder LM (logit lens), not the {lm.kind} {lm.name}",

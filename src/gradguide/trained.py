@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from gradguide.config import from_dict
-from gradguide.device import parse_dtype, resolve_device
 from gradguide.errors import GradguideError
 from gradguide.evaluate import evaluate_instances
 from gradguide.methods import get_method
-from gradguide.models import LoadedModel, load_model
+from gradguide.models import LoadedModel, load_configured
 from gradguide.tasks.base import Instance, Task
 from gradguide.train_config import TrainConfig
 from gradguide.train_data import prepare_data
@@ -63,13 +62,7 @@ def load_trained(run_dir: str | Path, device: str | None = None) -> TrainedRun:
         raise GradguideError("run has not finished (no record.json); resume it first", file=run_dir)
     record = json.loads(record_path.read_text())
     method = get_method(config.method)
-    lm = load_model(
-        config.model,
-        cache_dir=config.cache_dir,
-        seed=config.seed,
-        dtype=parse_dtype(config.dtype),
-        device=resolve_device(config.device),
-    )
+    lm = load_configured(config)
     if method.trains:
         lm = method.load(lm, run_dir / ADAPTER_NAME, config.method_options).as_lm(lm)
     lm.model.eval()

@@ -62,8 +62,6 @@ class Guide:
     dist: DistContext = dataclasses.field(default_factory=DistContext)
     #: ∇(task loss) alone on a step that measures the loss terms' share (term_share)
     task_gradient: torch.Tensor | None = None
-    #: ‖gradient after the transforms‖/‖before‖ on this step (None: no transform applied)
-    transform_keep: float | None = None
 
     @property
     def device(self) -> torch.device:
@@ -86,11 +84,6 @@ class Guide:
         if task is None or stats.gradient is None:
             return {}
         return term_share.term_measures(stats.gradient, task)
-
-    def take_transform_keep(self) -> dict[str, float | None]:
-        """What the transforms kept of this step's gradient (empty without transforms)."""
-        keep, self.transform_keep = self.transform_keep, None
-        return {"transform_keep": keep} if self.transforms else {}
 
     def loss_closure(
         self, step: int, batch: list[Any], params: dict[str, torch.nn.Parameter]

@@ -63,12 +63,14 @@ class RunData:
     skipped_steps: int = 0
 
     @property
+    def settings_label(self) -> str:
+        """The swept settings, e.g. ``guidance.tau=0.3`` (empty when none were swept)."""
+        return ", ".join(f"{k}={v}" for k, v in sorted(self.settings.items()))
+
+    @property
     def variant(self) -> str:
         """The method plus any swept settings, e.g. ``sgg [guidance.tau=0.3]``."""
-        if not self.settings:
-            return self.method
-        shown = ", ".join(f"{k}={v}" for k, v in sorted(self.settings.items()))
-        return f"{self.method} [{shown}]"
+        return f"{self.method} [{self.settings_label}]" if self.settings else self.method
 
     def setting(self, path: str) -> Any:
         """A dotted configuration setting (``guidance.tau``) of this run, None if absent."""
