@@ -9,6 +9,7 @@ import argparse
 import errno
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -237,19 +238,22 @@ def _refuse_pair_flags(a: argparse.Namespace) -> None:
 def cmd_train(a: argparse.Namespace) -> int:
     from gradguide.config import load_config
     from gradguide.distributed import finish as finish_distributed
+    from gradguide.health import GradientWarning
     from gradguide.train import train
     from gradguide.train_config import TrainConfig
     from gradguide.trained import load_run_config
 
-    if a.resume:
-        config = load_run_config(Path(a.resume))
-        result = train(config, resume=Path(a.resume))
-    else:
-        o = _train_overrides(a)
-        o["method"] = a.method
-        _refuse_pair_flags(a)
-        config = load_config(TrainConfig, a.config, _apply_set(o, a))
-        result = train(config)
+    with warnings.catch_warnings():  # printed below as one line
+        warnings.simplefilter("ignore", GradientWarning)
+        if a.resume:
+            config = load_run_config(Path(a.resume))
+            result = train(config, resume=Path(a.resume))
+        else:
+            o = _train_overrides(a)
+            o["method"] = a.method
+            _refuse_pair_flags(a)
+            config = load_config(TrainConfig, a.config, _apply_set(o, a))
+            result = train(config)
     finish_distributed()
     if not result.is_main:
         return 0
@@ -261,6 +265,13 @@ def cmd_train(a: argparse.Namespace) -> int:
     )
     print(_metric_rows(result.metrics))
     print(f"run record: {result.run_dir}/record.json")
+    failed = (r.get("gradient_check") or {}).get("failed")
+    if failed:
+        print(
+            f"gradguide: warning: this run fails the gradient sanity check: {'; '.join(failed)} "
+            "(medians in the record's gradient_check); its numbers are not evidence",
+            file=sys.stderr,
+        )
     return 0
 
 

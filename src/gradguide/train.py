@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from gradguide.fit import CURVE_KEYS, Fitted, make_scheduler
 from gradguide.fit import fit as optimise
 from gradguide.guidance import needs_eager_attention, parse_guidance
 from gradguide.guidance.assembly import assemble
+from gradguide.health import GradientWarning, check_gradients, finite_curves, warning_text
 from gradguide.layerwise import layer_diagnostics
 from gradguide.methods import Adapted, Method, get_method
 from gradguide.models import LoadedModel, load_configured
@@ -186,9 +188,30 @@ def train(
         dist=dist,
         own_peak=own_peak,
     )
+    _check_gradients(config, record)
     write_record(run_dir, record)
     dist.barrier()
     return TrainResult(metrics, record, run_dir, adapted)
+
+
+def _check_gradients(config: TrainConfig, record: dict[str, Any]) -> None:
+    """A guided run checks its own gradient curves (gradguide.health), records the result and
+    warns when its update was not the task's: the run itself notices, not only the report."""
+    if not (record.get("guidance") or {}).get("use"):
+        return
+    curves, nonfinite = finite_curves(record.get("curves") or {})
+    clip = config.optim.grad_clip if config.optim.grad_clip > 0 else None
+    checked = check_gradients(
+        curves,
+        clip_limit=clip,
+        nonfinite=nonfinite,
+        skipped_steps=len(record.get("skipped_steps") or ()),
+    )
+    if checked is None:
+        return
+    record["gradient_check"] = checked.summary()
+    if checked.failed:
+        warnings.warn(warning_text(checked), GradientWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------

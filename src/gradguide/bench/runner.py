@@ -24,6 +24,7 @@ import json
 import multiprocessing
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from gradguide.bench.spec import GridRun, GridSpec
 from gradguide.bench.store import DB_NAME, Store, row_from_record
 from gradguide.config import from_dict, to_dict
 from gradguide.errors import GradguideError
+from gradguide.health import GradientWarning
 from gradguide.record import RECORD_NAME
 from gradguide.train_config import TrainConfig
 
@@ -114,7 +116,14 @@ def _resumable(key: str, run_dir: Path) -> bool:
 
 
 def _train_key(key: str, config: TrainConfig, out: Path) -> Result:
-    """Reuse a finished run of ``key``, else continue its newest checkpoint, else train afresh."""
+    """Reuse a finished run of ``key``, else continue its newest checkpoint, else train afresh
+    (a failed gradient check is said on the run's result line, not as a Python warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradientWarning)
+        return _train_key_quietly(key, config, out)
+
+
+def _train_key_quietly(key: str, config: TrainConfig, out: Path) -> Result:
     from gradguide.train import train
 
     finished, abandoned = run_dirs(out.parent.parent, key)
@@ -293,7 +302,9 @@ def _result_line(run: GridRun, result: Result) -> str:
         return f"FAILED {run.label()}: {result['error']}"
     shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
     reused = ", finished by another grid" if result.get("reused") else ""
-    return f"{run.label()}: {shown} ({result['wall_s']:.1f} s{reused})"
+    checks = result.get("failed_checks")
+    warn = f"; FAILS the gradient check: {'; '.join(checks)}" if checks else ""
+    return f"{run.label()}: {shown} ({result['wall_s']:.1f} s{reused}){warn}"
 
 
 def pending_runs(spec: GridSpec, out_dir: str | Path) -> tuple[list[GridRun], set[str]]:
@@ -384,6 +395,8 @@ def run_grid(
                     record = json.loads((run_dir / RECORD_NAME).read_text())
                     rel = run_dir.relative_to(out).as_posix()
                     store.add_run(row_from_record(run.key, spec.name, run.settings, rel, record))
+                    checks = (record.get("gradient_check") or {}).get("failed")
+                    result = {**result, "failed_checks": checks or []}
                 except (OSError, ValueError, KeyError, GradguideError) as e:
                     result = {"key": run.key, "ok": False, "error": f"cannot store the run: {e}"}
             if not result["ok"]:

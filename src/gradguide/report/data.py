@@ -15,6 +15,7 @@ from gradguide.bench.grid import grid_keys
 from gradguide.bench.spec import spec_from_stored
 from gradguide.bench.store import Failure, RunRow, Store
 from gradguide.errors import GradguideError
+from gradguide.health import finite_curves
 from gradguide.metrics import normalised_loss_auc, steps_to_threshold
 from gradguide.record import RECORD_NAME
 
@@ -163,13 +164,7 @@ def _from_row(bench_dir: Path, row: RunRow) -> RunData:
             record = {}
     data = record.get("data") or {}
     guidance = record.get("guidance") or {}
-    curves_raw = {k: vs for k, vs in (record.get("curves") or {}).items() if isinstance(vs, list)}
-    curves = {k: [v if _finite(v) else None for v in vs] for k, vs in curves_raw.items()}
-    nonfinite = {
-        k: n
-        for k, vs in curves_raw.items()
-        if (n := sum(v is not None and not _finite(v) for v in vs))
-    }
+    curves, nonfinite = finite_curves(record.get("curves") or {})
     dynamics = dict(row.dynamics or {})
     if not dynamics and isinstance(record.get("dynamics"), Mapping):
         dynamics = dict(record["dynamics"])
@@ -203,10 +198,6 @@ def _from_row(bench_dir: Path, row: RunRow) -> RunData:
         nonfinite=nonfinite,
         skipped_steps=len(record.get("skipped_steps") or ()),
     )
-
-
-def _finite(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _guidance_use(guidance: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[str, ...]:

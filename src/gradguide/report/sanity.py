@@ -32,14 +32,21 @@ measure: their cosines are different quantities. Claims decided from a failed ru
 from __future__ import annotations
 
 import dataclasses
-import math
-import statistics
 from collections import Counter
-from collections.abc import Sequence
 
 import numpy as np
 
-from gradguide.errors import GradguideError
+from gradguide.health import (
+    CLIPPING,
+    FILTER,
+    NONFINITE,
+    PENALTY,
+    RATIO,
+    TERMS,
+    GradientCheck,
+    Limits,
+    check_gradients,
+)
 from gradguide.report import figures
 from gradguide.report.analysis import ALIGNMENT, CURVE_POINTS, conditions
 from gradguide.report.data import BenchData, RunData
@@ -47,63 +54,31 @@ from gradguide.report.doc import Doc
 from gradguide.report.render import Heading, Paragraph, Table
 from gradguide.report.verdict import RunFailure
 
-RATIO = "‖guided g‖/‖g‖ far from 1"
-NONFINITE = "‖guided g‖/‖g‖ not finite"
-PENALTY = "the penalty dominates the update"
-CLIPPING = "clipping dominates the update"
-TERMS = "the loss terms dominate the update"
-FILTER = "the gradient filter removes most of the update"
 PRIORS = "alignment measured against different priors"
 
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """Where a guided run stops being plausible (each at the run's median step)."""
-
-    #: ‖guided g‖/‖g‖ above this, or below its inverse
-    ratio: float = 10.0
-    #: the penalties' part of the update over the task gradient, ‖guided g − g‖/‖g‖, above this
-    penalty: float = 1.0
-    #: the clip scale below this (the applied gradient shrunk more than 1/this times)
-    clip_scale: float = 0.1
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.ratio) and self.ratio > 1):
-            raise GradguideError(f"must be > 1, not {self.ratio}", field="--sanity-ratio")
-        if not (math.isfinite(self.penalty) and self.penalty > 0):
-            raise GradguideError(f"must be > 0, not {self.penalty}", field="--sanity-penalty")
-        if not 0 <= self.clip_scale < 1:
-            raise GradguideError(
-                f"must be in [0, 1), not {self.clip_scale}", field="--sanity-clip-scale"
-            )
+__all__ = [
+    "CLIPPING",
+    "FILTER",
+    "NONFINITE",
+    "PENALTY",
+    "PRIORS",
+    "RATIO",
+    "TERMS",
+    "Limits",
+    "PriorClash",
+    "RunCheck",
+    "Sanity",
+    "check",
+    "check_run",
+    "sanity_section",
+]
 
 
 @dataclasses.dataclass(frozen=True)
-class RunCheck:
-    """One guided run's measures, per step and at its median step, and the checks it failed."""
+class RunCheck(GradientCheck):
+    """A guided run's gradient checks (gradguide.health), with the run they were read from."""
 
-    run: RunData
-    #: ‖guided g‖/‖g‖ per step (None where either norm is missing)
-    ratios: list[float | None]
-    ratio: float | None
-    ratio_max: float | None
-    #: the penalties' share at the median step; ``share_recorded``: from the record's curve
-    #: (else a lower bound from the norms)
-    share: float | None
-    share_recorded: bool
-    #: ‖guided g − g‖/‖g‖ at the median step (from the recorded share, else a lower bound)
-    penalty: float | None
-    #: the clip scale at the median step (None without clipping) and the steps clipped
-    clip: float | None
-    clipped: int
-    steps: int
-    nonfinite: int
-    failed: tuple[str, ...]
-    #: the loss terms' gradient over the task loss's, ‖∇T‖/‖∇L‖, at the median measured step
-    #: (None: the run has no loss terms, or its record predates the measure)
-    terms: float | None = None
-    #: ‖filtered g‖/‖g‖ at the median step (None: no transform, or an older record)
-    keep: float | None = None
+    run: RunData = dataclasses.field(kw_only=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,11 +119,6 @@ class Sanity:
         return out
 
 
-def _median(values: Sequence[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return statistics.median(known) if known else None
-
-
 def _clip_limit(run: RunData) -> float | None:
     clip = run.setting("optim.grad_clip")
     if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
@@ -158,73 +128,19 @@ def _clip_limit(run: RunData) -> float | None:
 
 def check_run(run: RunData, limits: Limits) -> RunCheck | None:
     """The checks of one guided run (None: not guided, or no guided_norm curve to check)."""
-    guided = run.curves.get("guided_norm")
-    if not run.guidance_use or guided is None:
+    if not run.guidance_use:
         return None
-    grad = run.curves.get("grad_norm") or []
-    ratios = [
-        (a / b) if a is not None and b is not None and b > 0 else None
-        for a, b in zip(guided, grad, strict=False)
-    ]
-    ratio = _median(ratios)
-    known = [x for x in ratios if x is not None]
-    recorded_share = run.curves.get("penalty_share")
-    if recorded_share is not None:
-        share = _median(recorded_share)
-    else:  # ‖guided − g‖ ≥ |‖guided‖ − ‖g‖|
-        share = _median(
-            [
-                abs(a - b) / a if a is not None and b is not None and a > 0 else None
-                for a, b in zip(guided, grad, strict=False)
-            ]
-        )
-    if recorded_share is not None:  # ‖p‖/‖g‖ = (‖p‖/‖g + p‖)·(‖g + p‖/‖g‖)
-        parts = [
-            a * b if a is not None and b is not None else None
-            for a, b in zip(recorded_share, ratios, strict=False)
-        ]
-    else:  # ‖p‖ ≥ |‖g + p‖ − ‖g‖|
-        parts = [abs(x - 1) if x is not None else None for x in ratios]
-    penalty = _median(parts)
-    clip_limit = _clip_limit(run)
-    scales: list[float | None] = []
-    if "clip_scale" in run.curves:
-        scales = list(run.curves["clip_scale"])
-    elif clip_limit is not None:
-        scales = [min(1.0, clip_limit / a) if a is not None and a > 0 else None for a in guided]
-    nonfinite = run.nonfinite.get("guided_norm", 0) + run.nonfinite.get("grad_norm", 0)
-    failed: list[str] = []
-    if nonfinite or ratio is None:
-        failed.append(NONFINITE)
-    elif not 1 / limits.ratio <= ratio <= limits.ratio:
-        failed.append(RATIO)
-    if penalty is not None and penalty > limits.penalty:
-        failed.append(PENALTY)
-    clip = _median(scales)
-    if clip is not None and clip < limits.clip_scale:
-        failed.append(CLIPPING)
-    terms = _median(run.curves.get("terms_to_task") or [])
-    if terms is not None and terms > limits.penalty:
-        failed.append(TERMS)
-    keep = _median(run.curves.get("transform_keep") or [])
-    if keep is not None and keep < 1 / limits.ratio:
-        failed.append(FILTER)
-    return RunCheck(
-        run=run,
-        ratios=ratios,
-        ratio=ratio,
-        ratio_max=max(known) if known else None,
-        share=share,
-        share_recorded=recorded_share is not None,
-        penalty=penalty,
-        clip=clip,
-        clipped=sum(1 for s in scales if s is not None and s < 1.0),
-        steps=len(guided),
-        nonfinite=nonfinite + run.skipped_steps,
-        failed=tuple(failed),
-        terms=terms,
-        keep=keep,
+    checked = check_gradients(
+        run.curves,
+        clip_limit=_clip_limit(run),
+        nonfinite=run.nonfinite,
+        skipped_steps=run.skipped_steps,
+        limits=limits,
     )
+    if checked is None:
+        return None
+    fields = {f.name: getattr(checked, f.name) for f in dataclasses.fields(checked)}
+    return RunCheck(run=run, **fields)
 
 
 def _clashes(data: BenchData) -> list[PriorClash]:
