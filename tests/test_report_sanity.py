@@ -212,6 +212,29 @@ def test_loss_terms_that_outweigh_the_task_gradient_fail_and_withhold_the_claim(
     assert c.terms == pytest.approx(0.4) and c.failed == ()
 
 
+def test_loss_terms_are_judged_while_the_task_is_learnt():
+    """Once the k shots are fitted ∇L vanishes and any regulariser outweighs it (OFA on SST-2:
+    ‖∇T‖/‖∇L‖ 0.3, 0.7, then 5.7 at a loss of 0.009): the check reads the steps before the loss
+    fell to a tenth of its start. Catches a check that fails every regulariser on a task the
+    model fits, and one that ignores terms that dominate while the task is learnt."""
+    late = [None if i % 4 else (0.3 if i < 8 else 6.0) for i in range(STEPS)]
+    fitted = [1.0, 0.9, 0.8, 0.7, 0.5, 0.3, 0.1, 0.03, 0.01] + [0.005] * (STEPS - 9)
+    curves = {"terms_to_task": late, "loss": fitted}
+    data = archive({("cb", 1): {"ratio": 1.0, "extra_curves": curves}})
+    (c,) = [c for c in check(data).runs if c.run.key == "sgg-cb-1"]
+    assert c.terms == pytest.approx(0.3) and c.failed == ()
+    # the same terms on a loss that never falls that far: every measured step counts
+    flat = [1.0 - 0.02 * i for i in range(STEPS)]
+    data = archive({("cb", 1): {"ratio": 1.0, "extra_curves": {**curves, "loss": flat}}})
+    (c,) = [c for c in check(data).runs if c.run.key == "sgg-cb-1"]
+    assert c.terms == pytest.approx(6.0) and c.failed == (TERMS,)
+    # terms that dominate from the first steps fail however fast the loss falls
+    early = [None if i % 4 else 2.0 for i in range(STEPS)]
+    data = archive({("cb", 1): {"ratio": 1.0, "extra_curves": {**curves, "terms_to_task": early}}})
+    (c,) = [c for c in check(data).runs if c.run.key == "sgg-cb-1"]
+    assert c.failed == (TERMS,)
+
+
 def test_a_filter_that_keeps_a_sliver_of_the_gradient_fails():
     thin = {"transform_keep": [0.05] * STEPS}
     data = archive({("rte", 2): {"ratio": 1.0, "extra_curves": thin}})

@@ -19,8 +19,11 @@ A run fails a check when, at its median step (``Limits``):
   ``penalty`` (per step the share times the ratio, for older records |‖guided g‖/‖g‖ − 1|);
 - clipping dominates the update: the clip scale is below ``clip_scale``;
 - the loss terms (OFA's penalties, the spectral regulariser) dominate it: ‖∇T‖/‖∇L‖ above
-  ``penalty``. For such runs ‖guided g‖/‖g‖ is 1 by construction (g is already ∇(L + T)), so only
-  this measure sees a term that swamps the task;
+  ``penalty`` at the median measured step while the task is learnt, that is before the training
+  loss's trailing mean falls to ``LEARNT_FRACTION`` of its start (all steps if it never does).
+  Once the k shots are fitted ∇L vanishes and any regulariser outweighs it, as weight decay
+  does, by design. For such runs ‖guided g‖/‖g‖ is 1 by construction (g is already ∇(L + T)),
+  so only this measure sees a term that swamps the task;
 - a gradient transform (the spectral filter) keeps less than 1/``ratio`` of the gradient.
 """
 
@@ -33,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gradguide.errors import GradguideError
+from gradguide.metrics import steps_to_threshold
 
 RATIO = "‖guided g‖/‖g‖ far from 1"
 NONFINITE = "‖guided g‖/‖g‖ not finite"
@@ -42,6 +46,9 @@ TERMS = "the loss terms dominate the update"
 FILTER = "the gradient filter removes most of the update"
 
 Curves = Mapping[str, Sequence[float | None]]
+
+#: the task counts as learnt once the training loss's trailing mean is this fraction of its start
+LEARNT_FRACTION = 0.1
 
 
 class GradientWarning(UserWarning):
@@ -91,7 +98,7 @@ class GradientCheck:
     nonfinite: int
     failed: tuple[str, ...]
     #: the loss terms' gradient over the task loss's, ‖∇T‖/‖∇L‖, at the median measured step
-    #: (None: the run has no loss terms, or its record predates the measure)
+    #: while the task is learnt (None: no loss terms, or a record that predates the measure)
     terms: float | None = None
     #: ‖filtered g‖/‖g‖ at the median step (None: no transform, or an older record)
     keep: float | None = None
@@ -178,7 +185,7 @@ def check_gradients(
     clip = _median(scales)
     if clip is not None and clip < limits.clip_scale:
         failed.append(CLIPPING)
-    terms = _median(curves.get("terms_to_task") or [])
+    terms = _median(list(curves.get("terms_to_task") or [])[: learning_steps(curves)])
     if terms is not None and terms > limits.penalty:
         failed.append(TERMS)
     keep = _median(curves.get("transform_keep") or [])
@@ -199,6 +206,11 @@ def check_gradients(
         terms=terms,
         keep=keep,
     )
+
+
+def learning_steps(curves: Curves) -> int | None:
+    """How many steps the task was still being learnt (None: all of them, or no loss curve)."""
+    return steps_to_threshold(curves.get("loss") or [], fraction=LEARNT_FRACTION)
 
 
 def warning_text(check: GradientCheck) -> str:

@@ -1,28 +1,9 @@
 """Sanity checks of every guided run, read from its own record, and the report's section on them.
 
-A gradient penalty steers the task gradient g; it should not replace it. Per training step of a
-guided run (record ``guidance.use`` not empty) the record holds ‖g‖ (``grad_norm``) and the norm
-of the gradient the engine produced, ‖guided g‖ (``guided_norm``); newer records also hold the
-penalties' share of it, ‖guided g − g‖/‖guided g‖ (``penalty_share``, on steps where a penalty was
-applied) and the factor clipping scaled it by, min(1, clip/‖applied gradient‖) (``clip_scale``).
-For older records the share is bounded below from the norms, |‖guided g‖ − ‖g‖|/‖guided g‖
-(triangle inequality), and the clip scale is min(1, optim.grad_clip/‖guided g‖).
-
-A run fails a check when, at its median step (``Limits``, configurable):
-
-- ‖guided g‖/‖g‖ is far from 1, the ratio of every unguided run: above ``ratio`` or below
-  1/``ratio``; or it is not finite (a record holding a non-finite norm, or no step with both);
-- the penalties dominate the update: their part of it outweighs the task gradient,
-  ‖guided g − g‖/‖g‖ above ``penalty`` (1 by default; per step the share times the ratio, or for
-  older records the lower bound |‖guided g‖/‖g‖ − 1|). A share alone above one half does not
-  say that: a penalty part orthogonal to g and 0.75 its size has a share of 0.6;
-- clipping dominates the update: the clip scale is below ``clip_scale``;
-- the loss terms (OFA's penalties, the spectral regulariser) dominate it: their gradient over the
-  task loss's, ‖∇T‖/‖∇L‖ (``terms_to_task``, recorded every few steps by
-  gradguide.guidance.term_share), above ``penalty``. For such runs ‖guided g‖/‖g‖ is 1 by
-  construction (g is already ∇(L + T)), so only this measure sees a term that swamps the task;
-- a gradient transform (the spectral filter) leaves a sliver of the gradient: what it keeps,
-  ‖filtered g‖/‖g‖ (``transform_keep``), is below 1/``ratio``.
+Each guided run is checked from its own record's curves by gradguide.health (the very checks a
+run makes of itself when it ends): ‖guided g‖/‖g‖ far from 1 or not finite, the penalties' or the
+loss terms' part outweighing the task gradient, clipping or a gradient filter leaving little of
+the update. See that module for the measures and ``Limits`` for the thresholds.
 
 A condition whose arms measured directional alignment against different priors fails for that
 measure: their cosines are different quantities. Claims decided from a failed run get no verdict
@@ -206,9 +187,10 @@ def _text(limits: Limits) -> str:
         "scale: min(1, clip/‖applied gradient‖) (recorded, else from optim.grad_clip and "
         "‖guided g‖), with the number of steps clipping shrank. Terms / task: for runs with loss "
         "terms (OFA, the spectral regulariser), whose g already holds the terms' gradient, "
-        "‖∇terms‖/‖∇task loss‖ on the steps that measured it (n/a: no loss terms, or an older "
-        "record). Filter keeps: ‖filtered g‖/‖g‖ for runs with a gradient filter. Medians over "
-        "the run's steps. "
+        "‖∇terms‖/‖∇task loss‖ on the steps that measured it while the task was learnt (before "
+        "the training loss's trailing mean fell to a tenth of its start; n/a: no loss terms, or "
+        "an older record). Filter keeps: ‖filtered g‖/‖g‖ for runs with a gradient filter. "
+        "Medians over the run's steps. "
         f"A run fails when, at its median step, ‖guided g‖/‖g‖ is above {limits.ratio:g}× or "
         f"below 1/{limits.ratio:g}, or not finite; the penalties' part outweighs the task "
         f"gradient (penalty / task above {limits.penalty:g}) or the loss terms' does (terms / "
