@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from gradguide.errors import GradguideError
-from gradguide.metrics import accuracy, compute_metrics, exact_match, f1_not_first, f1a, macro_f1
+from gradguide.metrics import (
+    accuracy,
+    compute_metrics,
+    exact_match,
+    f1_not_first,
+    f1a,
+    macro_f1,
+    majority_accuracy,
+)
 from gradguide.tasks.base import Instance
 
 
@@ -114,3 +122,9 @@ def test_directional_alignment_and_stability_of_hand_made_gradients():
     mean = (3 + 2**0.5 + 2) / 3
     sd = (((3 - mean) ** 2 + (2**0.5 - mean) ** 2 + (2 - mean) ** 2) / 3) ** 0.5
     assert dyn["gradient_stability"] == pytest.approx(1 / (1 + sd / mean), rel=1e-12)
+
+
+def test_majority_accuracy_is_the_most_common_gold_labels_share():
+    # gold 2 2 2 0 1: always answering 2 scores 3/5, whichever label comes first
+    assert majority_accuracy([inst(g, n=3) for g in (2, 2, 2, 0, 1)]) == pytest.approx(0.6)
+    assert majority_accuracy([]) is None

@@ -472,3 +472,23 @@ def test_pretrain_priors_from_different_corpora_are_different_priors():
     assert old != new and new == "pretrain (superglue/BoolQ/train32.jsonl)"
     assert "before the corpus was recorded" in str(old)
     assert prior_label({"prior": "ema:0.9"}) == "ema:0.9" and prior_label({}) is None
+
+
+def test_each_results_table_shows_the_majority_class_beside_the_methods():
+    """A method below the majority class is read against that floor. Catches the row missing,
+    a task's value taken from another task, and an average over tasks that lack one."""
+    import dataclasses
+
+    floors = {"rte": 0.527, "cb": 0.5}
+    base = archive()
+    runs = [dataclasses.replace(r, eval_majority=floors[r.task]) for r in base.runs]
+    md = to_markdown(*build_report(dataclasses.replace(base, runs=runs)))
+    results = md.split("## Results")[1].split("\n## ")[0]
+    header = next(line for line in results.splitlines() if line.startswith("| method |"))
+    row = next(line for line in results.splitlines() if line.startswith("| majority class |"))
+    cells = dict(zip(header.split("|")[2:], row.split("|")[2:], strict=False))
+    assert cells[" rte "].strip() == "52.7" and cells[" cb "].strip() == "50.0"
+    assert cells[" avg "].strip() == "51.4"
+    # runs that did not record it (older records): no row, no claim about a floor
+    md = to_markdown(*build_report(base))
+    assert "| majority class |" not in md.split("## Results")[1]

@@ -20,6 +20,7 @@ from gradguide.errors import GradguideError
 from gradguide.models import load_model
 from gradguide.predict import predict
 from gradguide.train import OptimConfig, TrainConfig, data_order, reevaluate, train
+from gradguide.train_data import prepare_data
 
 
 def tiny(tmp_path: Path, **kw) -> TrainConfig:
@@ -47,6 +48,11 @@ def test_lora_run_writes_record_curves_and_adapter(tmp_path):
     assert rec["trainable_parameters"] > 0 and rec["skipped_steps"] == []
     assert len(rec["data"]["train_ids"]) == 8 and rec["config"]["optim"]["lr"] == 5e-3
     assert set(rec["metrics"]) == {"accuracy"}
+    # the evaluation set's majority class, the floor its accuracy is read against (demo task: a
+    # balanced 2-label set would give 0.5 exactly, so count from the very instances scored)
+    golds = [x.gold for x in prepare_data(tiny(tmp_path)).eval]
+    assert len(golds) == rec["data"]["eval_size"]
+    assert rec["data"]["eval_majority"] == max(map(golds.count, set(golds))) / len(golds)
     assert (r.run_dir / "adapter" / "adapter_config.json").exists()
     lines = (r.run_dir / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(6))

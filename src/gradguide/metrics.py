@@ -21,6 +21,17 @@ def _f1(tp: int, fp: int, fn: int) -> float:
     return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
+def majority_accuracy(instances: Sequence[Instance]) -> float | None:
+    """The accuracy of always answering the set's most common gold index (None: empty set): the
+    floor every trained classifier's accuracy is read against."""
+    if not instances:
+        return None
+    counts: dict[int, int] = defaultdict(int)
+    for x in instances:
+        counts[x.gold] += 1
+    return max(counts.values()) / len(instances)
+
+
 def macro_f1(instances: Sequence[Instance], predictions: Sequence[int]) -> float:
     """Unweighted mean of per-class F1 over classes gold or predicted (CB's metric)."""
     classes = sorted({x.gold for x in instances} | set(predictions))

@@ -25,7 +25,7 @@ from gradguide.atomic import write_json_atomic
 from gradguide.config import to_dict
 from gradguide.device import describe, peak_memory_mb
 from gradguide.errors import GradguideError
-from gradguide.metrics import dynamics_summary
+from gradguide.metrics import dynamics_summary, majority_accuracy
 
 if TYPE_CHECKING:
     from gradguide.distributed import DistContext
@@ -192,6 +192,7 @@ def train_record(
             "train_ids": [x.id for x in data.train],
             "eval_split": config.eval_split or data.task.eval_split,
             "eval_size": len(data.eval),
+            "eval_majority": majority_accuracy(data.eval),
             "eval_ids": [x.id for x in data.eval],
             "demonstration_ids": [x.id for x in demos],
         },

@@ -62,6 +62,9 @@ class RunData:
     nonfinite: dict[str, int] = dataclasses.field(default_factory=dict)
     #: training steps skipped for a non-finite loss or gradient (record ``skipped_steps``)
     skipped_steps: int = 0
+    #: the accuracy of always answering the evaluation set's most common label (record
+    #: ``data.eval_majority``; None in records that predate it)
+    eval_majority: float | None = None
 
     @property
     def settings_label(self) -> str:
@@ -197,6 +200,7 @@ def _from_row(bench_dir: Path, row: RunRow) -> RunData:
         guidance_use=_guidance_use(guidance, row.config),
         nonfinite=nonfinite,
         skipped_steps=len(record.get("skipped_steps") or ()),
+        eval_majority=data.get("eval_majority"),
     )
 
 

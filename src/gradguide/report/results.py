@@ -4,6 +4,8 @@ stability and directional alignment, one table per condition.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gradguide.bench.stats import per_task
 from gradguide.report.analysis import (
     ALIGNMENT,
@@ -55,6 +57,27 @@ def _failed_arms(cond: Condition, sanity: Sanity) -> str:
     return f" Runs that failed a sanity check (see Sanity checks): {', '.join(arms)}."
 
 
+def _majority(cond: Condition, tasks: Sequence[str]) -> dict[str, float]:
+    """Per task, the accuracy of always answering the evaluation set's most common label (from
+    the runs' records; a task whose runs hold none, or disagree, is left out)."""
+    out = {}
+    for t in tasks:
+        found = {r.eval_majority for r in cond.runs if r.task == t and r.eval_majority is not None}
+        if len(found) == 1:
+            out[t] = found.pop()
+    return out
+
+
+def fmt_pct(x: float | None) -> str:
+    """A fraction as a percentage with one decimal ("n/a": unknown)."""
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known and len(known) == len(values) else None
+
+
 def results_section(doc: Doc, data: BenchData, sanity: Sanity) -> None:
     conds = conditions(data.runs)
     if not conds:
@@ -82,6 +105,18 @@ def results_section(doc: Doc, data: BenchData, sanity: Sanity) -> None:
                     ),
                 )
             )
+        majority = _majority(cond, tasks)
+        if majority:
+            rows.append(
+                (
+                    "majority class",
+                    *(fmt_pct(majority.get(t)) for t in tasks),
+                    fmt_pct(_mean([majority.get(t) for t in avg_tasks])),
+                    "",
+                    "",
+                    "",
+                )
+            )
         doc.add(Heading(cond.title, 3))
         doc.add(
             Table(
@@ -94,6 +129,12 @@ def results_section(doc: Doc, data: BenchData, sanity: Sanity) -> None:
                     + "); gradient stability and directional alignment "
                     "averaged the same way (n/a: not recorded, e.g. untrained methods). "
                     f"{column.note()}Evaluation examples: {_eval_sizes(cond)}."
+                    + (
+                        " Majority class: the accuracy of always answering the evaluation "
+                        "set's most common label (from runs that recorded it)."
+                        if majority
+                        else ""
+                    )
                     + _failed_arms(cond, sanity)
                 ),
             )
