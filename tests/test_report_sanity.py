@@ -492,3 +492,17 @@ def test_each_results_table_shows_the_majority_class_beside_the_methods():
     # runs that did not record it (older records): no row, no claim about a floor
     md = to_markdown(*build_report(base))
     assert "| majority class |" not in md.split("## Results")[1]
+
+
+def test_records_that_predate_the_majority_class_get_it_from_the_task_data():
+    """Catches older archived runs shown without their floor, a floor taken from the whole split
+    rather than the ids the run scored, and a guess where an id is not in the data."""
+    from gradguide.report.majority import majority_of
+    from gradguide.tasks import get_task
+
+    xs = get_task("demo-sentiment").load("test", None)
+    ones = [x.id for x in xs if x.gold == 1]
+    zeros = [x.id for x in xs if x.gold == 0]
+    assert majority_of("demo-sentiment", "test", ones[:3] + zeros[:1]) == pytest.approx(0.75)
+    assert majority_of("demo-sentiment", "test", [*ones[:3], "test:99999"]) is None
+    assert majority_of("no-such-task", "test", ones[:3]) is None

@@ -1,4 +1,5 @@
-"""What a report reads: the rows of the results store and the record of every run, nothing else."""
+"""What a report reads: the rows of the results store and the record of every run (and, for
+records that predate data.eval_majority, the task data of the ids they scored)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from gradguide.errors import GradguideError
 from gradguide.health import finite_curves
 from gradguide.metrics import normalised_loss_auc, steps_to_threshold
 from gradguide.record import RECORD_NAME
+from gradguide.report.majority import majority_of
 
 Cells = dict[tuple[str, int], float]
 
@@ -200,8 +202,19 @@ def _from_row(bench_dir: Path, row: RunRow) -> RunData:
         guidance_use=_guidance_use(guidance, row.config),
         nonfinite=nonfinite,
         skipped_steps=len(record.get("skipped_steps") or ()),
-        eval_majority=data.get("eval_majority"),
+        eval_majority=_eval_majority(record),
     )
+
+
+def _eval_majority(record: Mapping[str, Any]) -> float | None:
+    """The record's majority-class floor, else the task data's for the ids it scored."""
+    data = record.get("data") or {}
+    if isinstance(data.get("eval_majority"), (int, float)):
+        return float(data["eval_majority"])
+    task = (record.get("task") or {}).get("name")
+    if not task or not data.get("eval_ids"):
+        return None
+    return majority_of(str(task), data.get("eval_split"), tuple(data["eval_ids"]))
 
 
 def _guidance_use(guidance: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[str, ...]:
