@@ -416,3 +416,19 @@ def test_demo_task_loads_without_any_data_root(monkeypatch: pytest.MonkeyPatch) 
     assert task.template == get_task("sst2").template
     assert sorted(task.verbalizer.values()) == sorted(get_task("sst2").verbalizer.values())
     assert "written for gradguide" in task.description and "not a benchmark" in task.description
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["legal_unfair_tos", "financial_phrasebank"])
+def test_imbalanced_domain_tasks_report_macro_f1_beside_accuracy(name: str) -> None:
+    """Always answering the majority label scores high accuracy on these sets (90% 'Other' in
+    unfair_tos) and little macro-F1: a run on them is read with both. Catches the metric left
+    off the task, and one that does not see the majority answer for what it is."""
+    from gradguide.metrics import compute_metrics, majority_accuracy
+
+    task = get_task(name)
+    xs = task.load(task.eval_split, DATA)[:300]
+    top = max(set(x.gold for x in xs), key=[x.gold for x in xs].count)
+    scores = compute_metrics(task.metrics, xs, [top] * len(xs))
+    assert scores["accuracy"] == pytest.approx(majority_accuracy(xs))
+    assert scores["macro_f1"] < 0.5 * scores["accuracy"]
