@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_runs import tiny_config
 
 from gradguide import device as device_mod
 from gradguide import distributed
@@ -48,17 +49,12 @@ META = torch.device("meta")
 
 
 def tiny(tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(
-        model="tiny-llama",
-        task="demo-sentiment",
-        shots=8,
-        method="lora",
-        seed=1,
-        out=str(tmp_path),
-        optim=OptimConfig(steps=3, batch_size=4, lr=5e-3),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    kw = {
+        "method": "lora",
+        "optim": OptimConfig(steps=3, batch_size=4, lr=5e-3),
+        **kw,
+    }
+    return tiny_config(tmp_path, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from tiny_runs import tiny_config
 
 from gradguide import guidance
 from gradguide.bench.estimate import estimate_config_seconds
@@ -45,18 +46,13 @@ def pull():
 
 
 def tiny(tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(
-        model="tiny-llama",
-        task="demo-sentiment",
-        shots=8,
-        method="layernorm",
-        seed=1,
-        out=str(tmp_path),
-        eval_limit=8,
-        optim=OptimConfig(steps=6, batch_size=4, lr=5e-2),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    kw = {
+        "method": "layernorm",
+        "eval_limit": 8,
+        "optim": OptimConfig(steps=6, batch_size=4, lr=5e-2),
+        **kw,
+    }
+    return tiny_config(tmp_path, **kw)
 
 
 def test_one_registration_reaches_every_registry_and_undoes_cleanly(tmp_path):

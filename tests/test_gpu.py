@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from tiny_runs import tiny_config
 
 from gradguide import fit as fit_mod
 from gradguide import train as train_mod
@@ -95,18 +96,13 @@ def closure(lm, batch):
 
 
 def tiny(tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(
-        model="tiny-llama",
-        task="demo-sentiment",
-        shots=8,
-        method="lora",
-        seed=1,
-        out=str(tmp_path),
-        device=str(DEVICE),
-        optim=OptimConfig(steps=6, batch_size=4, lr=5e-3),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    kw = {
+        "method": "lora",
+        "device": str(DEVICE),
+        "optim": OptimConfig(steps=6, batch_size=4, lr=5e-3),
+        **kw,
+    }
+    return tiny_config(tmp_path, **kw)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,12 +3,14 @@ which checks it failed and the user is warned, by the library, the command line 
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import warnings
 from pathlib import Path
 
 import pytest
 from tiny_cli import tiny_train
+from tiny_runs import tiny_config
 
 from gradguide.bench.runner import _result_line
 from gradguide.bench.spec import GridRun
@@ -21,13 +23,9 @@ from gradguide.train import GuidanceConfig, OptimConfig, TrainConfig, train
 def _ofa(tmp_path: Path, scale: float) -> TrainConfig:
     """OFA on tiny-llama with its default weights times ``scale`` (its terms grow with it)."""
     options = OfaOptions(lambda_step=0.1 * scale, lambda_sharp=0.01 * scale)
-    return TrainConfig(
-        model="tiny-llama",
-        task="demo-sentiment",
-        shots=8,
+    return tiny_config(
+        tmp_path,
         method="ofa",
-        seed=1,
-        out=str(tmp_path),
         eval_limit=8,
         optim=OptimConfig(steps=9, batch_size=4, lr=5e-2),
         guidance=GuidanceConfig(measure_alignment=False, ofa=options),
@@ -54,11 +52,8 @@ def test_a_run_whose_loss_terms_swamp_the_task_records_the_failure_and_warns(tmp
 
 def test_an_unguided_run_has_no_gradient_check(tmp_path):
     """Catches the check applied to plain training, whose curves it was not made for."""
-    config = _ofa(tmp_path, 1.0)
-    run = train(
-        TrainConfig(**{**config.__dict__, "method": "layernorm", "guidance": GuidanceConfig()}),
-        show_progress=False,
-    )
+    config = dataclasses.replace(_ofa(tmp_path, 1.0), method="layernorm", guidance=GuidanceConfig())
+    run = train(config, show_progress=False)
     assert "gradient_check" not in run.record
 
 

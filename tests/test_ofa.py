@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_cli import tiny_train
+from tiny_runs import tiny_config
 
 from gradguide.bench.compare import recipe
 from gradguide.bench.grid import expand_grid, parse_grid
@@ -66,19 +67,14 @@ def deep_llama(layers: int = 4, dtype: torch.dtype = torch.float64) -> LoadedMod
 
 
 def tiny(tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(
-        model="tiny-llama",
-        task="demo-sentiment",
-        shots=8,
-        method="ofa",
-        seed=1,
-        out=str(tmp_path),
-        eval_limit=8,
-        optim=OptimConfig(steps=3, batch_size=4, lr=5e-2),
-        guidance=GuidanceConfig(measure_alignment=False),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    kw = {
+        "method": "ofa",
+        "eval_limit": 8,
+        "optim": OptimConfig(steps=3, batch_size=4, lr=5e-2),
+        "guidance": GuidanceConfig(measure_alignment=False),
+        **kw,
+    }
+    return tiny_config(tmp_path, **kw)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import tiny_config
 
 from gradguide import objective as objective_mod
 from gradguide import train as train_mod
@@ -24,17 +25,12 @@ from gradguide.train_data import prepare_data
 
 
 def tiny(tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(
-        model="tiny-llama",
-        task="demo-sentiment",
-        shots=8,
-        method="lora",
-        seed=1,
-        out=str(tmp_path),
-        optim=OptimConfig(steps=6, batch_size=4, lr=5e-3),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    kw = {
+        "method": "lora",
+        "optim": OptimConfig(steps=6, batch_size=4, lr=5e-3),
+        **kw,
+    }
+    return tiny_config(tmp_path, **kw)
 
 
 def test_lora_run_writes_record_curves_and_adapter(tmp_path):

@@ -238,7 +238,7 @@ def _refuse_pair_flags(a: argparse.Namespace) -> None:
 def cmd_train(a: argparse.Namespace) -> int:
     from gradguide.config import load_config
     from gradguide.distributed import finish as finish_distributed
-    from gradguide.health import GradientWarning
+    from gradguide.health import GradientWarning, warning_text
     from gradguide.train import train
     from gradguide.train_config import TrainConfig
     from gradguide.trained import load_run_config
@@ -265,13 +265,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     )
     print(_metric_rows(result.metrics))
     print(f"run record: {result.run_dir}/record.json")
-    failed = (r.get("gradient_check") or {}).get("failed")
-    if failed:
-        print(
-            f"gradguide: warning: this run fails the gradient sanity check: {'; '.join(failed)} "
-            "(medians in the record's gradient_check); its numbers are not evidence",
-            file=sys.stderr,
-        )
+    check = r.get("gradient_check")
+    if check and check["failed"]:
+        print(f"gradguide: warning: {warning_text(check)}", file=sys.stderr)
     return 0
 
 

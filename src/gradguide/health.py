@@ -138,7 +138,7 @@ def check_gradients(
     """The checks of one guided run's curves (None: no ``guided_norm`` curve to check).
 
     ``curves`` hold None for non-finite values, counted per curve in ``nonfinite``
-    (``finite_curves``); ``clip_limit`` is the run's ``optim.grad_clip`` (None: no clipping).
+    (``finite_curves``); ``clip_limit`` is the run's ``optim.grad_clip`` (None or 0: no clipping).
     """
     limits = limits or Limits()
     guided = curves.get("guided_norm")
@@ -172,7 +172,7 @@ def check_gradients(
     scales: list[float | None] = []
     if "clip_scale" in curves:
         scales = list(curves["clip_scale"])
-    elif clip_limit is not None:
+    elif clip_limit:
         scales = [min(1.0, clip_limit / a) if a is not None and a > 0 else None for a in guided]
     bad = nonfinite.get("guided_norm", 0) + nonfinite.get("grad_norm", 0)
     failed: list[str] = []
@@ -213,18 +213,23 @@ def learning_steps(curves: Curves) -> int | None:
     return steps_to_threshold(curves.get("loss") or [], fraction=LEARNT_FRACTION)
 
 
-def warning_text(check: GradientCheck) -> str:
-    """One line for the user: which checks the run failed, with the medians behind them."""
+def warning_text(summary: Mapping[str, Any]) -> str:
+    """One line for the user from a run's ``gradient_check`` (``GradientCheck.summary``): the
+    checks it failed, with the medians behind them."""
     measures = {
-        RATIO: f"median ‖guided g‖/‖g‖ {_num(check.ratio)}",
-        NONFINITE: "non-finite or missing gradient norms",
-        PENALTY: f"median penalty / task gradient {_num(check.penalty)}",
-        CLIPPING: f"median clip scale {_num(check.clip)}",
-        TERMS: f"median loss terms / task gradient {_num(check.terms)}",
-        FILTER: f"median kept by the filter {_num(check.keep)}",
+        RATIO: ("median ‖guided g‖/‖g‖", "ratio"),
+        NONFINITE: ("non-finite or missing gradient norms", None),
+        PENALTY: ("median penalty / task gradient", "penalty_to_task"),
+        CLIPPING: ("median clip scale", "clip_scale"),
+        TERMS: ("median loss terms / task gradient", "terms_to_task"),
+        FILTER: ("median kept by the filter", "transform_keep"),
     }
-    parts = "; ".join(f"{f} ({measures[f]})" for f in check.failed)
-    return f"this run fails the gradient sanity check: {parts}. Its numbers are not evidence."
+    parts = []
+    for failed in summary["failed"]:
+        what, key = measures[failed]
+        parts.append(f"{failed} ({what}{'' if key is None else ' ' + _num(summary[key])})")
+    said = "; ".join(parts)
+    return f"this run fails the gradient sanity check: {said}. Its numbers are not evidence."
 
 
 def _num(x: float | None) -> str:

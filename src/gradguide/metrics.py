@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 
 import torch
@@ -26,10 +26,7 @@ def majority_accuracy(instances: Sequence[Instance]) -> float | None:
     floor every trained classifier's accuracy is read against."""
     if not instances:
         return None
-    counts: dict[int, int] = defaultdict(int)
-    for x in instances:
-        counts[x.gold] += 1
-    return max(counts.values()) / len(instances)
+    return max(Counter(x.gold for x in instances).values()) / len(instances)
 
 
 def macro_f1(instances: Sequence[Instance], predictions: Sequence[int]) -> float:

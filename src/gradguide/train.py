@@ -200,10 +200,9 @@ def _check_gradients(config: TrainConfig, record: dict[str, Any]) -> None:
     if not (record.get("guidance") or {}).get("use"):
         return
     curves, nonfinite = finite_curves(record.get("curves") or {})
-    clip = config.optim.grad_clip if config.optim.grad_clip > 0 else None
     checked = check_gradients(
         curves,
-        clip_limit=clip,
+        clip_limit=config.optim.grad_clip,
         nonfinite=nonfinite,
         skipped_steps=len(record.get("skipped_steps") or ()),
     )
@@ -211,7 +210,7 @@ def _check_gradients(config: TrainConfig, record: dict[str, Any]) -> None:
         return
     record["gradient_check"] = checked.summary()
     if checked.failed:
-        warnings.warn(warning_text(checked), GradientWarning, stacklevel=3)
+        warnings.warn(warning_text(record["gradient_check"]), GradientWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,29 +4,29 @@ read from the task's own data (gradguide.tasks) by the ids the run scored, when 
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from collections.abc import Sequence
 
 from gradguide.errors import GradguideError
+from gradguide.metrics import majority_accuracy
 from gradguide.tasks import get_task
+from gradguide.tasks.base import Instance
 from gradguide.tasks.dataroot import resolve_data_root
 
 
 def majority_of(task: str, split: str | None, ids: Sequence[str]) -> float | None:
-    """The share of the most common gold label among ``ids`` of ``task``'s ``split`` (None: the
-    task, its split or one of the ids is not found here)."""
+    """``majority_accuracy`` of the ``ids`` of ``task``'s ``split`` (None: the task, its split or
+    one of the ids is not found here)."""
     if not split or not ids:
         return None
-    golds = _golds(task, split)
-    if golds is None or any(i not in golds for i in ids):
+    by_id = _instances(task, split)
+    if by_id is None or any(i not in by_id for i in ids):
         return None
-    return max(Counter(golds[i] for i in ids).values()) / len(ids)
+    return majority_accuracy([by_id[i] for i in ids])
 
 
 @functools.lru_cache(maxsize=64)
-def _golds(task: str, split: str) -> dict[str, int] | None:
+def _instances(task: str, split: str) -> dict[str, Instance] | None:
     try:
-        root = resolve_data_root()
-        return {x.id: x.gold for x in get_task(task).load(split, root)}
+        return {x.id: x for x in get_task(task).load(split, resolve_data_root())}
     except (GradguideError, OSError, ValueError, KeyError):
         return None

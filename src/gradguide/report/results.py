@@ -16,6 +16,7 @@ from gradguide.report.analysis import (
     average,
     conditions,
     fmt_interval,
+    pct,
 )
 from gradguide.report.data import BenchData
 from gradguide.report.doc import Doc
@@ -68,11 +69,6 @@ def _majority(cond: Condition, tasks: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def fmt_pct(x: float | None) -> str:
-    """A fraction as a percentage with one decimal ("n/a": unknown)."""
-    return "n/a" if x is None else f"{100 * x:.1f}"
-
-
 def _mean(values: Sequence[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return sum(known) / len(known) if known and len(known) == len(values) else None
@@ -110,8 +106,8 @@ def results_section(doc: Doc, data: BenchData, sanity: Sanity) -> None:
             rows.append(
                 (
                     "majority class",
-                    *(fmt_pct(majority.get(t)) for t in tasks),
-                    fmt_pct(_mean([majority.get(t) for t in avg_tasks])),
+                    *(pct(majority.get(t)) for t in tasks),
+                    pct(_mean([majority.get(t) for t in avg_tasks])),
                     "",
                     "",
                     "",

@@ -120,8 +120,7 @@ def check_run(run: RunData, limits: Limits) -> RunCheck | None:
     )
     if checked is None:
         return None
-    fields = {f.name: getattr(checked, f.name) for f in dataclasses.fields(checked)}
-    return RunCheck(run=run, **fields)
+    return RunCheck(run=run, **vars(checked))
 
 
 def _clashes(data: BenchData) -> list[PriorClash]:
