@@ -224,7 +224,9 @@ def test_checkpoints_save_and_restore_the_cuda_random_states(monkeypatch):
 
 
 def test_resume_loads_the_guidance_state_onto_the_run_device(tmp_path, monkeypatch):
-    cfg = tiny(tmp_path, checkpoint_every=1, guidance=GuidanceConfig(prior="ema:0.5"))
+    cfg = tiny(
+        tmp_path, checkpoint_every=1, keep_checkpoint=True, guidance=GuidanceConfig(prior="ema:0.5")
+    )
     r = train(cfg, show_progress=False)
     seen: list[object] = []
     real = fit_mod.load_extra
@@ -545,7 +547,7 @@ def test_optimizer_state_from_a_checkpoint_lands_on_the_parameters_device(tmp_pa
     """Read back onto the CPU (map_location), then moved by the optimiser to its parameters."""
     from gradguide.checkpoint import load_checkpoint
 
-    cfg = tiny(tmp_path, checkpoint_every=1)
+    cfg = tiny(tmp_path, checkpoint_every=1, keep_checkpoint=True)
     r = train(cfg, show_progress=False)
     shapes = {k: p.shape for k, p in r.adapted.trainable.items()}
     on_meta = {k: torch.nn.Parameter(torch.empty(s, device=META)) for k, s in shapes.items()}

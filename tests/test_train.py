@@ -16,6 +16,7 @@ from tiny_runs import tiny_config
 
 from gradguide import objective as objective_mod
 from gradguide import train as train_mod
+from gradguide.bench.keys import run_key
 from gradguide.cli import main
 from gradguide.errors import GradguideError
 from gradguide.models import load_model
@@ -253,8 +254,22 @@ def test_kill_and_resume_reaches_the_uninterrupted_result(tmp_path):
     assert sum("resumed exactly" in o for o in outcomes) >= 2, outcomes
 
 
+def test_a_finished_run_drops_its_checkpoint_unless_told_to_keep_it(tmp_path):
+    # the checkpoint repeats the saved weights plus the optimiser's moments: a grid that kept one
+    # per finished run filled a 250 GB disk (SetFit: 520 MB each) and failed the runs after it
+    done = train(tiny(tmp_path / "drop", checkpoint_every=2), show_progress=False)
+    assert not (done.run_dir / "checkpoint").exists()
+    assert [p.name for p in done.run_dir.iterdir() if p.name.startswith(".")] == []
+    assert (done.run_dir / "record.json").is_file()
+    assert reevaluate(done.run_dir, show_progress=False) == done.metrics  # all a user needs
+    kept = train(tiny(tmp_path / "keep", keep_checkpoint=True), show_progress=False)
+    state = json.loads((kept.run_dir / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 6
+    assert run_key(tiny(tmp_path, keep_checkpoint=True)) == run_key(tiny(tmp_path))
+
+
 def test_damaged_checkpoint_is_refused(tmp_path):
-    r = train(tiny(tmp_path, checkpoint_every=2), show_progress=False)
+    r = train(tiny(tmp_path, checkpoint_every=2, keep_checkpoint=True), show_progress=False)
     weights = r.run_dir / "checkpoint" / "trainable.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF

@@ -10,7 +10,9 @@ CUDA device is saved beside the CPU's, so a GPU run resumes exactly where the de
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,13 @@ def load_extra(run_dir: Path, device: torch.device | str = "cpu") -> dict[str, t
     # fresh memory: a reduction over a tensor read from the file can round differently (the first
     # cos_prev after a resume differed by 3e-7), so the resume would not be exact
     return {k: v.clone() for k, v in tensors.items()}
+
+
+def remove_checkpoint(run_dir: Path) -> None:
+    """Delete a finished run's checkpoint (renamed aside first: no half-deleted one is resumed)."""
+    path = run_dir / CHECKPOINT_NAME
+    if not path.exists():
+        return
+    trash = run_dir / f".{CHECKPOINT_NAME}.old-{os.getpid()}"
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from gradguide.atomic import write_json_atomic
+from gradguide.checkpoint import remove_checkpoint
 from gradguide.config import to_dict
 from gradguide.device import enable_checkpointing, reset_peak_memory
 from gradguide.distributed import DistContext
@@ -190,6 +191,8 @@ def train(
     )
     _check_gradients(config, record)
     write_record(run_dir, record)
+    if not config.keep_checkpoint:
+        remove_checkpoint(run_dir)  # the record and the saved weights are the finished run
     dist.barrier()
     return TrainResult(metrics, record, run_dir, adapted)
 

@@ -111,6 +111,9 @@ class TrainConfig:
         False, "recompute activations in the backward pass (less memory)"
     )
     checkpoint_every: int = option(0, "checkpoint every N steps (0 = at end)")
+    #: a finished run's checkpoint repeats its saved weights plus the optimiser's moments (about
+    #: 3x the trained tensors): removed once the record is written, unless kept to train on
+    keep_checkpoint: bool = option(False, "keep the last checkpoint after the run has finished")
     tensorboard: bool = option(False, "also log to TB")
     #: per-layer diagnostics (gradguide.layerwise) on this many evaluation examples; 0 = off
     layer_diagnostics: int = 0

@@ -34,6 +34,7 @@ def run_key(config: TrainConfig) -> str:
     for name in _NOT_HASHED:
         data.pop(name, None)
     data["checkpoint_every"] = 0  # where checkpoints are taken changes no result
+    data.pop("keep_checkpoint", None)  # nor whether the last one is kept
     if data.get("dtype") == "fp32":  # the default weights (runs stored before it keep their keys)
         data.pop("dtype")
     # nor does which shared prefixes evaluation caches (scores equal full scoring, tested)

@@ -165,7 +165,7 @@ def departures_from_preset(stored: Mapping[str, Any]) -> list[str]:
             out.append(f"{axis} {_listed(have)} (preset: {_listed(want)})")
     base, want_base = stored.get("base") or {}, preset.get("base") or {}
     for key in sorted(set(base) | set(want_base)):
-        if key == "checkpoint_every":  # where checkpoints go changes no result
+        if key in ("checkpoint_every", "keep_checkpoint"):  # where checkpoints go changes no result
             continue
         if base.get(key) != want_base.get(key):
             out.append(f"base.{key} {base.get(key)} (preset: {want_base.get(key)})")
