@@ -376,12 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's own setting)")
     p.set_defaults(func=cmd_predict)
-    from gradguide.bench.cli import add_bench_parser, add_results_parser
+    from gradguide.bench.cli import add_bench_parser, add_results_parser, add_tune_parser
     from gradguide.report.cli import add_report_parser
 
     add_bench_parser(sub)
     add_report_parser(sub)
     add_results_parser(sub)
+    add_tune_parser(sub)
     p = sub.add_parser("models", help="list the models gradguide knows and whether they load")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("tasks", help="list the tasks and whether their data is found")

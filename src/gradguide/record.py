@@ -190,7 +190,12 @@ def train_record(
         "data": {
             "train_split": data.task.train_split,
             "train_ids": [x.id for x in data.train],
-            "eval_split": config.eval_split or data.task.eval_split,
+            # a cross-validation run scores the held-out fold of its own k shots
+            "eval_split": (
+                f"{data.task.train_split} (fold {config.cv_fold} of {config.cv_folds} of the shots)"
+                if config.cv_folds
+                else config.eval_split or data.task.eval_split
+            ),
             "eval_size": len(data.eval),
             "eval_majority": majority_accuracy(data.eval),
             "eval_ids": [x.id for x in data.eval],

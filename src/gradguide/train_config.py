@@ -101,6 +101,10 @@ class TrainConfig:
     user_task: UserTaskOptions = dataclasses.field(default_factory=UserTaskOptions)
     eval_split: str | None = None
     eval_limit: int | None = option(None, "evaluate on the first N examples only")
+    #: cross-validation on the k shots (gradguide.bench.tune): the run trains on all folds but
+    #: one and evaluates on that one, so settings are chosen without the evaluation set
+    cv_folds: int = option(0, "split the k shots into N folds and hold one out (0 = off)")
+    cv_fold: int = option(0, "the held-out fold, 0 to cv_folds - 1")
     icl_shots: int = option(4, "demonstrations for the icl method (default 4)")
     bf16: bool = option(False, "bf16 autocast (fp32 weights)")
     #: where the run computes (auto, cpu, cuda, cuda:N) and the weights' precision (fp32, bf16)
@@ -146,6 +150,7 @@ def validate(config: TrainConfig) -> None:
         (config.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0 = at the end only)"),
         (config.icl_shots > 0 or method.name != "icl", "icl_shots", "must be positive for icl"),
         (config.layer_diagnostics >= 0, "layer_diagnostics", "must be >= 0 (0 = off)"),
+        *_cv_checks(config),
     ]
     g = config.guidance
     checks += [
@@ -182,6 +187,22 @@ def validate(config: TrainConfig) -> None:
     validate_run = getattr(method, "validate_run", None)
     if validate_run is not None:  # a method's own checks (SetFit: its settings, no decoder)
         validate_run(model_kind(config.model), config.model, config.method_options)
+
+
+def _cv_checks(config: TrainConfig) -> list[tuple[bool, str, str]]:
+    """The cross-validation checks: a held-out fold of the shots replaces the evaluation set."""
+    folds, fold = config.cv_folds, config.cv_fold
+    if folds == 0:
+        return [(fold == 0, "cv_fold", "needs cv_folds (cross-validation is off)")]
+    return [
+        (2 <= folds <= config.shots, "cv_folds", f"must be 0 or 2 to shots, got {folds}"),
+        (0 <= fold < folds, "cv_fold", f"must be 0 to {folds - 1}, got {fold}"),
+        (
+            config.eval_split is None and config.eval_limit is None,
+            "cv_folds",
+            "the held-out fold is the evaluation set: eval_split and eval_limit must be unset",
+        ),
+    ]
 
 
 def as_eval_config(config: TrainConfig) -> EvalConfig:

@@ -32,9 +32,35 @@ def prepare_data(config: TrainConfig) -> RunData:
     task = resolve_task(as_eval_config(config))
     pool = task.load(task.train_split, data_root)
     train = sample_k_shot(pool, config.shots, config.seed)
+    if config.cv_folds:
+        train, held_out = cv_split(train, config.cv_folds, config.cv_fold, config.seed)
+        return RunData(task, data_root, train, held_out)
     split = config.eval_split or task.eval_split
     eval_set = limit_instances(task.load(split, data_root), config.eval_limit)
     return RunData(task, data_root, train, eval_set)
+
+
+def cv_split(
+    shots: list[Instance], folds: int, fold: int, seed: int
+) -> tuple[list[Instance], list[Instance]]:
+    """The k shots without fold ``fold`` (in their order) and that fold: label-stratified,
+    seeded folds of whole groups (MultiRC's questions), so each fold is held out once."""
+    units: dict[str, list[Instance]] = {}
+    for x in shots:
+        units.setdefault(x.group if x.group is not None else x.id, []).append(x)
+    by_label: dict[str, list[str]] = {}
+    for unit, members in units.items():
+        by_label.setdefault(members[0].label, []).append(unit)
+    rng = random.Random(f"gradguide-cv-{seed}")
+    dealt: list[str] = []
+    for label in sorted(by_label):
+        ids = sorted(by_label[label])
+        rng.shuffle(ids)
+        dealt.extend(ids)
+    held = {unit for i, unit in enumerate(dealt) if i % folds == fold}
+    inside = [x for x in shots if (x.group if x.group is not None else x.id) not in held]
+    outside = [x for x in shots if (x.group if x.group is not None else x.id) in held]
+    return inside, outside
 
 
 def data_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:

@@ -169,6 +169,44 @@ def cmd_results(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_tune_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``tune`` (gradguide.bench.tune) to an argparse subparsers object."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "tune",
+        help="the settings a tuning grid's cross-validation on the k shots chooses",
+        description="Read the cross-validation runs of a bench directory (a grid with "
+        "base.cv_folds, sweeping cv_fold and the settings to choose from, e.g. `gradguide bench "
+        "tune-lr`) and say, per model, method and shots, which setting scores best on the "
+        "held-out folds of the k shots.",
+    )
+    p.add_argument("bench_dir", help="a bench directory or results archive")
+    p.add_argument("--metric", default="accuracy", help="the held-out metric (default accuracy)")
+    p.add_argument("--grid", help="only the runs of this stored grid")
+    p.set_defaults(func=cmd_tune)
+    return p
+
+
+def cmd_tune(a: argparse.Namespace) -> int:
+    """Print the choice of every tuning grid stored in a bench directory."""
+    from gradguide.bench.archive import ensure_store
+    from gradguide.bench.store import Store
+    from gradguide.bench.tune import choice_lines, choose
+
+    root = Path(a.bench_dir)
+    ensure_store(root)
+    with Store(root, create=False) as store:
+        rows = [r for r in store.runs() if a.grid is None or r.grid == a.grid]
+    choices = choose(rows, a.metric)
+    if not choices:
+        raise GradguideError(
+            "no cross-validation runs here (a tuning grid sets base.cv_folds and sweeps "
+            "cv_fold; see `gradguide bench tune-lr`)",
+            file=root,
+        )
+    print("\n".join(choice_lines(choices)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m gradguide.bench.cli``: the bench subcommand on its own."""
     parser = argparse.ArgumentParser(prog="gradguide bench", description=cmd_bench.__doc__)

@@ -35,6 +35,9 @@ def run_key(config: TrainConfig) -> str:
         data.pop(name, None)
     data["checkpoint_every"] = 0  # where checkpoints are taken changes no result
     data.pop("keep_checkpoint", None)  # nor whether the last one is kept
+    if not config.cv_folds:  # runs stored before cross-validation existed keep their keys
+        data.pop("cv_folds", None)
+        data.pop("cv_fold", None)
     if data.get("dtype") == "fp32":  # the default weights (runs stored before it keep their keys)
         data.pop("dtype")
     # nor does which shared prefixes evaluation caches (scores equal full scoring, tested)

@@ -34,6 +34,7 @@ from gradguide.report.sensitivity import sensitivity_section
 from gradguide.report.spectral_diag import spectral_section
 from gradguide.report.summary import summary_section
 from gradguide.report.superseded import superseded_section
+from gradguide.report.tuning import tuning_section
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -57,6 +58,7 @@ def build_report(data: BenchData, limits: Limits | None = None) -> tuple[str, li
     title = f"gradguide report: {names}"
     if not data.runs:
         doc.add(Paragraph("No finished runs are stored in this bench directory yet."))
+        tuning_section(doc, data)
         failures_section(doc, data)
         return title, relative_paths(doc.blocks, data.bench_dir)
     sanity = check(data, limits)
@@ -77,6 +79,7 @@ def build_report(data: BenchData, limits: Limits | None = None) -> tuple[str, li
     ablation_section(doc, data)
     per_layer_section(doc, data)
     sensitivity_section(doc, data)
+    tuning_section(doc, data)
     failures_section(doc, data)
     superseded_section(doc, data)
     provenance_section(doc, data)

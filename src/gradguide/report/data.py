@@ -15,6 +15,7 @@ from gradguide.bench.archive import ensure_store
 from gradguide.bench.grid import grid_keys
 from gradguide.bench.spec import spec_from_stored
 from gradguide.bench.store import Failure, RunRow, Store
+from gradguide.bench.tune import is_cv_row
 from gradguide.errors import GradguideError
 from gradguide.health import finite_curves
 from gradguide.metrics import normalised_loss_auc, steps_to_threshold
@@ -125,6 +126,8 @@ class BenchData:
     grid_keys: dict[str, set[str]] = dataclasses.field(default_factory=dict)
     #: failed runs left out because no stored grid asks for them any more (a preset changed)
     stale_failures: int = 0
+    #: cross-validation runs on the k shots (gradguide.bench.tune): kept out of every result
+    tuning: list[RunRow] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,10 +271,12 @@ def load_bench(bench_dir: str | Path, grids: Sequence[str] | None = None) -> Ben
         stale = 0
     else:
         failures, stale = _drop_stale_failures(failures, stored)
+    tuning = [r for r in rows if is_cv_row(r)]  # scored on held-out shots: not results
+    rows = [r for r in rows if not is_cv_row(r)]
     runs = [_from_row(root, r) for r in rows]
     missing = [r.run_dir for r, d in zip(rows, runs, strict=True) if not d.has_record]
     runs, superseded = _latest_per_cell(runs)
-    return BenchData(root, runs, stored, failures, missing, superseded, keys, stale)
+    return BenchData(root, runs, stored, failures, missing, superseded, keys, stale, tuning)
 
 
 def _drop_stale_failures(

@@ -1,0 +1,201 @@
+"""Cross-validation on the k shots: the folds, the held-out runs, and the choice read from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from tiny_runs import tiny_config
+
+from gradguide.bench.grid import expand_grid, load_grid, parse_grid, run_key
+from gradguide.bench.runner import run_grid
+from gradguide.bench.store import RunRow, Store
+from gradguide.bench.tune import choice_lines, choose
+from gradguide.cli import main
+from gradguide.errors import GradguideError
+from gradguide.report.data import load_bench
+from gradguide.tasks.base import Instance
+from gradguide.train import OptimConfig, train
+from gradguide.train_config import validate
+from gradguide.train_data import cv_split, prepare_data
+
+
+def _shots(n: int, labels: str = "ab", grouped: bool = False) -> list[Instance]:
+    return [
+        Instance(
+            id=f"train:{i}",
+            prompt=f"p{i}",
+            candidates=("a", "b"),
+            gold=i % len(labels) % 2,
+            label=labels[i % len(labels)],
+            group=f"q{i // 3}" if grouped else None,
+        )
+        for i in range(n)
+    ]
+
+
+def test_each_shot_is_held_out_exactly_once_in_label_balanced_folds():
+    shots = _shots(32)
+    held = [cv_split(shots, 4, fold, seed=7) for fold in range(4)]
+    for train_part, out in held:
+        assert sorted(x.id for x in train_part + out) == sorted(x.id for x in shots)
+        assert Counter(x.label for x in out) == {"a": 4, "b": 4}  # 16 of each, 4 folds
+        assert [x.id for x in train_part] == [x.id for x in shots if x not in out]  # order kept
+    outs = [x.id for _, out in held for x in out]
+    assert sorted(outs) == sorted(x.id for x in shots)  # a partition: once each
+    assert cv_split(shots, 4, 2, seed=7) == held[2]  # seeded
+    assert cv_split(shots, 4, 2, seed=8)[1] != held[2][1]
+
+
+def test_grouped_shots_are_held_out_by_whole_groups():
+    shots = _shots(12, grouped=True)  # MultiRC-like: 4 questions of 3 options
+    for fold in range(2):
+        _, out = cv_split(shots, 2, fold, seed=1)
+        groups = {x.group for x in out}
+        assert sum(x.group in groups for x in shots) == len(out) == 3 * len(groups)
+
+
+def test_a_cv_run_trains_on_the_other_folds_and_scores_the_held_out_one(tmp_path):
+    plain = prepare_data(tiny_config(tmp_path, method="lora"))
+    cfg = tiny_config(tmp_path, method="lora", cv_folds=4, cv_fold=1, eval_limit=None)
+    data = prepare_data(cfg)
+    assert len(data.eval) == 2 and len(data.train) == 6  # 8 shots in 4 folds
+    assert {x.id for x in data.train} | {x.id for x in data.eval} == {x.id for x in plain.train}
+    assert not {x.id for x in data.train} & {x.id for x in data.eval}
+    r = train(
+        dataclasses.replace(cfg, optim=OptimConfig(steps=2, batch_size=4)), show_progress=False
+    )
+    assert r.record["data"]["eval_ids"] == [x.id for x in data.eval]
+    assert "fold 1 of 4" in r.record["data"]["eval_split"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"cv_fold": 1}, "cv_fold"),  # a fold without folds
+        ({"cv_folds": 4, "cv_fold": 4}, "cv_fold"),
+        ({"cv_folds": 1}, "cv_folds"),
+        ({"cv_folds": 9}, "cv_folds"),  # more folds than the 8 shots
+        ({"cv_folds": 4, "eval_limit": 20}, "cv_folds"),  # the fold is the evaluation set
+        ({"cv_folds": 4, "eval_split": "validation"}, "cv_folds"),
+    ],
+)
+def test_impossible_cross_validation_settings_are_refused(tmp_path, overrides, field):
+    cfg = tiny_config(tmp_path, method="lora", **{"eval_limit": None, **overrides})
+    with pytest.raises(GradguideError) as e:
+        validate(cfg)
+    assert e.value.field == field
+
+
+def test_runs_without_cross_validation_keep_their_keys(tmp_path):
+    # the keys of the archived runs were made before cv_folds existed: stored runs stay found
+    archive = Path(__file__).resolve().parents[1] / "results"
+    with Store(archive, create=False) as store:
+        rows = store.runs()[:20]
+    from gradguide.config import from_dict
+    from gradguide.train import TrainConfig
+
+    for row in rows:
+        assert run_key(from_dict(TrainConfig, row.config)) == row.key, row.run_dir
+    cv = tiny_config(tmp_path, method="lora", cv_folds=4, eval_limit=None)
+    assert run_key(cv) != run_key(dataclasses.replace(cv, cv_fold=1))
+
+
+def _row(task: str, seed: int, lr: float, fold: int, acc: float) -> RunRow:
+    return RunRow(
+        key=f"{task}{seed}{lr}{fold}",
+        grid="t",
+        model="m",
+        task=task,
+        method="lora",
+        shots=32,
+        seed=seed,
+        settings={"optim.lr": lr, "cv_fold": fold},
+        config={"cv_folds": 2, "cv_fold": fold},
+        metrics={"accuracy": acc},
+        dynamics={},
+        run_dir=f"runs/{task}{seed}{lr}{fold}",
+        wall_s=1.0,
+        finished_at="",
+    )
+
+
+def test_the_choice_is_the_best_mean_over_folds_then_cells_on_complete_cells_only():
+    rows = [
+        # sst2 seed 1: lr 0.1 means 0.7, lr 0.2 means 0.6
+        _row("sst2", 1, 0.1, 0, 0.6), _row("sst2", 1, 0.1, 1, 0.8),
+        _row("sst2", 1, 0.2, 0, 0.5), _row("sst2", 1, 0.2, 1, 0.7),
+        # trec seed 1: lr 0.2 better by more (0.9 vs 0.5): it wins on the mean over cells
+        _row("trec", 1, 0.1, 0, 0.5), _row("trec", 1, 0.1, 1, 0.5),
+        _row("trec", 1, 0.2, 0, 0.9), _row("trec", 1, 0.2, 1, 0.9),
+        # trec seed 2: lr 0.2 lacks a fold, so the cell is left out (lr 0.1 would win it hugely)
+        _row("trec", 2, 0.1, 0, 1.0), _row("trec", 2, 0.1, 1, 1.0),
+        _row("trec", 2, 0.2, 0, 0.0),
+        # a run that is not a tuning run is ignored
+        dataclasses.replace(_row("sst2", 1, 0.3, 0, 1.0), config={}),
+    ]  # fmt: skip
+    (ch,) = choose(rows)
+    assert [c.settings for c in ch.candidates] == [{"optim.lr": 0.1}, {"optim.lr": 0.2}]
+    assert ch.best.settings == {"optim.lr": 0.2}
+    assert ch.best.mean == pytest.approx((0.6 + 0.9) / 2)
+    assert ch.candidates[0].mean == pytest.approx((0.7 + 0.5) / 2)
+    assert ch.incomplete == [("trec", 2)]
+    other, diff, won, n = ch.margin()
+    assert other.settings == {"optim.lr": 0.1}
+    assert diff == pytest.approx(0.15) and (won, n) == (1, 2)
+    text = "\n".join(choice_lines([ch]))
+    assert "optim.lr=0.2" in text and "--set base.optim.lr=0.2" in text
+
+
+def test_a_tie_goes_to_the_candidate_listed_first():
+    rows = [_row("sst2", 1, lr, f, 0.5) for lr in (0.3, 0.1) for f in (0, 1)]
+    assert choose(rows)[0].best.settings == {"optim.lr": 0.3}
+
+
+def test_a_tuning_grid_runs_chooses_and_stays_out_of_the_results(tmp_path, capsys):
+    spec = parse_grid(
+        {
+            "name": "tune",
+            "models": ["tiny-llama"],
+            "tasks": ["demo-sentiment"],
+            "methods": ["lora"],
+            "shots": [8],
+            "seeds": [1],
+            "base": {"cv_folds": 2, "optim": {"steps": 2, "batch_size": 4}},
+            "sweep": [{"optim.lr": [1e-4, 5e-2], "cv_fold": [0, 1]}],
+        }
+    )
+    assert len(expand_grid(spec)) == 4
+    out = tmp_path / "bench"
+    run_grid(spec, out, workers=0, show_progress=False)
+    assert main(["tune", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "<- chosen" in printed and "held-out fold" in printed
+    bench = load_bench(out)
+    assert bench.runs == [] and len(bench.tuning) == 4  # no held-out score reads as a result
+    records = [json.loads(Path(out, r.run_dir, "record.json").read_text()) for r in bench.tuning]
+    assert sorted(r["data"]["eval_size"] for r in records) == [4, 4, 4, 4]
+    from gradguide.report.build import build_report
+    from gradguide.report.render import to_markdown
+
+    _, blocks = build_report(bench)
+    markdown = to_markdown("r", blocks)
+    section = markdown.split("Settings chosen on the k shots", 1)[1]
+    assert "| chosen |" in section and "lr=0.05" in section and "lr=0.0001" in section
+
+
+def test_tune_without_tuning_runs_says_so(tmp_path, capsys):
+    with Store(tmp_path):
+        pass
+    assert main(["tune", str(tmp_path)]) == 2
+    assert "no cross-validation runs" in capsys.readouterr().err
+
+
+def test_the_tune_lr_preset_expands_to_every_fold_of_every_rate():
+    runs = expand_grid(load_grid("tune-lr"))
+    folds = Counter((r.config.task, r.config.seed, r.config.optim.lr) for r in runs)
+    assert set(folds.values()) == {4} and len(folds) == 2 * 3 * 4
+    assert all(r.config.cv_folds == 4 and r.config.eval_limit is None for r in runs)
