@@ -196,6 +196,6 @@ def test_tune_without_tuning_runs_says_so(tmp_path, capsys):
 
 def test_the_tune_lr_preset_expands_to_every_fold_of_every_rate():
     runs = expand_grid(load_grid("tune-lr"))
-    folds = Counter((r.config.task, r.config.seed, r.config.optim.lr) for r in runs)
-    assert set(folds.values()) == {4} and len(folds) == 2 * 3 * 4
+    folds = Counter((r.arm, r.config.task, r.config.seed, r.config.optim.lr) for r in runs)
+    assert set(folds.values()) == {4} and len(folds) == 2 * 2 * 3 * 4
     assert all(r.config.cv_folds == 4 and r.config.eval_limit is None for r in runs)
