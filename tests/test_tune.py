@@ -199,3 +199,30 @@ def test_the_tune_lr_preset_expands_to_every_fold_of_every_rate():
     folds = Counter((r.arm, r.config.task, r.config.seed, r.config.optim.lr) for r in runs)
     assert set(folds.values()) == {4} and len(folds) == 2 * 2 * 3 * 4
     assert all(r.config.cv_folds == 4 and r.config.eval_limit is None for r in runs)
+
+
+def test_a_setting_whose_runs_fail_the_gradient_check_is_not_chosen():
+    rows = [_row("sst2", 1, lr, f, acc) for lr, acc in ((0.1, 0.6), (0.2, 0.9)) for f in (0, 1)]
+    fails_at = {0.2}
+    (ch,) = choose(rows, failed=lambda r: r.settings["optim.lr"] in fails_at)
+    assert ch.best is not None and ch.best.settings == {"optim.lr": 0.1}
+    assert [c.failed_runs for c in ch.candidates] == [0, 2]
+    assert "fails the gradient check in 2 of 2 runs" in "\n".join(choice_lines([ch]))
+    fails_at = {0.1, 0.2}
+    (ch,) = choose(rows, failed=lambda r: r.settings["optim.lr"] in fails_at)
+    assert ch.best is None and ch.margin() is None
+    assert "no choice" in "\n".join(choice_lines([ch]))
+
+
+def test_the_gradient_check_is_read_from_each_runs_record(tmp_path):
+    from gradguide.bench.tune import record_check
+
+    row = _row("sst2", 1, 0.1, 0, 0.5)
+    run = tmp_path / row.run_dir
+    run.mkdir(parents=True)
+    failed = record_check(tmp_path)
+    assert failed(row)  # no record: nothing shows it passed
+    (run / "record.json").write_text(json.dumps({"gradient_check": {"failed": []}}))
+    assert not failed(row)
+    (run / "record.json").write_text(json.dumps({"gradient_check": {"failed": ["the penalty"]}}))
+    assert failed(row)

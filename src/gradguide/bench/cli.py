@@ -190,13 +190,13 @@ def cmd_tune(a: argparse.Namespace) -> int:
     """Print the choice of every tuning grid stored in a bench directory."""
     from gradguide.bench.archive import ensure_store
     from gradguide.bench.store import Store
-    from gradguide.bench.tune import choice_lines, choose
+    from gradguide.bench.tune import choice_lines, choose, record_check
 
     root = Path(a.bench_dir)
     ensure_store(root)
     with Store(root, create=False) as store:
         rows = [r for r in store.runs() if a.grid is None or r.grid == a.grid]
-    choices = choose(rows, a.metric)
+    choices = choose(rows, a.metric, record_check(root))
     if not choices:
         raise GradguideError(
             "no cross-validation runs here (a tuning grid sets base.cv_folds and sweeps "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradguide.bench.tune import choose
+from gradguide.bench.tune import choose, record_check
 from gradguide.errors import GradguideError
 from gradguide.report.data import BenchData
 from gradguide.report.doc import Doc
@@ -15,7 +15,7 @@ def tuning_section(doc: Doc, data: BenchData) -> None:
         return
     doc.add(Heading("Settings chosen on the k shots"))
     try:
-        choices = choose(data.tuning)
+        choices = choose(data.tuning, failed=record_check(data.bench_dir))
     except GradguideError as e:
         doc.add(Paragraph(f"{len(data.tuning)} cross-validation runs, no choice yet: {e}."))
         return
@@ -24,7 +24,9 @@ def tuning_section(doc: Doc, data: BenchData) -> None:
         margin = ch.margin()
         for c in ch.candidates:
             chosen = c is ch.best
-            versus = ""
+            versus = f"fails the gradient check in {c.failed_runs} of {c.runs} runs" * bool(
+                c.failed_runs
+            )
             if chosen and margin is not None:
                 other, diff, won, n = margin
                 versus = f"{diff * 100:+.1f} pp vs {other.label()}, higher in {won} of {n} cells"
@@ -51,7 +53,8 @@ def tuning_section(doc: Doc, data: BenchData) -> None:
             tuple(rows),
             caption="Cross-validation on each seed's k shots (`gradguide tune`): every run trains "
             "on all folds but one and scores the held-out fold; a setting's score is its mean over "
-            "the folds, then over the (task, seed) cells every candidate completed. These runs "
+            "the folds, then over the (task, seed) cells every candidate completed; a setting with "
+            "runs that fail the gradient check is not chosen. These runs "
             "are kept out of every result above: no evaluation set chose a setting.",
         )
     )
