@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +22,21 @@ COMMON = tiny_train("--method", "lora", "--lr", "5e-3", "--seed", "1", batch_siz
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc), so a kill reaches all of a run's ranks."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [c for c, p in parents.items() if p in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def _cmd(args: list[str], procs: int) -> list[str]:
@@ -101,7 +117,11 @@ def test_killed_distributed_run_resumes_exactly(tmp_path):
         except (ValueError, OSError):
             pass
         time.sleep(0.01)
+    ranks = _descendants(proc.pid)  # torchrun's workers live in process groups of their own
     os.killpg(proc.pid, signal.SIGKILL)
+    for pid in ranks:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
     (run_dir,) = list(out.iterdir())
     assert not (run_dir / "record.json").exists(), "the run finished before it could be killed"

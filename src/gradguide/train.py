@@ -191,9 +191,9 @@ def train(
     )
     _check_gradients(config, record)
     write_record(run_dir, record)
+    dist.barrier()  # the other ranks are past every read of the checkpoint
     if not config.keep_checkpoint:
         remove_checkpoint(run_dir)  # the record and the saved weights are the finished run
-    dist.barrier()
     return TrainResult(metrics, record, run_dir, adapted)
 
 
