@@ -173,9 +173,9 @@ def fit(
         for step in range(loop.start, steps):
             t0 = time.perf_counter()
             batch = [items[i] for i in loop.order[step]]
-            loss_fn, first_values = guide.loss_closure(step, batch, adapted.trainable)
+            loss_fns, first_values = guide.loss_closure(step, batch, adapted.trainable)
             stats = guide.engine.backward(
-                loss_fn, params, step, guide.source_fn(step), guide.source_vector
+                loss_fns, params, step, guide.source_fn(step), guide.source_vector
             )
             if dist.active:
                 first_values = _summed(dist, first_values)

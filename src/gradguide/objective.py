@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from gradguide.methods import Adapted, get_method
 from gradguide.methods.base import Objective, OwnObjective
 from gradguide.models import LoadedModel
-from gradguide.scoring import ScoringOptions, candidate_scores
+from gradguide.scoring import ScoringOptions, candidate_scores, pass_size
 from gradguide.tasks.base import Instance
 from gradguide.train_config import TrainConfig
 
@@ -33,16 +33,41 @@ def total_steps(
     return o.steps or (epochs or o.epochs) * math.ceil(n_train / size)
 
 
+def micro_batches(sizes: Sequence[tuple[int, int]], budget: int) -> list[list[int]]:
+    """Consecutive groups of a batch's positions whose scoring pass stays within ``budget``
+    padded tokens (rows summed × the longest row); an instance over it alone forms a group.
+    ``budget`` 0: one group."""
+    groups: list[list[int]] = []
+    rows = longest = 0
+    for i, (r, n) in enumerate(sizes):
+        if groups and budget and (rows + r) * max(longest, n) > budget:
+            groups.append([])
+            rows = longest = 0
+        if not groups:
+            groups.append([])
+        groups[-1].append(i)
+        rows, longest = rows + r, max(longest, n)
+    return groups
+
+
 @dataclasses.dataclass
 class RankObjective:
-    """Rank classification (DESIGN.md): cross entropy of the gold candidate, per instance."""
+    """Rank classification (DESIGN.md): cross entropy of the gold candidate, per instance.
+
+    A batch whose candidates would take more than ``micro_batch_tokens`` padded tokens in one
+    pass is scored in micro-batches (``chunks``); the facts say how often that happened.
+    """
 
     lm: LoadedModel
     scoring: ScoringOptions
     batch_size: int
     epochs: int
     weight_decay: float
+    micro_batch_tokens: int = 0
     name: str = "rank-classification"
+    _sizes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict, repr=False)
+    _split: int = 0  # batches split into micro-batches (this session's, when resumed)
+    _largest: int = 0  # padded tokens of the largest pass
 
     def items(self, instances: Sequence[Instance]) -> list[Instance]:
         """The instances themselves."""
@@ -52,9 +77,33 @@ class RankObjective:
         """Cross entropy over the batch's candidate scores."""
         return rank_loss(self.lm, batch, self.scoring)
 
+    def chunks(self, batch: Sequence[Instance]) -> list[list[Instance]]:
+        """The batch in micro-batches within the token budget (the whole batch if it fits)."""
+        if not self.micro_batch_tokens:
+            return [list(batch)]
+        sizes = [self._size(x) for x in batch]
+        groups = micro_batches(sizes, self.micro_batch_tokens)
+        for group in groups:
+            rows = sum(sizes[i][0] for i in group)
+            self._largest = max(self._largest, rows * max(sizes[i][1] for i in group))
+        self._split += len(groups) > 1
+        return [[batch[i] for i in group] for group in groups]
+
+    def _size(self, x: Instance) -> tuple[int, int]:
+        key = f"{x.id}\0{x.prompt}"
+        if key not in self._sizes:
+            self._sizes[key] = pass_size(self.lm, x, self.scoring)
+        return self._sizes[key]
+
     def finish(self, instances: Sequence[Instance]) -> dict[str, Any]:
-        """Nothing to do after the optimisation."""
-        return {}
+        """How the batches were scored: the token budget, batches split, the largest pass."""
+        if not self.micro_batch_tokens:
+            return {}
+        return {
+            "micro_batch_tokens": self.micro_batch_tokens,
+            "batches_split": self._split,
+            "largest_pass_tokens": self._largest,
+        }
 
 
 def objective_for(config: TrainConfig, lm: LoadedModel, adapted: Adapted) -> Objective:
@@ -63,7 +112,9 @@ def objective_for(config: TrainConfig, lm: LoadedModel, adapted: Adapted) -> Obj
     if isinstance(method, OwnObjective):
         return method.objective(adapted)
     o = config.optim
-    return RankObjective(lm, config.scoring, o.batch_size, o.epochs, o.weight_decay)
+    return RankObjective(
+        lm, config.scoring, o.batch_size, o.epochs, o.weight_decay, config.micro_batch_tokens
+    )
 
 
 def rank_loss(lm: LoadedModel, batch: Sequence[Instance], options: ScoringOptions) -> torch.Tensor:

@@ -306,6 +306,19 @@ def candidate_scores(
     return causal_scores(lm.model, enc, lm.tokenizer.pad_token_id, options.length_normalize)
 
 
+def pass_size(lm: Any, instance: Instance, options: ScoringOptions) -> tuple[int, int]:
+    """(rows, longest row in tokens) that scoring ``instance`` puts through the model: its
+    candidate rows (one on the fast path) for a decoder; its prompt and candidates for an
+    encoder (which pads them apart: rows × longest is then an upper bound)."""
+    if lm.kind == "encoder":
+        limit = min(options.max_length, int(getattr(lm.tokenizer, "model_max_length", 512) or 512))
+        texts = [instance.prompt, *(c.strip() for c in instance.candidates)]
+        longest = max(len(_token_ids(lm.tokenizer, t, special=True)) for t in texts)
+        return len(texts), min(longest, limit, 512)
+    enc = encode_causal(lm.tokenizer, [instance], "", options)
+    return len(enc.rows), max(len(r) for r in enc.rows)
+
+
 @dataclass
 class ScoredSet:
     """Scores of a whole evaluation set, with what the run record needs to know about them."""

@@ -114,6 +114,13 @@ class TrainConfig:
     gradient_checkpointing: bool = option(
         False, "recompute activations in the backward pass (less memory)"
     )
+    #: a training batch whose scoring pass would exceed this many padded tokens (candidate rows
+    #: x their longest row) is split into micro-batches whose gradients add up to the batch's
+    #: (gradguide.objective): 77 Banking77 intents x 8 queries are 28k tokens, 44 GB of LoRA
+    #: activations on smollm2-135m. It bounds memory, not the result (the batch is the same)
+    micro_batch_tokens: int = option(
+        4096, "split a batch scoring more padded tokens than this into micro-batches (0 = never)"
+    )
     checkpoint_every: int = option(0, "checkpoint every N steps (0 = at end)")
     #: a finished run's checkpoint repeats its saved weights plus the optimiser's moments (about
     #: 3x the trained tensors): removed once the record is written, unless kept to train on
@@ -148,6 +155,7 @@ def validate(config: TrainConfig) -> None:
         (o.scheduler in ("linear", "constant"), "optim.scheduler", "must be linear or constant"),
         (o.max_skipped_steps >= 0, "optim.max_skipped_steps", "must be >= 0"),
         (config.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0 = at the end only)"),
+        (config.micro_batch_tokens >= 0, "micro_batch_tokens", "must be >= 0 (0 = never split)"),
         (config.icl_shots > 0 or method.name != "icl", "icl_shots", "must be positive for icl"),
         (config.layer_diagnostics >= 0, "layer_diagnostics", "must be >= 0 (0 = off)"),
         *_cv_checks(config),

@@ -25,7 +25,7 @@ KEY_VERSION = "gradguide-bench-1"
 PENALTY_REVISION = 2
 #: Configuration fields that say where files live or where and how thriftily a run computes, not
 #: what it computes: not part of a run key (a grid resumed on a GPU keeps its CPU runs).
-_NOT_HASHED = ("out", "cache_dir", "device", "gradient_checkpointing")
+_NOT_HASHED = ("out", "cache_dir", "device", "gradient_checkpointing", "micro_batch_tokens")
 
 
 def run_key(config: TrainConfig) -> str:

@@ -141,6 +141,10 @@ def preset_path(name: str) -> Path:
     return path
 
 
+#: base settings that change no result: where checkpoints go, how a batch is split for memory
+_NO_RESULT = ("checkpoint_every", "keep_checkpoint", "micro_batch_tokens")
+
+
 def departures_from_preset(stored: Mapping[str, Any]) -> list[str]:
     """How a stored grid differs from the preset it was run from (axes and base settings).
 
@@ -165,7 +169,7 @@ def departures_from_preset(stored: Mapping[str, Any]) -> list[str]:
             out.append(f"{axis} {_listed(have)} (preset: {_listed(want)})")
     base, want_base = stored.get("base") or {}, preset.get("base") or {}
     for key in sorted(set(base) | set(want_base)):
-        if key in ("checkpoint_every", "keep_checkpoint"):  # where checkpoints go changes no result
+        if key in _NO_RESULT:
             continue
         if base.get(key) != want_base.get(key):
             out.append(f"base.{key} {base.get(key)} (preset: {want_base.get(key)})")

@@ -87,12 +87,15 @@ class Guide:
 
     def loss_closure(
         self, step: int, batch: list[Any], params: dict[str, torch.nn.Parameter]
-    ) -> tuple[LossFn, dict[str, float]]:
-        """The step's loss closure (task loss + loss terms) and the values of its first call.
+    ) -> tuple[list[LossFn], dict[str, float]]:
+        """The step's loss closures (task loss + loss terms), one per micro-batch, and the
+        values of their first calls, summed over the micro-batches.
 
-        The HVP may call the closure at perturbed parameters; the recorded values (task loss and
+        The HVP may call a closure at perturbed parameters; the recorded values (task loss and
         each term) are those of the first call, at the step's own parameters. In a distributed
-        run the closure sees this rank's shard, weighted by its share of the batch.
+        run the closures see this rank's shard; each micro-batch is weighted by its share of the
+        global batch, so the closures add up to the batch's mean loss (a loss term counts once,
+        as the weighted mean of its value on each micro-batch's forward pass).
         """
         for term in self.loss_terms:
             term.begin_step(step)
@@ -102,20 +105,35 @@ class Guide:
         measure = bool(self.loss_terms) and term_share.measured(step) and not self.dist.active
         self.task_gradient = None
 
-        def loss() -> torch.Tensor:
-            with self._autocast():
-                task = self.objective.loss(local) * share
-                total = task
-                for term in self.loss_terms:
-                    value = term.loss(params) * share
-                    total = total + value
-                    first.setdefault(f"term_{term.name}", float(value.detach()))
-            if measure and "task_loss" not in first:  # the first call, at the step's parameters
-                self.task_gradient = term_share.task_gradient(task, list(params.values()))
-            first.setdefault("task_loss", float(task.detach()))
-            return total
+        def part(chunk: list[Any], weight: float) -> LossFn:
+            called = False
 
-        return loss, first
+            def loss() -> torch.Tensor:
+                nonlocal called
+                values: dict[str, float] = {}
+                with self._autocast():
+                    task = self.objective.loss(chunk) * weight
+                    total = task
+                    for term in self.loss_terms:
+                        value = term.loss(params) * weight
+                        total = total + value
+                        values[f"term_{term.name}"] = float(value.detach())
+                if not called:  # the first call, at the step's parameters
+                    called = True
+                    if measure:
+                        g = term_share.task_gradient(task, list(params.values()))
+                        self.task_gradient = (
+                            g if self.task_gradient is None else self.task_gradient + g
+                        )
+                    values["task_loss"] = float(task.detach())
+                    for key, v in values.items():
+                        first[key] = first.get(key, 0.0) + v
+                return total
+
+            return loss
+
+        chunks = self.objective.chunks(local)
+        return [part(c, share * len(c) / len(local)) for c in chunks], first
 
     def summaries(self) -> dict[str, Any]:
         """Each loss term's and transform's run-level facts, by name."""
@@ -127,17 +145,21 @@ class Guide:
         for term in self.loss_terms:
             term.close()
 
-    def source_fn(self, step: int) -> LossFn | None:
-        """Loss closure on this step's source-task batch (None without a source task)."""
+    def source_fn(self, step: int) -> list[LossFn] | None:
+        """Loss closures on this step's source-task batch, one per micro-batch (None without a
+        source task)."""
         if self.source_batches is None:
             return None
         local, share = self._shard(self.source_batches[step])
 
-        def loss() -> torch.Tensor:
-            with self._autocast():
-                return self.objective.loss(local) * share
+        def part(chunk: list[Any], weight: float) -> LossFn:
+            def loss() -> torch.Tensor:
+                with self._autocast():
+                    return self.objective.loss(chunk) * weight
 
-        return loss
+            return loss
+
+        return [part(c, share * len(c) / len(local)) for c in self.objective.chunks(local)]
 
     def _shard(self, batch: list[Any]) -> tuple[list[Any], float]:
         """This rank's part of a global batch and its weight in the batch's mean loss."""

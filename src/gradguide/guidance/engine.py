@@ -11,6 +11,12 @@ optimisers such as AdamW, whose moments are not linear in the gradient, the step
 Non-finite losses or gradients are reported (``finite=False``) before any HVP, so the caller can
 skip the step.
 
+The loss may come as micro-batches: a sequence of closures whose sum is the batch's loss
+(gradguide.objective splits a batch whose candidates would not fit in memory). Every gradient and
+HVP is then the sum of the parts', each differentiated on its own graph, as the ranks of a
+data-parallel run are summed: the result is the whole batch's, with one part's activations alive.
+An exact HVP then costs one more forward and backward per part (g must be complete before v).
+
 Within one step every evaluation of a closure replays the random state of its first evaluation
 (:mod:`gradguide.guidance.rng`), so a finite difference sees one function: the same dropout masks.
 The finite difference needs fp32: ε is below bf16's resolution, so an fd HVP under an active
@@ -27,9 +33,17 @@ import torch
 from gradguide.device import double_backward_attention
 from gradguide.errors import GradguideError
 from gradguide.guidance.base import GradientPenalty, PenaltyContext
-from gradguide.guidance.hvp import exact_hvp, fd_hvp, flat, loss_gradient, unflat
+from gradguide.guidance.hvp import (
+    LossFns,
+    exact_hvp,
+    fd_hvp,
+    flat,
+    loss_gradient,
+    loss_parts,
+    unflat,
+)
 from gradguide.guidance.priors import Prior
-from gradguide.guidance.rng import Replayed, replayed
+from gradguide.guidance.rng import Replayed
 
 LossFn = Callable[[], torch.Tensor]
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -115,10 +129,10 @@ class GuidedGradient:
 
     def backward(
         self,
-        loss_fn: LossFn,
+        loss_fn: LossFns,
         params: Sequence[torch.nn.Parameter],
         step: int = 0,
-        source_fn: LossFn | None = None,
+        source_fn: LossFns | None = None,
         source_gradient: torch.Tensor | None = None,
     ) -> StepStats:
         """:meth:`_backward`, on SDPA's math kernel in a step that takes an exact HVP (the fused
@@ -129,10 +143,10 @@ class GuidedGradient:
 
     def _backward(
         self,
-        loss_fn: LossFn,
+        loss_fn: LossFns,
         params: Sequence[torch.nn.Parameter],
         step: int = 0,
-        source_fn: LossFn | None = None,
+        source_fn: LossFns | None = None,
         source_gradient: torch.Tensor | None = None,
     ) -> StepStats:
         """Compute the step's gradient into ``p.grad`` (overwriting) and return measurements.
@@ -150,45 +164,46 @@ class GuidedGradient:
         apply = self.active and step % self.lazy == 0
         if apply and self.hvp == "fd":
             _refuse_fd_under_autocast()
-        loss_fn = Replayed(loss_fn)
-        source_fn = replayed(source_fn)
+        parts = _replayed_parts(loss_fn)
+        source_parts = _replayed_parts(source_fn) if source_fn is not None else None
         if not apply:
             for p in params:
                 p.grad = None
-            loss = loss_fn()
-            loss.backward()
+            loss = _backward_parts(parts)
             g = flat([p.grad for p in params], params).detach()
             if self.reduce is not None:
                 g, loss = self.reduce(g), self.reduce(loss.detach())
                 for p, t in zip(params, unflat(g, params), strict=True):
                     p.grad = t.clone()
-            source = self._source(source_fn, params) if source_fn else source_gradient
+            source = self._source(source_parts, params) if source_parts else source_gradient
             return self._finish(loss.detach(), g, g, params, prior, source, {}, False)
 
         ctx_prior = prior
-        if self.hvp == "exact":
-            loss = loss_fn()
+        grads: Sequence[torch.Tensor | None] = ()
+        if self.hvp == "exact" and len(parts) == 1:  # the graph of g kept for the HVP
+            loss = parts[0]()
             grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             g = flat([x.detach() if x is not None else None for x in grads], params)
         else:
-            loss_d, g = loss_gradient(loss_fn, params)
-            loss = loss_d
+            loss, g = loss_gradient(parts, params)
         if self.reduce is not None:
             g, loss = self.reduce(g), self.reduce(loss.detach())
         if not (torch.isfinite(loss) and torch.isfinite(g).all()):
             return self._nonfinite(loss, g)
-        source = self._source(source_fn, params) if source_fn else source_gradient
+        source = self._source(source_parts, params) if source_parts else source_gradient
         v, v_source, values = self._penalty_vectors(g, PenaltyContext(ctx_prior, source))
         if self.hvp == "exact":
-            hv = self._reduced(exact_hvp(grads, params, v))
+            hv = self._reduced(
+                exact_hvp(grads, params, v) if grads else _exact_hvp(parts, params, v)
+            )
         else:
-            hv = fd_hvp(loss_fn, params, g, v, self.fd_eps, self.reduce)
-        if v_source is not None and source_fn is not None:
-            hv = hv + self._source_hvp(source_fn, params, source, v_source)
+            hv = fd_hvp(parts, params, g, v, self.fd_eps, self.reduce)
+        if v_source is not None and source_parts is not None:
+            hv = hv + self._source_hvp(source_parts, params, source, v_source)
         guided = g + self.lazy * hv
         return self._finish(loss.detach(), g, guided, params, prior, source, values, True)
 
-    def _source(self, source_fn: LossFn, params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
+    def _source(self, source_fn: LossFns, params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
         _, gs = loss_gradient(source_fn, params)
         return self._reduced(gs)
 
@@ -197,15 +212,13 @@ class GuidedGradient:
 
     def _source_hvp(
         self,
-        source_fn: LossFn,
+        source_fn: LossFns,
         params: Sequence[torch.nn.Parameter],
         source: torch.Tensor | None,
         v_source: torch.Tensor,
     ) -> torch.Tensor:
         if self.hvp == "exact":
-            loss = source_fn()
-            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-            return self._reduced(exact_hvp(grads, params, v_source))
+            return self._reduced(_exact_hvp(loss_parts(source_fn), params, v_source))
         assert source is not None
         return fd_hvp(source_fn, params, source, v_source, self.fd_eps, self.reduce)
 
@@ -262,3 +275,32 @@ class GuidedGradient:
             cos_source=cosine(g, source) if finite else None,
             gradient=g if finite else None,
         )
+
+
+def _replayed_parts(loss_fn: LossFns) -> list[LossFn]:
+    """Each closure made to replay its first call's random state (its own dropout masks)."""
+    return [Replayed(fn) if not isinstance(fn, Replayed) else fn for fn in loss_parts(loss_fn)]
+
+
+def _backward_parts(parts: Sequence[LossFn]) -> torch.Tensor:
+    """``loss.backward()`` of each part in turn (``.grad`` accumulates); the summed loss."""
+    total: torch.Tensor | None = None
+    for fn in parts:
+        loss = fn()
+        loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    assert total is not None, "no loss closure"
+    return total
+
+
+def _exact_hvp(
+    parts: Sequence[LossFn], params: Sequence[torch.nn.Parameter], v: torch.Tensor
+) -> torch.Tensor:
+    """H·v of the summed loss, one part's double-backward graph at a time."""
+    hv: torch.Tensor | None = None
+    for fn in parts:
+        grads = torch.autograd.grad(fn(), params, create_graph=True, allow_unused=True)
+        part = exact_hvp(grads, params, v)
+        hv = part if hv is None else hv + part
+    assert hv is not None, "no loss closure"
+    return hv

@@ -19,6 +19,13 @@ import torch
 from gradguide.errors import GradguideError
 
 LossFn = Callable[[], torch.Tensor]
+#: one loss closure, or micro-batches' closures whose sum is the loss (gradguide.objective)
+LossFns = LossFn | Sequence[LossFn]
+
+
+def loss_parts(loss_fn: LossFns) -> list[LossFn]:
+    """The closures whose sum is the loss: ``[loss_fn]`` for a single one."""
+    return [loss_fn] if callable(loss_fn) else list(loss_fn)
 
 
 def flat(tensors: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -96,16 +103,23 @@ def exact_hvp(
 
 
 def loss_gradient(
-    loss_fn: LossFn, params: Sequence[torch.nn.Parameter]
+    loss_fn: LossFns, params: Sequence[torch.nn.Parameter]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loss and its flat gradient over ``params`` (no graph kept)."""
-    loss = loss_fn()
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return loss.detach(), flat(grads, params)
+    """The loss and its flat gradient over ``params`` (no graph kept); micro-batches' closures
+    are differentiated one at a time, so only one graph is ever alive, and summed."""
+    total: torch.Tensor | None = None
+    g: torch.Tensor | None = None
+    for fn in loss_parts(loss_fn):
+        loss = fn()
+        part = flat(torch.autograd.grad(loss, params, allow_unused=True), params)
+        total = loss.detach() if total is None else total + loss.detach()
+        g = part if g is None else g + part
+    assert total is not None and g is not None, "no loss closure"
+    return total, g
 
 
 def fd_hvp(
-    loss_fn: LossFn,
+    loss_fn: LossFns,
     params: Sequence[torch.nn.Parameter],
     g: torch.Tensor,
     v: torch.Tensor,

@@ -183,7 +183,8 @@ class Objective(Protocol):
 
     ``items`` makes the units the loop batches from a k-shot sample (the source task's too),
     ``batch_size`` / ``epochs`` / ``weight_decay`` say how they are trained, ``loss`` is one
-    batch's differentiable loss (the guidance engine may call it more than once per step), and
+    batch's differentiable loss (the guidance engine may call it more than once per step),
+    ``chunks`` splits a batch into micro-batches when one pass would not fit in memory, and
     ``finish`` completes the method after the loop (SetFit fits its head), returning facts for
     the run record.
     """
@@ -199,6 +200,11 @@ class Objective(Protocol):
 
     def loss(self, batch: Sequence[Any]) -> torch.Tensor:
         """The differentiable loss of one batch of units."""
+        ...
+
+    def chunks(self, batch: Sequence[Any]) -> list[list[Any]]:
+        """The batch as micro-batches whose mean losses, weighted by size, make its loss (one
+        chunk unless one pass would not fit in memory)."""
         ...
 
     def finish(self, instances: Sequence[Instance]) -> dict[str, Any]:

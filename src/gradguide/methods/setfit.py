@@ -314,6 +314,10 @@ class SetFitObjective:
         loss: torch.Tensor = self.loss_module(features, labels)
         return loss
 
+    def chunks(self, batch: Sequence[tuple[str, str, float]]) -> list[list[tuple[str, str, float]]]:
+        """One pass: 16 pairs of sentences are far below any memory limit."""
+        return [list(batch)]
+
     @staticmethod
     def _features(body: Any, texts: list[str], device: torch.device) -> dict[str, Any]:
         features = body.preprocess(texts)

@@ -309,7 +309,14 @@ def _keys_of(name: str, stored: Mapping[str, Any], root: Path) -> set[str]:
 
 
 #: settings that say where files go or how often to save, not what the run computes
-_RUN_ONLY = ("out", "cache_dir", "checkpoint_every", "keep_checkpoint", "tensorboard")
+_RUN_ONLY = (
+    "out",
+    "cache_dir",
+    "checkpoint_every",
+    "keep_checkpoint",
+    "micro_batch_tokens",
+    "tensorboard",
+)
 
 
 def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
