@@ -33,20 +33,21 @@ def total_steps(
     return o.steps or (epochs or o.epochs) * math.ceil(n_train / size)
 
 
+def padded_tokens(sizes: Sequence[tuple[int, int]]) -> int:
+    """Padded tokens of one pass over instances of these (rows, longest row) sizes."""
+    return sum(r for r, _ in sizes) * max((n for _, n in sizes), default=0)
+
+
 def micro_batches(sizes: Sequence[tuple[int, int]], budget: int) -> list[list[int]]:
     """Consecutive groups of a batch's positions whose scoring pass stays within ``budget``
     padded tokens (rows summed × the longest row); an instance over it alone forms a group.
     ``budget`` 0: one group."""
     groups: list[list[int]] = []
-    rows = longest = 0
-    for i, (r, n) in enumerate(sizes):
-        if groups and budget and (rows + r) * max(longest, n) > budget:
-            groups.append([])
-            rows = longest = 0
-        if not groups:
+    for i in range(len(sizes)):
+        grown = [sizes[j] for j in groups[-1]] + [sizes[i]] if groups else []
+        if not groups or (budget and padded_tokens(grown) > budget):
             groups.append([])
         groups[-1].append(i)
-        rows, longest = rows + r, max(longest, n)
     return groups
 
 
@@ -84,8 +85,7 @@ class RankObjective:
         sizes = [self._size(x) for x in batch]
         groups = micro_batches(sizes, self.micro_batch_tokens)
         for group in groups:
-            rows = sum(sizes[i][0] for i in group)
-            self._largest = max(self._largest, rows * max(sizes[i][1] for i in group))
+            self._largest = max(self._largest, padded_tokens([sizes[i] for i in group]))
         self._split += len(groups) > 1
         return [[batch[i] for i in group] for group in groups]
 

@@ -268,6 +268,11 @@ def _mean_pool(
     return F.normalize(pooled.float(), dim=-1)
 
 
+def _encoder_limit(tokenizer: Any, options: ScoringOptions) -> int:
+    """Tokens an encoder pass keeps of a text: the option, the tokenizer's and BERT's 512."""
+    return min(options.max_length, int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+
+
 def encoder_scores(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -276,7 +281,7 @@ def encoder_scores(
     options: ScoringOptions,
 ) -> torch.Tensor:
     """Scaled cosine between pooled prompt and pooled completion encodings (differentiable)."""
-    limit = min(options.max_length, int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+    limit = _encoder_limit(tokenizer, options)
     prompts = _mean_pool(model, tokenizer, [prefix + x.prompt for x in instances], limit)
     flat = [c.strip() for x in instances for c in x.candidates]
     completions = _mean_pool(model, tokenizer, flat, limit)
@@ -311,10 +316,9 @@ def pass_size(lm: Any, instance: Instance, options: ScoringOptions) -> tuple[int
     candidate rows (one on the fast path) for a decoder; its prompt and candidates for an
     encoder (which pads them apart: rows × longest is then an upper bound)."""
     if lm.kind == "encoder":
-        limit = min(options.max_length, int(getattr(lm.tokenizer, "model_max_length", 512) or 512))
         texts = [instance.prompt, *(c.strip() for c in instance.candidates)]
         longest = max(len(_token_ids(lm.tokenizer, t, special=True)) for t in texts)
-        return len(texts), min(longest, limit, 512)
+        return len(texts), min(longest, _encoder_limit(lm.tokenizer, options))
     enc = encode_causal(lm.tokenizer, [instance], "", options)
     return len(enc.rows), max(len(r) for r in enc.rows)
 

@@ -100,7 +100,6 @@ class Guide:
         for term in self.loss_terms:
             term.begin_step(step)
         first: dict[str, float] = {}
-        local, share = self._shard(batch)
         # a distributed run would need ∇L reduced across ranks: its terms go unmeasured
         measure = bool(self.loss_terms) and term_share.measured(step) and not self.dist.active
         self.task_gradient = None
@@ -132,8 +131,7 @@ class Guide:
 
             return loss
 
-        chunks = self.objective.chunks(local)
-        return [part(c, share * len(c) / len(local)) for c in chunks], first
+        return [part(c, w) for c, w in self._micro_batches(batch)], first
 
     def summaries(self) -> dict[str, Any]:
         """Each loss term's and transform's run-level facts, by name."""
@@ -150,7 +148,6 @@ class Guide:
         source task)."""
         if self.source_batches is None:
             return None
-        local, share = self._shard(self.source_batches[step])
 
         def part(chunk: list[Any], weight: float) -> LossFn:
             def loss() -> torch.Tensor:
@@ -159,12 +156,14 @@ class Guide:
 
             return loss
 
-        return [part(c, share * len(c) / len(local)) for c in self.objective.chunks(local)]
+        return [part(c, w) for c, w in self._micro_batches(self.source_batches[step])]
 
-    def _shard(self, batch: list[Any]) -> tuple[list[Any], float]:
-        """This rank's part of a global batch and its weight in the batch's mean loss."""
+    def _micro_batches(self, batch: list[Any]) -> list[tuple[list[Any], float]]:
+        """This rank's shard of a global batch in micro-batches, each with its weight in the
+        batch's mean loss (its share of the shard times the shard's share of the batch)."""
         local = self.dist.shard(batch)
-        return local, self.dist.share(len(local), len(batch))
+        share = self.dist.share(len(local), len(batch))
+        return [(c, share * len(c) / len(local)) for c in self.objective.chunks(local)]
 
     def _autocast(self) -> torch.autocast:
         return autocast(self.device, self.bf16)

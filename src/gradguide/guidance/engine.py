@@ -43,7 +43,7 @@ from gradguide.guidance.hvp import (
     unflat,
 )
 from gradguide.guidance.priors import Prior
-from gradguide.guidance.rng import Replayed
+from gradguide.guidance.rng import replayed
 
 LossFn = Callable[[], torch.Tensor]
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -179,7 +179,7 @@ class GuidedGradient:
             return self._finish(loss.detach(), g, g, params, prior, source, {}, False)
 
         ctx_prior = prior
-        grads: Sequence[torch.Tensor | None] = ()
+        grads: Sequence[torch.Tensor | None] | None = None
         if self.hvp == "exact" and len(parts) == 1:  # the graph of g kept for the HVP
             loss = parts[0]()
             grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
@@ -194,7 +194,7 @@ class GuidedGradient:
         v, v_source, values = self._penalty_vectors(g, PenaltyContext(ctx_prior, source))
         if self.hvp == "exact":
             hv = self._reduced(
-                exact_hvp(grads, params, v) if grads else _exact_hvp(parts, params, v)
+                exact_hvp(grads, params, v) if grads is not None else _exact_hvp(parts, params, v)
             )
         else:
             hv = fd_hvp(parts, params, g, v, self.fd_eps, self.reduce)
@@ -279,7 +279,7 @@ class GuidedGradient:
 
 def _replayed_parts(loss_fn: LossFns) -> list[LossFn]:
     """Each closure made to replay its first call's random state (its own dropout masks)."""
-    return [Replayed(fn) if not isinstance(fn, Replayed) else fn for fn in loss_parts(loss_fn)]
+    return [replayed(fn) for fn in loss_parts(loss_fn)]
 
 
 def _backward_parts(parts: Sequence[LossFn]) -> torch.Tensor:

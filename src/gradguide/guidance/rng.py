@@ -11,6 +11,7 @@ every initialised CUDA device.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import overload
 
 import torch
 
@@ -54,6 +55,10 @@ class Replayed:
             set_rng_state(self.after)
 
 
+@overload
+def replayed(fn: LossFn) -> LossFn: ...
+@overload
+def replayed(fn: None) -> None: ...
 def replayed(fn: LossFn | None) -> LossFn | None:
     """``fn`` made to replay its first call's random state (None stays None)."""
     if fn is None or isinstance(fn, Replayed):
