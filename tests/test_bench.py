@@ -643,3 +643,33 @@ def test_a_reduced_preset_says_how_it_was_reduced():
     ]
     elsewhere = {**reduced, "source": "/tmp/my-grid.yaml"}  # not a preset: nothing to compare
     assert departures_from_preset(elsewhere) == []
+
+
+def test_settings_that_change_no_result_change_no_key_and_depart_from_no_preset():
+    """Each of NO_RESULT_FIELDS leaves a run's key alone (switching TensorBoard on re-keyed a run
+    and retrained it) and is no departure of a grid from its preset; a real setting is both."""
+    import dataclasses
+
+    from gradguide.bench.grid import departures_from_preset, load_grid, run_key
+    from gradguide.train_config import NO_RESULT_FIELDS, TrainConfig
+
+    base = TrainConfig(model="tiny-llama", task="demo-sentiment", shots=8)
+    changed = {
+        "out": "elsewhere",
+        "cache_dir": "cache",
+        "device": "cuda:1",
+        "gradient_checkpointing": True,
+        "micro_batch_tokens": 1,
+        "checkpoint_every": 3,
+        "keep_checkpoint": True,
+        "tensorboard": True,
+    }
+    assert set(changed) == set(NO_RESULT_FIELDS)  # a new no-result field gets a value here
+    for name, value in changed.items():
+        assert run_key(dataclasses.replace(base, **{name: value})) == run_key(base), name
+    assert run_key(dataclasses.replace(base, seed=2)) != run_key(base)
+    thrifty = ["base.tensorboard=true", "base.checkpoint_every=10", "base.micro_batch_tokens=0"]
+    assert departures_from_preset(load_grid("ofa", thrifty).to_dict()) == []
+    assert departures_from_preset(load_grid("ofa", ["base.icl_shots=2"]).to_dict()) == [
+        "base.icl_shots 2 (preset: None)"
+    ]

@@ -84,6 +84,21 @@ class GuidanceConfig:
         return term_options(name)
 
 
+#: Fields that say where files live, where and how thriftily a run computes, or how often it saves:
+#: not what it computes. Not part of a run key (gradguide.bench.keys), not a departure from a
+#: preset (gradguide.bench.spec), not a difference between two runs of one cell (gradguide.report).
+NO_RESULT_FIELDS = (
+    "out",
+    "cache_dir",
+    "device",
+    "gradient_checkpointing",
+    "micro_batch_tokens",
+    "checkpoint_every",
+    "keep_checkpoint",
+    "tensorboard",
+)
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """A training run: model × task × k-shot sample × method × seed (plus how to train)."""

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from gradguide.config import to_dict
 from gradguide.guidance import expand_terms, parse_guidance
 from gradguide.guidance.registry import option_specs
 from gradguide.methods import get_method
 from gradguide.methods.base import options_scoped_out
-from gradguide.train_config import TrainConfig
+from gradguide.train_config import NO_RESULT_FIELDS, TrainConfig
 
 KEY_VERSION = "gradguide-bench-1"
 #: Gradient-penalty runs get a revision in their key when a defect changed what they compute, so
@@ -23,18 +24,19 @@ KEY_VERSION = "gradguide-bench-1"
 #: the finite-difference HVP and builds the pretrain prior from training passages (revision-1
 #: runs trained on dropout noise on encoders, or with a prior from BoolQ's evaluation split).
 PENALTY_REVISION = 2
-#: Configuration fields that say where files live or where and how thriftily a run computes, not
-#: what it computes: not part of a run key (a grid resumed on a GPU keeps its CPU runs).
-_NOT_HASHED = ("out", "cache_dir", "device", "gradient_checkpointing", "micro_batch_tokens")
+#: No-result fields that keys hashed before they were known to change nothing: hashed at their
+#: default, so that every stored key stands (the others are left out of the hash)
+_HASHED_AT_DEFAULT: dict[str, Any] = {"checkpoint_every": 0, "tensorboard": False}
 
 
 def run_key(config: TrainConfig) -> str:
     """Stable key of a run: sha256 of its full configuration (minus where files go), 16 hex."""
     data = to_dict(config)
-    for name in _NOT_HASHED:
-        data.pop(name, None)
-    data["checkpoint_every"] = 0  # where checkpoints are taken changes no result
-    data.pop("keep_checkpoint", None)  # nor whether the last one is kept
+    for name in NO_RESULT_FIELDS:  # a grid resumed on a GPU keeps its CPU runs
+        if name in _HASHED_AT_DEFAULT:
+            data[name] = _HASHED_AT_DEFAULT[name]
+        else:
+            data.pop(name, None)
     if not config.cv_folds:  # runs stored before cross-validation existed keep their keys
         data.pop("cv_folds", None)
         data.pop("cv_fold", None)

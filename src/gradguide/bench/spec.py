@@ -24,7 +24,7 @@ from gradguide.errors import GradguideError
 from gradguide.guidance import GUIDANCE
 from gradguide.methods import get_method, list_methods
 from gradguide.tasks import get_task
-from gradguide.train_config import TrainConfig
+from gradguide.train_config import NO_RESULT_FIELDS, TrainConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 #: Methods of the papers that later versions add; named so that a preset using them fails clearly.
@@ -141,10 +141,6 @@ def preset_path(name: str) -> Path:
     return path
 
 
-#: base settings that change no result: where checkpoints go, how a batch is split for memory
-_NO_RESULT = ("checkpoint_every", "keep_checkpoint", "micro_batch_tokens")
-
-
 def departures_from_preset(stored: Mapping[str, Any]) -> list[str]:
     """How a stored grid differs from the preset it was run from (axes and base settings).
 
@@ -169,7 +165,7 @@ def departures_from_preset(stored: Mapping[str, Any]) -> list[str]:
             out.append(f"{axis} {_listed(have)} (preset: {_listed(want)})")
     base, want_base = stored.get("base") or {}, preset.get("base") or {}
     for key in sorted(set(base) | set(want_base)):
-        if key in _NO_RESULT:
+        if key in NO_RESULT_FIELDS:
             continue
         if base.get(key) != want_base.get(key):
             out.append(f"base.{key} {base.get(key)} (preset: {want_base.get(key)})")

@@ -21,6 +21,7 @@ from gradguide.health import finite_curves
 from gradguide.metrics import normalised_loss_auc, steps_to_threshold
 from gradguide.record import RECORD_NAME
 from gradguide.report.majority import majority_of
+from gradguide.train_config import NO_RESULT_FIELDS
 
 Cells = dict[tuple[str, int], float]
 
@@ -308,17 +309,6 @@ def _keys_of(name: str, stored: Mapping[str, Any], root: Path) -> set[str]:
         ) from None
 
 
-#: settings that say where files go or how often to save, not what the run computes
-_RUN_ONLY = (
-    "out",
-    "cache_dir",
-    "checkpoint_every",
-    "keep_checkpoint",
-    "micro_batch_tokens",
-    "tensorboard",
-)
-
-
 def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in config.items():
@@ -350,7 +340,7 @@ def _latest_per_cell(runs: list[RunData]) -> tuple[list[RunData], list[Supersede
         diffs = {
             k: (mine.get(k), theirs.get(k))
             for k in sorted(set(mine) | set(theirs))
-            if mine.get(k) != theirs.get(k) and k not in _RUN_ONLY
+            if mine.get(k) != theirs.get(k) and k not in NO_RESULT_FIELDS
         }
         where = f"{r.model} {r.shots} shots {r.variant} {r.task} seed {r.seed}"
         superseded.append(Superseded(r.key, winner.key, where, diffs))
