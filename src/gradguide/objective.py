@@ -43,11 +43,13 @@ def micro_batches(sizes: Sequence[tuple[int, int]], budget: int) -> list[list[in
     padded tokens (rows summed × the longest row); an instance over it alone forms a group.
     ``budget`` 0: one group."""
     groups: list[list[int]] = []
-    for i in range(len(sizes)):
-        grown = [sizes[j] for j in groups[-1]] + [sizes[i]] if groups else []
-        if not groups or (budget and padded_tokens(grown) > budget):
+    current: list[tuple[int, int]] = []  # the sizes of the last group
+    for i, size in enumerate(sizes):
+        if not groups or (budget and padded_tokens([*current, size]) > budget):
             groups.append([])
+            current = []
         groups[-1].append(i)
+        current.append(size)
     return groups
 
 
