@@ -204,6 +204,19 @@ def test_the_tune_lr_preset_expands_to_every_fold_of_every_rate():
     assert all(r.config.cv_folds == 4 and r.config.eval_limit is None for r in runs)
 
 
+def test_the_tune_steps_preset_tunes_steps_on_held_out_folds_of_both_sizes():
+    runs = expand_grid(load_grid("tune-steps"))
+    folds = Counter(
+        (r.arm, r.config.task, r.config.shots, r.config.seed, r.config.optim.steps) for r in runs
+    )
+    assert set(folds.values()) == {4}
+    steps = {arm: {k[-1] for k in folds if k[0] == arm} for arm in ("lora", "sgg")}
+    assert steps == {"lora": {20, 40, 100}, "sgg": {20, 40}}
+    assert {r.config.shots for r in runs} == {16, 32}
+    assert all(r.config.cv_folds == 4 and r.config.eval_limit is None for r in runs)
+    assert {r.config.optim.lr for r in runs if r.arm == "sgg"} == {1.0e-3}
+
+
 def test_a_setting_whose_runs_fail_the_gradient_check_is_not_chosen():
     rows = [_row("sst2", 1, lr, f, acc) for lr, acc in ((0.1, 0.6), (0.2, 0.9)) for f in (0, 1)]
     fails_at = {0.2}
