@@ -90,6 +90,29 @@ def test_export_merges_and_a_continued_grid_skips_archived_runs(bench, tmp_path)
     assert len(load_bench(merged).runs) == 6
 
 
+def test_two_grids_of_one_name_are_stored_and_exported_as_the_union_of_their_axes(tmp_path):
+    first = {**SPEC, "seeds": [1, 2], "shots": [8]}
+    second = {**SPEC, "seeds": [3], "shots": [16], "tasks": ["sst2"]}
+    with Store(tmp_path / "a") as store:
+        store.save_grid("arch", parse_grid(first, source="arch.yaml").to_dict())
+    with Store(tmp_path / "b") as store:
+        store.save_grid("arch", parse_grid(second, source="arch.yaml").to_dict())
+    with Store(tmp_path / "a") as store:
+        store.save_grid("arch", parse_grid(second, source="arch.yaml").to_dict())
+        (stored,) = store.grids().values()
+    assert (stored["seeds"], stored["shots"]) == ([1, 2, 3], [8, 16])
+    assert stored["tasks"] == ["demo-sentiment", "sst2"]
+    # the archive of two bench directories that each ran part of the grid describes both parts
+    archive = tmp_path / "results"
+    export_results(tmp_path / "b", archive)
+    with Store(tmp_path / "c") as store:
+        store.save_grid("arch", parse_grid(first, source="arch.yaml").to_dict())
+    export_results(tmp_path / "c", archive)
+    (exported,) = json.loads((archive / "grids.json").read_text()).values()
+    assert (exported["seeds"], exported["shots"]) == ([3, 1, 2], [16, 8])
+    assert exported["methods"] == SPEC["methods"]
+
+
 def test_import_into_another_bench_directory_twice_adds_once(bench, tmp_path):
     archive = tmp_path / "results"
     export_results(bench, archive)

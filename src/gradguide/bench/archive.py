@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gradguide.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from gradguide.bench.store import RunRow, Store
+from gradguide.bench.store import RunRow, Store, union_spec
 from gradguide.errors import GradguideError
 from gradguide.record import RECORD_NAME
 
@@ -104,7 +104,10 @@ def export_results(bench_dir: str | Path, dest: str | Path) -> Transfer:
     out.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps(dataclasses.asdict(r), sort_keys=True) for r in merged]
     write_text_atomic(out / ROWS_NAME, "".join(line + "\n" for line in lines))
-    write_json_atomic(out / GRIDS_NAME, {**read_grids(out), **grids})
+    known = read_grids(out)
+    for name, spec in grids.items():
+        known[name] = union_spec(known[name], spec) if name in known else spec
+    write_json_atomic(out / GRIDS_NAME, known)
     return Transfer(added=len(added), present=len(rows) - len(added), files=files)
 
 

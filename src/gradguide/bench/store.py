@@ -141,6 +141,22 @@ def row_from_record(
     )
 
 
+#: The axes of a stored grid spec: two grids of one name ran the union of theirs.
+SPEC_AXES = ("models", "tasks", "methods", "shots", "seeds", "sweep")
+
+
+def union_spec(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Two stored specs of one grid name as one: the union of their axes and sweep blocks (old
+    order first), the other fields the newer one's. Replacing the old spec instead would make
+    the report describe every run of that name by the last, reduced invocation."""
+    out = dict(new)
+    for axis in SPEC_AXES:
+        a, b = old.get(axis), new.get(axis)
+        if isinstance(a, list) and isinstance(b, list):
+            out[axis] = a + [x for x in b if x not in a]
+    return out
+
+
 class Store:
     """The SQLite results database of one bench directory (created on first use)."""
 
@@ -232,8 +248,12 @@ class Store:
             )
 
     def save_grid(self, name: str, spec: dict[str, Any]) -> None:
-        """Remember the grid spec that wrote into this directory (latest version per name)."""
+        """Remember the grid spec that wrote into this directory; a second grid of the same name
+        (a reduced rerun: other tasks, shots or seeds) widens the stored one (``union_spec``)."""
         with self._transaction() as c:
+            row = c.execute("SELECT spec FROM grids WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                spec = union_spec(json.loads(row[0]), spec)
             c.execute(
                 "INSERT INTO grids (name, spec, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, "
