@@ -106,7 +106,7 @@ def export_results(bench_dir: str | Path, dest: str | Path) -> Transfer:
     write_text_atomic(out / ROWS_NAME, "".join(line + "\n" for line in lines))
     known = read_grids(out)
     for name, spec in grids.items():
-        known[name] = union_spec(known[name], spec) if name in known else spec
+        known[name] = union_spec(known.get(name), spec)
     write_json_atomic(out / GRIDS_NAME, known)
     return Transfer(added=len(added), present=len(rows) - len(added), files=files)
 

@@ -145,10 +145,13 @@ def row_from_record(
 SPEC_AXES = ("models", "tasks", "methods", "shots", "seeds", "sweep")
 
 
-def union_spec(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """Two stored specs of one grid name as one: the union of their axes and sweep blocks (old
-    order first), the other fields the newer one's. Replacing the old spec instead would make
-    the report describe every run of that name by the last, reduced invocation."""
+def union_spec(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """Two stored specs of one grid name as one (``new`` alone when nothing was stored): the
+    union of their axes and sweep blocks (old order first), the other fields the newer one's.
+    Replacing the old spec instead would make the report describe every run of that name by the
+    last, reduced invocation."""
+    if old is None:
+        return new
     out = dict(new)
     for axis in SPEC_AXES:
         a, b = old.get(axis), new.get(axis)
@@ -252,8 +255,7 @@ class Store:
         (a reduced rerun: other tasks, shots or seeds) widens the stored one (``union_spec``)."""
         with self._transaction() as c:
             row = c.execute("SELECT spec FROM grids WHERE name = ?", (name,)).fetchone()
-            if row is not None:
-                spec = union_spec(json.loads(row[0]), spec)
+            spec = union_spec(json.loads(row[0]) if row else None, spec)
             c.execute(
                 "INSERT INTO grids (name, spec, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, "
