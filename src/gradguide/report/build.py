@@ -24,6 +24,7 @@ from gradguide.report.domains import domains_section
 from gradguide.report.dynamics import dynamics_section
 from gradguide.report.failures import failures_section
 from gradguide.report.overview import overview_section
+from gradguide.report.peers import peers_section
 from gradguide.report.per_layer import per_layer_section
 from gradguide.report.provenance import provenance_section, relative_paths
 from gradguide.report.render import FIGURES_DIR, Block, Figure, Paragraph, to_html, to_markdown
@@ -68,6 +69,7 @@ def build_report(data: BenchData, limits: Limits | None = None) -> tuple[str, li
     overview_section(doc, data)
     claims_section(doc, results)
     results_section(doc, data, sanity)
+    peers_section(doc, data)
     comparisons_section(doc, data)
     sample_size_section(doc, data)
     domains_section(doc, data)
