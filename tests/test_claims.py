@@ -381,6 +381,23 @@ def test_sgg_on_setfit_claim(guided, verdict):
     assert none.status == NOT_TESTABLE and none.where == "all runs"
 
 
+def test_a_claim_names_only_the_runs_on_the_tasks_it_was_decided_on():
+    """The runs a versus-claim cites (and a sanity failure withholds it for) are those on the
+    tasks both arms ran: an sgg+setfit run on a task SetFit never ran is not among them."""
+    rng = random.Random(3)
+    runs = [
+        run(arm, task, seed, acc + jitter(rng))
+        for seed in SEEDS
+        for task in TASKS
+        for arm, acc in (("setfit", 0.65), ("sgg+setfit", 0.70))
+        if not (arm == "setfit" and task == "emo")
+    ]
+    c = status(setfit_claim(bench(runs)), SETFIT_CLAIM)
+    assert c.status == REPRODUCED, c.evidence
+    assert c.runs and not any("-emo-" in k for k in c.runs)
+    assert len(c.runs) == 2 * 2 * len(SEEDS)
+
+
 def test_each_weight_of_sgg_on_setfit_gets_its_own_verdict():
     """A swept variant (guidance.lambda_dir=0.03) is judged apart from the default weights, with
     its own runs: pooled, a failing default could hide behind a working variant or the reverse."""

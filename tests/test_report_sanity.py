@@ -4,6 +4,7 @@ alignments, the opening a reader sees first, provenance without absolute paths, 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import random
@@ -173,6 +174,48 @@ def test_a_run_200x_off_is_flagged_and_the_claims_it_feeds_get_no_verdict():
 def test_a_ratio_far_below_one_fails_too():
     data = archive({("rte", 1): {"ratio": 0.05}})
     assert check(data).failures()["sgg-rte-1"].checks[0] == RATIO
+
+
+def test_a_failed_run_on_a_task_the_claim_never_averaged_does_not_withhold_it():
+    """Table 1 averages the tasks SGG and every baseline ran: an SGG run on a task only SGG ran
+    (wic here) is not evidence for it, so its failure must not withhold the verdict, while the
+    claim it does feed (the loss curves, all of SGG's runs) is still withheld."""
+    data = archive()
+    rng = random.Random(5)
+    extra = [guided_run("sgg", "wic", s, rng, ratio=200.0 if s == 2 else 1.03) for s in SEEDS]
+    data = BenchData(data.bench_dir, [*data.runs, *extra], {}, [], [])
+    assert "sgg-wic-2" in check(data).failures()
+    verdict, evidence = status(data, ACCURACY)
+    assert verdict == REPRODUCED, evidence
+    assert status(data, LOSS)[0] == FAILED_SANITY
+
+
+def test_the_sample_size_claim_is_withheld_only_by_runs_on_its_curve():
+    """Figure 2 averages the tasks SGG ran at every number of shots: a failed SGG run at 32
+    shots on a task of another grid (rte) is not on the curve and must not withhold it."""
+    rng = random.Random(6)
+    curve = {16: 0.60, 32: 0.64, 64: 0.67, 128: 0.76, 256: 0.78, 512: 0.784}
+    runs = [
+        dataclasses.replace(
+            r, key=f"{r.key}-{k}", shots=k, metrics={"accuracy": acc + 0.004 * rng.random()}
+        )
+        for k, acc in curve.items()
+        for s in SEEDS
+        for r in [guided_run("sgg", "sst2", s, rng)]
+    ]
+    bad = guided_run("sgg", "rte", 1, rng, ratio=200.0)
+    claim = "Accuracy rises monotonically with shots, most from 64 to 128, plateau beyond 256"
+
+    def verdict(runs: list[RunData]) -> str:
+        (found,) = [
+            c for c in evaluate_claims(BenchData(Path("r"), runs, {}, [], [])) if c.claim == claim
+        ]
+        return found.status
+
+    assert verdict(runs) == REPRODUCED
+    assert verdict([*runs, bad]) == REPRODUCED
+    on_curve = dataclasses.replace(runs[0], curves=bad.curves)
+    assert verdict([on_curve, *runs[1:]]) == FAILED_SANITY
 
 
 def test_recorded_share_and_clip_scale_are_used_before_the_norms():

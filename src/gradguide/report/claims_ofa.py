@@ -107,7 +107,7 @@ def _claim(
     out = []
     for cond in arm_conditions(conditions(data.runs), OFA):
         j = versus(cond, OFA, baselines, measure, rule=rule, per_task=per_task)
-        runs = run_keys(cond, (OFA, *baselines))
+        runs = run_keys(cond, (OFA, *baselines), j.tasks)
         out.append(
             ClaimResult(
                 claim, paper, cond.title, j.status, j.evidence, j.headline, runs, measure.name

@@ -126,7 +126,8 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
     for cond in conds:
         variants = cond.variants()
         baselines = [b for b in PAPER_BASELINES if b in variants]
-        runs = run_keys(cond, [SGG, *baselines])
+        tasks = cond.common_tasks([SGG, *baselines])
+        runs = run_keys(cond, [SGG, *baselines], tasks)
         if not cond.cells(SGG, metric):
             why = f"no sgg run records {metric}"
             out.append(
@@ -139,7 +140,6 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
                 ClaimResult(claim, paper, cond.title, NOT_TESTABLE, why, runs=runs, measure=metric)
             )
             continue
-        tasks = cond.common_tasks([SGG, *baselines])
         means = [
             f"{v} {fmt_interval(average(cond, v, metric, tasks), percent=percent)}"
             for v in [SGG, *baselines]
@@ -274,7 +274,7 @@ def sample_size_claim(data: BenchData) -> list[ClaimResult]:
             f"sgg accuracy averaged over {', '.join(tasks)} (mean ± 95% interval over seeds): "
             f"{curve}. " + "; ".join(notes)
         )
-        keys = tuple(r.key for r in runs)
+        keys = tuple(r.key for r in runs if r.task in tasks and r.shots in shots)
         top = _gain_headline(seeds[shots[0]], seeds[shots[-1]], shots[0], shots[-1])
         out.append(ClaimResult(claim, paper, model, status, evidence, top, keys, METRIC))
     if not out:
@@ -402,7 +402,7 @@ def setfit_claim(data: BenchData) -> list[ClaimResult]:
                     walls.append(f"{arm} {sum(times) / len(times):.0f} s ({len(times)} runs)")
             if walls:
                 evidence += ". Mean wall time per run: " + ", ".join(walls)
-            runs = run_keys(cond, (variant, SETFIT))
+            runs = run_keys(cond, (variant, SETFIT), j.tasks)
             swept = cond.runs_of(variant)[0].settings_label
             where = f"{cond.title}; {swept}" if swept else cond.title
             out.append(

@@ -86,7 +86,7 @@ def _claims(
             evidence = j.evidence
             if steps and cond.runs_of(LORA):
                 evidence += ". " + _steps_evidence(cond, arm)
-            runs = run_keys(cond, (arm, LORA))
+            runs = run_keys(cond, (arm, LORA), j.tasks)
             out.append(
                 ClaimResult(
                     claim, paper, cond.title, j.status, evidence, j.headline, runs, measure.name

@@ -67,6 +67,8 @@ class Judgement(NamedTuple):
     status: str
     evidence: str
     headline: str
+    #: the tasks it was decided on (empty: none; then every run of the arms counts)
+    tasks: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +240,7 @@ def versus(
         parts.append(_per_task(arm, own, others, tasks, measure))
     if few:
         parts.append("too few matched pairs against " + ", ".join(few))
-    return Judgement(status, ". ".join(parts + notes), headline(testable, measure))
+    return Judgement(status, ". ".join(parts + notes), headline(testable, measure), tuple(tasks))
 
 
 def headline(comparisons: Mapping[str, PairedComparison], measure: Measure) -> str:
@@ -254,10 +256,14 @@ def headline(comparisons: Mapping[str, PairedComparison], measure: Measure) -> s
     )
 
 
-def run_keys(cond: Condition, variants: Iterable[str]) -> tuple[str, ...]:
-    """The keys of the runs of ``variants`` in one condition (what a claim was decided from)."""
-    wanted = set(variants)
-    return tuple(r.key for r in cond.runs if r.variant in wanted)
+def run_keys(
+    cond: Condition, variants: Iterable[str], tasks: Iterable[str] = ()
+) -> tuple[str, ...]:
+    """The keys of the runs of ``variants`` in one condition on ``tasks`` (all tasks when none
+    are named): what a claim was decided from, so a sanity failure on a task it never averaged
+    does not withhold it."""
+    wanted, on = set(variants), set(tasks)
+    return tuple(r.key for r in cond.runs if r.variant in wanted and (not on or r.task in on))
 
 
 def _seeds(seeds: Iterable[int]) -> str:
