@@ -190,6 +190,39 @@ def test_a_tuning_grid_runs_chooses_and_stays_out_of_the_results(tmp_path, capsy
     assert "| chosen |" in section and "lr=0.05" in section and "lr=0.0001" in section
 
 
+def test_tune_of_one_grid_counts_the_runs_another_grid_finished_for_it(tmp_path, capsys):
+    """A second tuning grid that shares a candidate with a first reuses its runs (same keys,
+    stored under the first grid's name and swept settings): ``tune --grid`` must still weigh
+    that candidate, named by the second grid's settings."""
+
+    def grid(name: str, optim: dict[str, float], sweep: dict[str, list[float]]) -> None:
+        spec = parse_grid(
+            {
+                "name": name,
+                "models": ["tiny-llama"],
+                "tasks": ["demo-sentiment"],
+                "methods": ["lora"],
+                "shots": [8],
+                "seeds": [1],
+                "base": {"cv_folds": 2, "optim": {"batch_size": 4, **optim}},
+                "sweep": [{**sweep, "cv_fold": [0, 1]}],
+            }
+        )
+        run_grid(spec, out, workers=0, show_progress=False)
+
+    out = tmp_path / "bench"
+    grid("first", {"lr": 5e-2}, {"optim.steps": [2, 3]})
+    grid("second", {"steps": 2}, {"optim.lr": [5e-2, 1e-2]})
+    with Store(out, create=False) as store:
+        assert Counter(r.grid for r in store.runs()) == {"first": 4, "second": 2}
+    assert main(["tune", str(out), "--grid", "second"]) == 0
+    printed = capsys.readouterr().out
+    candidates = [line.split()[0] for line in printed.splitlines() if line.startswith("  optim.")]
+    assert candidates == ["optim.lr=0.05", "optim.lr=0.01"], printed
+    assert main(["tune", str(out), "--grid", "third"]) == 2
+    assert "no grid 'third' is stored here" in capsys.readouterr().err
+
+
 def test_tune_without_tuning_runs_says_so(tmp_path, capsys):
     with Store(tmp_path):
         pass

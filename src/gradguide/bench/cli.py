@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -189,13 +190,18 @@ def add_tune_parser(sub: Any) -> argparse.ArgumentParser:
 def cmd_tune(a: argparse.Namespace) -> int:
     """Print the choice of every tuning grid stored in a bench directory."""
     from gradguide.bench.archive import ensure_store
+    from gradguide.bench.grid import stored_grid_runs
     from gradguide.bench.store import Store
     from gradguide.bench.tune import choice_lines, choose, record_check
 
     root = Path(a.bench_dir)
     ensure_store(root)
     with Store(root, create=False) as store:
-        rows = [r for r in store.runs() if a.grid is None or r.grid == a.grid]
+        rows = store.runs()
+        if a.grid is not None:
+            # its own runs and those another grid finished for it, named by its own settings
+            wanted = stored_grid_runs(a.grid, store.grids(), root)
+            rows = [dataclasses.replace(r, settings=wanted[r.key]) for r in rows if r.key in wanted]
     choices = choose(rows, a.metric, record_check(root))
     if not choices:
         raise GradguideError(

@@ -36,6 +36,8 @@ names are importable from here as well.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from gradguide.bench.checks import DataCheck, check_data, check_guidance, check_models
@@ -140,3 +142,24 @@ def expand_grid(spec: GridSpec) -> list[GridRun]:
 def grid_keys(spec: GridSpec) -> set[str]:
     """The run keys a grid asks for, including runs another grid already finished for it."""
     return {run.key for run in expand_grid(spec)}
+
+
+def stored_grid_runs(name: str, stored: Mapping[str, Any], root: Path) -> dict[str, dict[str, Any]]:
+    """Run key → swept settings of the stored grid ``name`` (a store's ``grids()``) as this
+    version of gradguide expands it: its own runs and those another grid had already finished
+    for it (stored with that grid's settings)."""
+    if name not in stored:
+        known = ", ".join(stored) or "none"
+        raise GradguideError(f"no grid {name!r} is stored here (stored: {known})", file=root)
+    try:
+        return {run.key: run.settings for run in expand_grid(spec_from_stored(stored[name]))}
+    except GradguideError as e:
+        raise GradguideError(
+            f"the stored grid {name!r} no longer expands ({e}); use the whole directory",
+            file=root,
+        ) from None
+
+
+def stored_grid_keys(name: str, stored: Mapping[str, Any], root: Path) -> set[str]:
+    """The run keys of the stored grid ``name`` (``stored_grid_runs``)."""
+    return set(stored_grid_runs(name, stored, root))

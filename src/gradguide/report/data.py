@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gradguide.bench.archive import ensure_store
-from gradguide.bench.grid import grid_keys
+from gradguide.bench.grid import grid_keys, stored_grid_keys
 from gradguide.bench.spec import spec_from_stored
 from gradguide.bench.store import Failure, RunRow, Store
 from gradguide.bench.tune import is_cv_row
@@ -264,7 +264,7 @@ def load_bench(bench_dir: str | Path, grids: Sequence[str] | None = None) -> Ben
         failures = store.failures()
     keys: dict[str, set[str]] = {}
     if grids:  # the failures kept are those the named grids ask for: none is stale
-        keys = {name: _keys_of(name, stored, root) for name in grids}
+        keys = {name: stored_grid_keys(name, stored, root) for name in grids}
         wanted = set().union(*keys.values())
         rows = [r for r in rows if r.key in wanted]
         failures = [f for f in failures if f.key in wanted]
@@ -293,20 +293,6 @@ def _drop_stale_failures(
         return failures, 0
     kept = [f for f in failures if f.key in asked]
     return kept, len({f.key for f in failures}) - len({f.key for f in kept})
-
-
-def _keys_of(name: str, stored: Mapping[str, Any], root: Path) -> set[str]:
-    """The run keys of the stored grid ``name`` as this version of gradguide expands it."""
-    if name not in stored:
-        known = ", ".join(stored) or "none"
-        raise GradguideError(f"no grid {name!r} is stored here (stored: {known})", file=root)
-    try:
-        return grid_keys(spec_from_stored(stored[name]))
-    except GradguideError as e:
-        raise GradguideError(
-            f"the stored grid {name!r} no longer expands ({e}); report the whole directory",
-            file=root,
-        ) from None
 
 
 def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
