@@ -17,6 +17,7 @@ from gradguide.bench.tune import choice_lines, choose
 from gradguide.cli import main
 from gradguide.errors import GradguideError
 from gradguide.report.data import load_bench
+from gradguide.report.render import Table
 from gradguide.tasks.base import Instance
 from gradguide.train import OptimConfig, train
 from gradguide.train_config import validate
@@ -221,6 +222,17 @@ def test_tune_of_one_grid_counts_the_runs_another_grid_finished_for_it(tmp_path,
     assert candidates == ["optim.lr=0.05", "optim.lr=0.01"], printed
     assert main(["tune", str(out), "--grid", "third"]) == 2
     assert "no grid 'third' is stored here" in capsys.readouterr().err
+    # the report makes one choice per tuning grid: a step count is not ranked against a rate
+    from gradguide.report.build import build_report
+
+    _, blocks = build_report(load_bench(out))
+    (table,) = [b for b in blocks if isinstance(b, Table) and b.header[0] == "tuning grid"]
+    assert [(r[0], r[2]) for r in table.rows] == [
+        ("first", "optim.steps=2"),
+        ("first", "optim.steps=3"),
+        ("second", "optim.lr=0.05"),
+        ("second", "optim.lr=0.01"),
+    ]
 
 
 def test_tune_without_tuning_runs_says_so(tmp_path, capsys):

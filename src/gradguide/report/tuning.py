@@ -2,25 +2,61 @@
 
 from __future__ import annotations
 
-from gradguide.bench.tune import choose, record_check
+import dataclasses
+
+from gradguide.bench.grid import stored_grid_runs
+from gradguide.bench.store import RunRow
+from gradguide.bench.tune import Choice, choose, record_check
 from gradguide.errors import GradguideError
 from gradguide.report.data import BenchData
 from gradguide.report.doc import Doc
 from gradguide.report.render import Heading, Paragraph, Table
 
 
+def tuning_grids(data: BenchData) -> dict[str, list[RunRow]]:
+    """Per stored grid, the cross-validation runs it asks for (its own and those another grid
+    finished for it), named by its own swept settings: each tuning grid is one choice, so the
+    candidates of two grids (learning rates, step counts) are never ranked against each other."""
+    out: dict[str, list[RunRow]] = {}
+    for name in data.grids:
+        try:
+            wanted = stored_grid_runs(name, data.grids, data.bench_dir)
+        except GradguideError:  # a spec this version no longer expands: the rows it stored
+            mine = [r for r in data.tuning if r.grid == name]
+        else:
+            mine = [
+                dataclasses.replace(r, settings=wanted[r.key])
+                for r in data.tuning
+                if r.key in wanted
+            ]
+        if mine:
+            out[name] = mine
+    claimed = {r.key for rows in out.values() for r in rows}
+    for r in data.tuning:  # rows of a grid the store does not describe
+        if r.key not in claimed:
+            out.setdefault(r.grid, []).append(r)
+    return out
+
+
 def tuning_section(doc: Doc, data: BenchData) -> None:
-    """One row per candidate: its mean held-out accuracy, the chosen one marked."""
+    """One row per candidate of each tuning grid: its mean held-out accuracy, the chosen one
+    marked."""
     if not data.tuning:
         return
     doc.add(Heading("Settings chosen on the k shots"))
-    try:
-        choices = choose(data.tuning, failed=record_check(data.bench_dir))
-    except GradguideError as e:
-        doc.add(Paragraph(f"{len(data.tuning)} cross-validation runs, no choice yet: {e}."))
+    failed = record_check(data.bench_dir)
+    choices: list[tuple[str, Choice]] = []
+    for name, rows_of_grid in tuning_grids(data).items():
+        try:
+            choices += [(name, ch) for ch in choose(rows_of_grid, failed=failed)]
+        except GradguideError as e:
+            doc.add(
+                Paragraph(f"{name}: {len(rows_of_grid)} cross-validation runs, no choice yet: {e}.")
+            )
+    if not choices:
         return
     rows = []
-    for ch in choices:
+    for grid, ch in choices:
         margin = ch.margin()
         for c in ch.candidates:
             chosen = c is ch.best
@@ -32,6 +68,7 @@ def tuning_section(doc: Doc, data: BenchData) -> None:
                 versus = f"{diff * 100:+.1f} pp vs {other.label()}, higher in {won} of {n} cells"
             rows.append(
                 (
+                    grid,
                     f"{ch.model} {ch.method} k={ch.shots}",
                     c.label(),
                     f"{c.mean * 100:.1f}",
@@ -43,9 +80,10 @@ def tuning_section(doc: Doc, data: BenchData) -> None:
     doc.add(
         Table(
             (
+                "tuning grid",
                 "model, method",
                 "setting",
-                f"held-out {choices[0].metric} (%)",
+                f"held-out {choices[0][1].metric} (%)",
                 "cells",
                 "",
                 "margin",
@@ -53,7 +91,9 @@ def tuning_section(doc: Doc, data: BenchData) -> None:
             tuple(rows),
             caption="Cross-validation on each seed's k shots (`gradguide tune`): every run trains "
             "on all folds but one and scores the held-out fold; a setting's score is its mean over "
-            "the folds, then over the (task, seed) cells every candidate completed; a setting with "
+            "the folds, then over the (task, seed) cells every candidate completed, one choice per "
+            "tuning grid (a run another grid finished for it counts, under its settings); a "
+            "setting with "
             "runs that fail the gradient check is not chosen. These runs "
             "are kept out of every result above: no evaluation set chose a setting.",
         )
