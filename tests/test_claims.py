@@ -21,7 +21,7 @@ from gradguide.report.claims import (
     evaluate_claims,
 )
 from gradguide.report.claims_ofa import evaluate as ofa_claims
-from gradguide.report.claims_sgg import loss_claim, setfit_claim, table1_claim
+from gradguide.report.claims_sgg import loss_claim, sample_size_claim, setfit_claim, table1_claim
 from gradguide.report.claims_spectral import evaluate as spectral_claims
 from gradguide.report.data import BenchData, RunData
 from gradguide.report.render import BulletList, Heading
@@ -396,6 +396,25 @@ def test_a_claim_names_only_the_runs_on_the_tasks_it_was_decided_on():
     assert c.status == REPRODUCED, c.evidence
     assert c.runs and not any("-emo-" in k for k in c.runs)
     assert len(c.runs) == 2 * 2 * len(SEEDS)
+
+
+def test_a_task_with_fewer_seeds_at_one_shot_count_stays_out_of_the_curve():
+    """A grid still running (trec at 32 shots: seed 1 of 3) must not turn a shot count's
+    average into its one seed: the curve averages the tasks every seed ran at every count."""
+    runs = []
+    for shots, acc in ((16, 0.60), (32, 0.70)):
+        for seed in (1, 2, 3):
+            for task in ("sst2", "trec"):
+                if task == "trec" and shots == 32 and seed > 1:
+                    continue
+                r = run("sgg", task, seed, acc + 0.01 * seed - (0.2 if task == "trec" else 0))
+                runs.append(dataclasses.replace(r, shots=shots, key=f"{r.key}-{shots}"))
+    (c,) = sample_size_claim(bench(runs))
+    assert "averaged over sst2 (" in c.evidence, c.evidence
+    assert "32: 72.0 ± " in c.evidence  # sst2 over seeds 1-3, not trec's single seed
+    doc_runs = [r for r in runs if r.task == "sst2"]
+    (alone,) = sample_size_claim(bench(doc_runs))
+    assert alone.evidence == c.evidence
 
 
 def test_each_weight_of_sgg_on_setfit_gets_its_own_verdict():

@@ -170,6 +170,26 @@ def _why_unmeasured(runs: Sequence[RunData]) -> str:
     return "; ".join(notes) if notes else "not recorded"
 
 
+def curve_tasks(runs: Sequence[RunData]) -> list[str]:
+    """The tasks a curve over shot counts averages: those run at every shot count with every seed
+    the arm ran there. A task with fewer seeds at one count (a grid still running) would leave
+    that count's average to those seeds alone; without such a task the rule falls back to the
+    tasks run at every count."""
+    shots = sorted({r.shots for r in runs})
+    tasks = [
+        t
+        for t in dict.fromkeys(r.task for r in runs)
+        if all(any(r.task == t and r.shots == k for r in runs) for k in shots)
+    ]
+    seeds = {k: {r.seed for r in runs if r.shots == k and r.task in tasks} for k in shots}
+    full = [
+        t
+        for t in tasks
+        if all({r.seed for r in runs if r.shots == k and r.task == t} == seeds[k] for k in shots)
+    ]
+    return full or tasks
+
+
 def conditions(runs: Iterable[RunData]) -> list[Condition]:
     """Runs grouped by (model, shots), in model then shots order."""
     groups: dict[tuple[str, int], list[RunData]] = {}

@@ -41,6 +41,7 @@ from gradguide.report.analysis import (
     average,
     compare,
     conditions,
+    curve_tasks,
     fmt_diff,
     fmt_interval,
     fmt_p,
@@ -217,11 +218,7 @@ def sample_size_claim(data: BenchData) -> list[ClaimResult]:
         if len(shots) < 2:
             continue
         by_shots = {k: [r for r in runs if r.shots == k] for k in shots}
-        tasks = [
-            t
-            for t in dict.fromkeys(r.task for r in runs)
-            if all(any(r.task == t for r in by_shots[k]) for k in shots)
-        ]
+        tasks = curve_tasks(runs)
         seeds = {k: _seed_averages(by_shots[k], tasks) for k in shots}
         shots = [k for k in shots if seeds[k]]
         if len(shots) < 2:

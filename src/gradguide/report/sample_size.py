@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gradguide.bench.stats import Interval, across_tasks
 from gradguide.report import figures
-from gradguide.report.analysis import METRIC, fmt_interval, half_width
+from gradguide.report.analysis import METRIC, curve_tasks, fmt_interval, half_width
 from gradguide.report.data import BenchData, RunData, cells
 from gradguide.report.doc import Doc
 from gradguide.report.render import Heading, Table
@@ -23,11 +23,7 @@ def sample_size_section(doc: Doc, data: BenchData) -> None:
             shots = sorted({r.shots for r in vr})
             if len(shots) < 2:
                 continue
-            tasks = [
-                t
-                for t in dict.fromkeys(r.task for r in vr)
-                if all(any(r.task == t and r.shots == k for r in vr) for k in shots)
-            ]
+            tasks = curve_tasks(vr)
             points = {}
             for k in shots:
                 iv = across_tasks(cells([r for r in vr if r.shots == k], METRIC), tasks)
