@@ -262,6 +262,20 @@ def test_the_tune_steps_preset_tunes_steps_on_held_out_folds_of_both_sizes():
     assert {r.config.optim.lr for r in runs if r.arm == "sgg"} == {1.0e-3}
 
 
+def test_the_tune_sgg_weights_preset_ties_the_two_weights_and_reuses_the_step_grids_runs():
+    runs = expand_grid(load_grid("tune-sgg-weights"))
+    g = [r.config.guidance for r in runs]
+    assert {(x.lambda_dir, x.lambda_mag) for x in g} == {(0.1, 0.1), (0.03, 0.03), (0.01, 0.01)}
+    folds = Counter(
+        (r.config.task, r.config.shots, r.config.seed, r.config.guidance.lambda_dir) for r in runs
+    )
+    assert len(folds) == 2 * 2 * 3 * 3 and set(folds.values()) == {4}
+    # the default weights at 40 steps are tune-steps' runs: same keys, so they are not re-run
+    steps = {r.key for r in expand_grid(load_grid("tune-steps")) if r.config.optim.steps == 40}
+    default = {r.key for r in runs if r.config.guidance.lambda_dir == 0.1}
+    assert default <= steps and len(default) == 48
+
+
 def test_a_setting_whose_runs_fail_the_gradient_check_is_not_chosen():
     rows = [_row("sst2", 1, lr, f, acc) for lr, acc in ((0.1, 0.6), (0.2, 0.9)) for f in (0, 1)]
     fails_at = {0.2}
