@@ -24,6 +24,7 @@ from gradguide.report.cli import main as report_main
 from gradguide.report.data import BenchData, RunData, load_bench
 from gradguide.report.render import (
     Block,
+    BulletList,
     Figure,
     Heading,
     Paragraph,
@@ -347,6 +348,28 @@ def test_the_report_opens_with_the_verdicts_and_the_figure_against_lora():
     assert row[4] == (
         f"{100 * c.mean_diff:+.1f} pp [{100 * c.bootstrap.low:+.1f} pp, "
         f"{100 * c.bootstrap.high:+.1f} pp] vs prompt"
+    )
+
+
+def test_the_verdicts_say_which_grids_were_reduced_from_their_presets():
+    from gradguide.bench.spec import PRESETS_DIR, load_grid
+
+    spec = load_grid("sgg-table1").to_dict()
+    spec.update(
+        name="g",
+        source=str(PRESETS_DIR / "sgg-table1.yaml"),
+        tasks=["rte", "cb"],
+        seeds=[3, 2, 1],  # reordered, not reduced
+    )
+    spec["base"] = {**spec["base"], "eval_limit": 300}
+    data = archive()
+    data = BenchData(data.bench_dir, data.runs, {"g": spec}, [], [])
+    _, blocks = build_report(data)
+    part = section(blocks, "Verdicts")
+    (cuts,) = [b for b in part if isinstance(b, BulletList)]
+    assert cuts.items == (
+        "g: tasks rte, cb (preset: boolq, cb, copa, multirc, rte, wic); "
+        "base.eval_limit 300 (preset: 500)",
     )
 
 

@@ -161,7 +161,7 @@ def departures_from_preset(stored: Mapping[str, Any]) -> list[str]:
     out = [] if source.stem == name else [f"named {name} (preset {source.stem})"]
     for axis in ("models", "tasks", "methods", "shots", "seeds"):
         have, want = stored.get(axis), preset.get(axis)
-        if have != want:
+        if _as_set(have) != _as_set(want):  # the order of an axis only orders the runs
             out.append(f"{axis} {_listed(have)} (preset: {_listed(want)})")
     base, want_base = stored.get("base") or {}, preset.get("base") or {}
     for key in sorted(set(base) | set(want_base)):
@@ -170,6 +170,10 @@ def departures_from_preset(stored: Mapping[str, Any]) -> list[str]:
         if base.get(key) != want_base.get(key):
             out.append(f"base.{key} {base.get(key)} (preset: {want_base.get(key)})")
     return out
+
+
+def _as_set(value: Any) -> Any:
+    return frozenset(map(str, value)) if isinstance(value, list) else value
 
 
 def _listed(value: Any) -> str:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from gradguide.bench.spec import departures_from_preset
 from gradguide.bench.stats import mean_ci
 from gradguide.report import figures
 from gradguide.report.analysis import METRIC, Condition, conditions
 from gradguide.report.claims import Paper
 from gradguide.report.data import BenchData
 from gradguide.report.doc import Doc
-from gradguide.report.render import Heading, Paragraph, Table
+from gradguide.report.render import BulletList, Heading, Paragraph, Table
 from gradguide.report.sanity import Sanity
 from gradguide.report.verdict import ClaimResult
 
@@ -50,7 +51,32 @@ def summary_section(
             badge_column=3,
         )
     )
+    cuts = reductions(data, [r for _, claims in results for r in claims])
+    if cuts:
+        doc.add(
+            Paragraph(
+                "Grids these verdicts rest on that were reduced from their presets to fit this "
+                "machine (Provenance, at the end, lists every grid):"
+            )
+        )
+        doc.add(BulletList(tuple(cuts)))
     _versus_lora(doc, data, sanity)
+
+
+def reductions(data: BenchData, claims: Sequence[ClaimResult]) -> list[str]:
+    """For each grid some claim's runs came from, how it departs from its preset's axes and base
+    settings (its name aside): what was reduced, as the issue's rule asks a report to say."""
+    keys = {k for c in claims for k in c.runs}
+    grids = dict.fromkeys(r.grid for r in data.runs if r.key in keys)
+    out = []
+    for name in grids:
+        spec = data.grids.get(name)
+        if not spec:
+            continue
+        cut = [d for d in departures_from_preset(spec) if not d.startswith("named ")]
+        if cut:
+            out.append(f"{name}: " + "; ".join(cut))
+    return out
 
 
 def _differences(cond: Condition, variant: str, task: str) -> list[float]:
