@@ -319,6 +319,24 @@ def test_a_stored_grid_expands_to_the_keys_it_ran():
         spec_from_stored(stored)
 
 
+def test_the_minilm_table1_arms_measure_alignment_against_sggs_prior():
+    """On the encoder SGG's prior is ema:0.9; every trained baseline measures against it too (a
+    cosine against another prior is another quantity), while the runs it does not touch, SGG's
+    and the untrained arms', keep the archive's keys."""
+    runs = expand_grid(load_grid("sgg-table1-minilm", ["tasks=[cb,copa,rte,wic]"]))
+    trained = [r for r in runs if r.arm not in ("zero-shot", "icl")]
+    assert {r.arm for r in trained} == {"full", "adapter", "lora", "prompt", "sgg"}
+    assert {r.config.guidance.prior for r in trained} == {"ema:0.9"}
+    rows = Path(__file__).resolve().parents[1] / "results" / "rows.jsonl"
+    archived = {
+        json.loads(line)["key"]
+        for line in rows.read_text().splitlines()
+        if '"sgg-table1-minilm"' in line
+    }
+    kept = {r.key for r in runs if r.arm in ("zero-shot", "icl", "sgg")}
+    assert len(kept) == 60 and kept <= archived
+
+
 def test_dry_run_estimates_learn_from_stored_runs():
     from gradguide.bench.estimate import Calibration, estimate_config_seconds
     from gradguide.bench.grid import DataCheck
