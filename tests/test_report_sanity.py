@@ -43,7 +43,7 @@ from gradguide.report.sanity import (
     Limits,
     check,
 )
-from gradguide.report.verdict import FAILED_SANITY, NOT_REPRODUCED, REPRODUCED
+from gradguide.report.verdict import FAILED_SANITY, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED
 
 TASKS = ("rte", "cb")
 SEEDS = (1, 2, 3)
@@ -299,6 +299,31 @@ def test_alignments_against_different_priors_fail_only_the_alignment_claim():
     assert sanity.failures("directional_alignment")["lora-cb-1"].checks == (PRIORS,)
     verdict, evidence = status(data, ALIGN)
     assert verdict == FAILED_SANITY and PRIORS in evidence
+    assert status(data, ACCURACY)[0] == REPRODUCED
+
+
+def test_each_condition_keeps_its_own_verdict_and_reason():
+    """At 32 shots the arms' alignments clash (a sanity failure); at 16 the baselines measured
+    none (not testable, for want of pairs). Each condition is its own row with its own reason:
+    one merged row once lent the 32-shot failure to the 16-shot condition and kept one reason."""
+    clash = archive({(t, s): {"prior": "ema:0.9"} for t in TASKS for s in SEEDS})
+    unmeasured = [
+        dataclasses.replace(
+            r,
+            key=f"{r.key}-16",
+            shots=16,
+            dynamics={k: v for k, v in r.dynamics.items() if k != "directional_alignment"}
+            if r.method != "sgg"
+            else r.dynamics,
+        )
+        for r in archive().runs
+    ]
+    data = BenchData(Path("results"), [*clash.runs, *unmeasured], {}, [], [])
+    rows = {c.where: c for c in evaluate_claims(data) if c.claim == ALIGN}
+    assert set(rows) == {"tiny, 16 shots", WHERE}
+    assert rows[WHERE].status == FAILED_SANITY and PRIORS in rows[WHERE].evidence
+    sixteen = rows["tiny, 16 shots"]
+    assert sixteen.status == NOT_TESTABLE and "too few matched pairs" in sixteen.evidence
     assert status(data, ACCURACY)[0] == REPRODUCED
 
 

@@ -192,14 +192,9 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
         out.append(
             ClaimResult(claim, paper, cond.title, status, ". ".join(parts), top, runs, metric)
         )
-    decided = [c for c in out if c.status != NOT_TESTABLE]
-    if decided or len(out) < 2:
-        return decided or out
-    where = "; ".join(c.where for c in out)
-    runs = tuple(k for c in out for k in c.runs)
-    return [
-        ClaimResult(claim, paper, where, NOT_TESTABLE, out[0].evidence, runs=runs, measure=metric)
-    ]
+    # every condition with a baseline keeps its own row and reason: merged, one condition's
+    # sanity failure would mark the others and all but the first reason would be lost
+    return out
 
 
 def _seed_averages(runs: Sequence[RunData], tasks: Sequence[str]) -> dict[int, float]:
