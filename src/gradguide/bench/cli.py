@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -190,7 +189,7 @@ def add_tune_parser(sub: Any) -> argparse.ArgumentParser:
 def cmd_tune(a: argparse.Namespace) -> int:
     """Print the choice of every tuning grid stored in a bench directory."""
     from gradguide.bench.archive import ensure_store
-    from gradguide.bench.grid import stored_grid_runs
+    from gradguide.bench.grid import stored_grid_rows
     from gradguide.bench.store import Store
     from gradguide.bench.tune import choice_lines, choose, record_check
 
@@ -199,9 +198,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
     with Store(root, create=False) as store:
         rows = store.runs()
         if a.grid is not None:
-            # its own runs and those another grid finished for it, named by its own settings
-            wanted = stored_grid_runs(a.grid, store.grids(), root)
-            rows = [dataclasses.replace(r, settings=wanted[r.key]) for r in rows if r.key in wanted]
+            rows = stored_grid_rows(rows, a.grid, store.grids(), root)
     choices = choose(rows, a.metric, record_check(root))
     if not choices:
         raise GradguideError(

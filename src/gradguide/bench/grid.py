@@ -35,8 +35,9 @@ names are importable from here as well.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ from gradguide.bench.spec import (
     setting_type,
     spec_from_stored,
 )
+from gradguide.bench.store import RunRow
 from gradguide.config import from_dict, merge, nest
 from gradguide.errors import GradguideError
 from gradguide.train_config import TrainConfig, validate
@@ -85,6 +87,10 @@ __all__ = [
     "run_key",
     "setting_type",
     "spec_from_stored",
+    "stored_grid_keys",
+    "stored_grid_rows",
+    "stored_grid_runs",
+    "sweeps_cv_fold",
 ]
 
 
@@ -163,3 +169,17 @@ def stored_grid_runs(name: str, stored: Mapping[str, Any], root: Path) -> dict[s
 def stored_grid_keys(name: str, stored: Mapping[str, Any], root: Path) -> set[str]:
     """The run keys of the stored grid ``name`` (``stored_grid_runs``)."""
     return set(stored_grid_runs(name, stored, root))
+
+
+def stored_grid_rows(
+    rows: Iterable[RunRow], name: str, stored: Mapping[str, Any], root: Path
+) -> list[RunRow]:
+    """The stored rows the grid ``name`` asks for (its own and those another grid finished for
+    it), each named by this grid's swept settings rather than those of the grid that ran it."""
+    wanted = stored_grid_runs(name, stored, root)
+    return [dataclasses.replace(r, settings=wanted[r.key]) for r in rows if r.key in wanted]
+
+
+def sweeps_cv_fold(stored: Mapping[str, Any]) -> bool:
+    """Whether a stored grid spec is a tuning grid: one of its sweep blocks sweeps ``cv_fold``."""
+    return any("cv_fold" in (block.get("values") or {}) for block in stored.get("sweep") or [])

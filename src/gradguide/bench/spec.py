@@ -141,14 +141,15 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def departures_from_preset(stored: Mapping[str, Any]) -> list[str]:
+def departures_from_preset(stored: Mapping[str, Any], *, name: bool = True) -> list[str]:
     """How a stored grid differs from the preset it was run from (axes and base settings).
 
     Grids are often reduced to fit a machine (fewer tasks, ``eval_limit``): a report must say so.
-    Empty when the grid is not a preset's (another name or source) or matches it.
+    Empty when the grid is not a preset's (another name or source) or matches it. ``name``: also
+    say when it ran under another name than its preset's (a renaming, not a reduction).
     """
     source = Path(str(stored.get("source") or ""))
-    name = str(stored.get("name") or "")
+    grid = str(stored.get("name") or "")
     # a preset of any checkout (the grid may have run from another tree), read from this one
     if source.parent.parts[-3:] != ("gradguide", "bench", "presets"):
         return []
@@ -158,7 +159,8 @@ def departures_from_preset(stored: Mapping[str, Any]) -> list[str]:
         preset = load_grid(source.stem).to_dict()
     except GradguideError:
         return []
-    out = [] if source.stem == name else [f"named {name} (preset {source.stem})"]
+    renamed = name and source.stem != grid
+    out = [f"named {grid} (preset {source.stem})"] if renamed else []
     for axis in ("models", "tasks", "methods", "shots", "seeds"):
         have, want = stored.get(axis), preset.get(axis)
         if _as_set(have) != _as_set(want):  # the order of an axis only orders the runs

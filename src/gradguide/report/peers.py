@@ -46,11 +46,11 @@ def difference(arm: dict[Cell, float], setfit: dict[Cell, float]) -> Interval:
     return mean_ci([arm[k] - setfit[k] for k in setfit])
 
 
-def _cell(arm: dict[Cell, float], setfit: dict[Cell, float], is_setfit: bool) -> str:
+def _cell(arm: dict[Cell, float], d: Interval | None) -> str:
+    """The arm's mean and, unless it is SetFit (``d`` None), its difference from SetFit."""
     mean = f"{100 * statistics.fmean(arm.values()):.1f}"
-    if is_setfit:
+    if d is None:
         return mean
-    d = difference(arm, setfit)
     if d.n < 2 or not math.isfinite(d.half_width):
         return f"{mean} ({100 * d.mean:+.1f})"
     return f"{mean} ({100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}])"
@@ -96,12 +96,12 @@ def peers_section(doc: Doc, data: BenchData) -> None:
         series: dict[str, list[tuple[float, float, float | None]]] = {}
         for cond, keys, arms, partial in rows:
             tasks = sorted({t for t, _ in keys})
-            setfit = arms[SETFIT]
+            diffs = {v: difference(arms[v], arms[SETFIT]) for v in arms if v != SETFIT}
             accuracy.append(
                 (
                     str(cond.shots),
                     f"{len(keys)} ({len(tasks)} task{'s' if len(tasks) != 1 else ''})",
-                    *(_cell(arms[v], setfit, v == SETFIT) if v in arms else "—" for v in columns),
+                    *(_cell(arms[v], diffs.get(v)) if v in arms else "—" for v in columns),
                 )
             )
             walls.append(
@@ -110,12 +110,10 @@ def peers_section(doc: Doc, data: BenchData) -> None:
                     *(_median_wall(cond, v, keys) if v in arms else "—" for v in columns),
                 )
             )
-            for v in columns[1:]:
-                if v in arms:
-                    d = difference(arms[v], setfit)
-                    series.setdefault(v, []).append(
-                        (float(cond.shots), 100 * d.mean, half_width(d, 100))
-                    )
+            for v, d in diffs.items():
+                series.setdefault(v, []).append(
+                    (float(cond.shots), 100 * d.mean, half_width(d, 100))
+                )
             left_out += [
                 f"{v} at {cond.shots} shots ({n} of {len(keys)})" for v, n in partial.items()
             ]

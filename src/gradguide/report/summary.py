@@ -73,7 +73,7 @@ def reductions(data: BenchData, claims: Sequence[ClaimResult]) -> list[str]:
         spec = data.grids.get(name)
         if not spec:
             continue
-        cut = [d for d in departures_from_preset(spec) if not d.startswith("named ")]
+        cut = departures_from_preset(spec, name=False)
         if cut:
             out.append(f"{name}: " + "; ".join(cut))
     return out

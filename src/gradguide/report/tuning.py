@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-from gradguide.bench.grid import stored_grid_runs
+from gradguide.bench.grid import stored_grid_rows, sweeps_cv_fold
 from gradguide.bench.store import RunRow
 from gradguide.bench.tune import Choice, choose, record_check
 from gradguide.errors import GradguideError
@@ -14,21 +12,18 @@ from gradguide.report.render import Heading, Paragraph, Table
 
 
 def tuning_grids(data: BenchData) -> dict[str, list[RunRow]]:
-    """Per stored grid, the cross-validation runs it asks for (its own and those another grid
-    finished for it), named by its own swept settings: each tuning grid is one choice, so the
-    candidates of two grids (learning rates, step counts) are never ranked against each other."""
+    """Per stored tuning grid, the cross-validation runs it asks for (its own and those another
+    grid finished for it), named by its own swept settings: each tuning grid is one choice, so
+    the candidates of two grids (learning rates, step counts) are never ranked against each
+    other."""
     out: dict[str, list[RunRow]] = {}
-    for name in data.grids:
+    for name, spec in data.grids.items():
+        if not sweeps_cv_fold(spec):
+            continue
         try:
-            wanted = stored_grid_runs(name, data.grids, data.bench_dir)
+            mine = stored_grid_rows(data.tuning, name, data.grids, data.bench_dir)
         except GradguideError:  # a spec this version no longer expands: the rows it stored
             mine = [r for r in data.tuning if r.grid == name]
-        else:
-            mine = [
-                dataclasses.replace(r, settings=wanted[r.key])
-                for r in data.tuning
-                if r.key in wanted
-            ]
         if mine:
             out[name] = mine
     claimed = {r.key for rows in out.values() for r in rows}
