@@ -301,3 +301,32 @@ def test_the_gradient_check_is_read_from_each_runs_record(tmp_path):
     assert not failed(row)
     (run / "record.json").write_text(json.dumps({"gradient_check": {"failed": ["the penalty"]}}))
     assert failed(row)
+
+
+def test_the_smollm2_sgg_weight_preset_is_table_ones_sgg_arm_on_held_out_folds():
+    runs = expand_grid(load_grid("tune-sgg-weights-smollm2"))
+    table1 = {
+        r.config.task: r.config
+        for r in expand_grid(load_grid("sgg-table1"))
+        if r.config.guidance.use == "sgg" and r.config.seed == 1
+    }
+    assert {r.config.task for r in runs} == {"rte", "copa", "wic", "cb"}
+    cells = Counter((r.config.task, r.config.guidance.lambda_dir) for r in runs)
+    assert set(cells.values()) == {2} and {w for _, w in cells} == {0.03, 0.01}
+    for r in runs:
+        c = r.config
+        assert c.guidance.use == "sgg" and c.guidance.lambda_mag == c.guidance.lambda_dir
+        assert c.cv_folds == 2
+        # everything but the weights and the fold is what Table 1's sgg run trains with
+        same = dataclasses.replace(
+            table1[c.task],
+            guidance=dataclasses.replace(
+                table1[c.task].guidance,
+                lambda_dir=c.guidance.lambda_dir,
+                lambda_mag=c.guidance.lambda_mag,
+            ),
+            cv_folds=c.cv_folds,
+            cv_fold=c.cv_fold,
+            eval_limit=None,
+        )
+        assert c == same
