@@ -47,10 +47,12 @@ def demo() -> list[Instance]:
     return get_task(TASK).load("train")
 
 
-def tiny_setfit(seed: int = 0, attn: str | None = None) -> tuple[SetFitAdapted, object]:
-    lm = load_model("tiny-bert", seed=seed, attn_implementation=attn)
+def tiny_setfit(
+    seed: int = 0, attn: str | None = None, model: str = "tiny-bert", **options
+) -> tuple[SetFitAdapted, object]:
+    lm = load_model(model, seed=seed, attn_implementation=attn)
     method = get_method("setfit")
-    adapted = method.apply(lm, MethodOptions())
+    adapted = method.apply(lm, MethodOptions(**options))
     assert isinstance(adapted, SetFitAdapted)
     return adapted, method.objective(adapted)
 
@@ -60,8 +62,13 @@ def config(tmp_path, **kw) -> TrainConfig:
     return TrainConfig(**{**base, "out": str(tmp_path), **kw})
 
 
-def test_setfit_trains_saves_reloads_and_predicts(tmp_path):
-    result = train(config(tmp_path), show_progress=False)
+#: an encoder, and a decoder whose base model's hidden states SetFit pools
+MODELS = ["tiny-bert", "tiny-llama"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_setfit_trains_saves_reloads_and_predicts(tmp_path, model):
+    result = train(config(tmp_path, model=model), show_progress=False)
     rec = result.record
     pairs = pair_count(balanced_counts(8, 2), MethodOptions())
     assert rec["objective"]["name"] == "setfit-contrastive"
@@ -70,11 +77,12 @@ def test_setfit_trains_saves_reloads_and_predicts(tmp_path):
     assert rec["objective"]["classes"] == [0, 1]
     assert rec["config"]["method_options"]["setfit_batch_size"] == 16  # settings recorded
     # the body really trained: its weights moved away from the fresh model's
-    fresh = load_model("tiny-bert", seed=1)
+    fresh = load_model(model, seed=1)
     moved = [
         n
         for n, p in fresh.model.named_parameters()
-        if not torch.equal(p, result.adapted.trainable[n].detach())
+        if n in result.adapted.trainable
+        and not torch.equal(p, result.adapted.trainable[n].detach())
     ]
     assert moved
     adapter = result.run_dir / "adapter"
@@ -155,9 +163,10 @@ def test_predictor_scores_are_the_heads_log_probabilities(demo):
 
 
 def test_refusals(tmp_path, capsys):
-    with pytest.raises(GradguideError, match="decoder") as err:
-        validate(config(tmp_path, model="tiny-llama"))
-    assert err.value.field == "model"
+    validate(config(tmp_path, model="tiny-llama"))  # a decoder serves SetFit as well
+    with pytest.raises(GradguideError) as err:
+        validate(config(tmp_path, method_options=MethodOptions(setfit_pooling="median")))
+    assert err.value.field == "method_options.setfit_pooling"
     bad = config(tmp_path, method_options=MethodOptions(setfit_sampling="most"))
     with pytest.raises(GradguideError) as err:
         validate(bad)
@@ -175,6 +184,8 @@ def test_other_methods_run_keys_ignore_setfit_options(tmp_path):
     assert run_key(lora) == run_key(lora5)
     own5 = config(tmp_path, method_options=MethodOptions(setfit_epochs=5))
     assert run_key(config(tmp_path)) != run_key(own5)
+    mean = config(tmp_path, method_options=MethodOptions(setfit_pooling="mean"))
+    assert run_key(config(tmp_path)) != run_key(mean)  # the default stays out of stored keys
 
 
 def test_compare_setfit_with_and_without_sgg_on_the_same_samples(tmp_path):
@@ -246,9 +257,10 @@ def reference(loss_fn, source_fn, params, prior):
     return flat(torch.autograd.grad(total, params), params)
 
 
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_guided_contrastive_gradient_matches_autograd(demo, mode):
-    adapted, objective = tiny_setfit(attn="eager")
+def test_guided_contrastive_gradient_matches_autograd(demo, mode, model):
+    adapted, objective = tiny_setfit(attn="eager", model=model)
     adapted.model.train(mode == "train")
     pairs = objective.items(demo[:6])
     target, source = pairs[:8], pairs[8:16]
@@ -336,6 +348,29 @@ def test_the_sentence_encoder_is_built_on_the_models_device(monkeypatch):
 
     monkeypatch.setattr(sentence_transformers, "SentenceTransformer", Spy)
     lm = load_model("tiny-bert")
-    body = sentence_encoder(lm)
+    body = sentence_encoder(lm, MethodOptions())
     assert seen == [str(next(lm.model.parameters()).device)]
     assert body.device == next(lm.model.parameters()).device
+
+
+@pytest.mark.parametrize("pooling", ["default", "mean"])
+def test_a_decoders_embedding_pools_its_base_models_token_states(demo, pooling):
+    """The body embeds with the decoder's own weights: its base model's last hidden states,
+    pooled as asked (ST's default for Llama: the last real token), no LM head."""
+    adapted, _ = tiny_setfit(model="tiny-llama", setfit_pooling=pooling)
+    lm = adapted.model
+    texts = [x.text for x in demo[:3]]
+    tok = adapted.body[0].tokenizer
+    got = adapted.body.encode(texts, convert_to_tensor=True, normalize_embeddings=False)
+    with torch.no_grad():
+        lm.eval()
+        for text, row in zip(texts, got, strict=True):
+            ids = tok(text, return_tensors="pt")
+            states = lm.model(**ids).last_hidden_state[0]
+            want = states[-1] if pooling == "default" else states.mean(0)
+            if adapted.body[-1].__class__.__name__ == "Normalize":
+                want = want / want.norm()
+            assert torch.allclose(row, want, atol=1e-5), pooling
+    assert not any("lm_head" in n for n in adapted.trainable)
+    head = dict(lm.named_parameters()).get("lm_head.weight")
+    assert head is None or not head.requires_grad  # tied (not listed) or frozen

@@ -27,6 +27,8 @@ PENALTY_REVISION = 2
 #: No-result fields that keys hashed before they were known to change nothing: hashed at their
 #: default, so that every stored key stands (the others are left out of the hash)
 _HASHED_AT_DEFAULT: dict[str, Any] = {"checkpoint_every": 0, "tensorboard": False}
+#: A method's options added after its runs were stored: left out of the key at their default
+_NEW_METHOD_OPTIONS: dict[str, Any] = {"setfit_pooling": "default"}
 
 
 def run_key(config: TrainConfig) -> str:
@@ -51,6 +53,9 @@ def run_key(config: TrainConfig) -> str:
         data["guidance"]["use"] = ""
     for name in options_scoped_out(config.method):  # another method's options (setfit_*)
         data["method_options"].pop(name, None)
+    for name, default in _NEW_METHOD_OPTIONS.items():
+        if data["method_options"].get(name) == default:
+            data["method_options"].pop(name)
     if not config.layer_diagnostics:  # the diagnostics when off change nothing
         data.pop("layer_diagnostics", None)
     in_use = expand_terms(parse_guidance(config.guidance.use or default_use))

@@ -24,7 +24,11 @@ fields, as a SetFit user passes them) or ``prompt`` (gradguide's prompt template
 
 Saved as the body's weights (``trainable.safetensors``, as full fine-tuning) plus the head's
 coefficients (``head.safetensors``); no pickle is written or read (SetFit's own
-``save_pretrained`` pickles the head with joblib). Encoders only: a decoder is refused.
+``save_pretrained`` pickles the head with joblib).
+
+A decoder LM serves SetFit too: its base model (the transformer without the LM head) is the body's
+transformer and its hidden states are pooled (``setfit_pooling``: sentence-transformers' choice for
+the architecture by default, last-token for Llama; or mean, cls, ...). Measured in docs/setfit.md.
 
 The gap to gradguide's own encoder recipe (scoring by the cosine between the prompt and each
 label word) is documented in docs/setfit.md.
@@ -62,6 +66,8 @@ BODY_NAME = "trainable.safetensors"
 SAMPLINGS = ("oversampling", "undersampling", "unique")
 HEADS = ("logistic",)
 INPUTS = ("text", "prompt")
+#: "default": the model directory's pooling, else sentence-transformers' choice for the architecture
+POOLINGS = ("default", "mean", "lasttoken", "cls", "max", "weightedmean", "mean_sqrt_len_tokens")
 #: SetFit 1.x's body learning rate (TrainingArguments.body_learning_rate[0])
 SETFIT_LR = 2e-5
 
@@ -70,7 +76,7 @@ SETFIT_LR = 2e-5
 class SetFitOptions:
     """SetFit's settings (``method_options.setfit_*``), SetFit 1.x's defaults: pairs per example
     and polarity (0 = its "oversampling"), pair batches, passes over the pairs, weight decay, the
-    head, the encoder's input."""
+    head, the encoder's input, how token states are pooled into the embedding."""
 
     setfit_iterations: int = 0
     setfit_sampling: str = "oversampling"
@@ -79,6 +85,7 @@ class SetFitOptions:
     setfit_weight_decay: float = 0.01
     setfit_head: str = "logistic"
     setfit_input: str = "text"
+    setfit_pooling: str = "default"
 
 
 def check_options(options: MethodOptions) -> None:
@@ -92,21 +99,12 @@ def check_options(options: MethodOptions) -> None:
         (o.setfit_weight_decay >= 0, "setfit_weight_decay", "must be >= 0"),
         (o.setfit_head in HEADS, "setfit_head", f"must be one of {HEADS}"),
         (o.setfit_input in INPUTS, "setfit_input", f"must be one of {INPUTS}"),
+        (o.setfit_pooling in POOLINGS, "setfit_pooling", f"must be one of {POOLINGS}"),
     ]
     for ok, name, message in checks:
         if not ok:
             value = getattr(o, name)
             raise GradguideError(f"{message}, got {value!r}", field=f"method_options.{name}")
-
-
-def check_model_kind(kind: str | None, model: str) -> None:
-    """SetFit embeds with a sentence encoder: a decoder LM is refused (None: not known yet)."""
-    if kind == "causal":
-        raise GradguideError(
-            f"setfit trains a sentence encoder and {model} is a decoder LM; use an encoder "
-            "(minilm-l6, tiny-bert or a local sentence-transformers directory)",
-            field="model",
-        )
 
 
 def pair_count(class_counts: Sequence[int], options: MethodOptions) -> int:
@@ -169,7 +167,7 @@ def _import_setfit() -> Any:
     return setfit
 
 
-def sentence_encoder(lm: LoadedModel) -> Any:
+def sentence_encoder(lm: LoadedModel, options: MethodOptions) -> Any:
     """A SentenceTransformer whose transformer is ``lm.model`` itself (its weights are trained).
 
     The modules (pooling, normalisation, maximum length) come from the model's directory when it
@@ -181,7 +179,6 @@ def sentence_encoder(lm: LoadedModel) -> Any:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules.transformer import Transformer
 
-    check_model_kind(lm.kind, lm.name)
     device = str(next(lm.model.parameters()).device)
     source = str(lm.info.get("source") or "")
     with tempfile.TemporaryDirectory(prefix="gradguide-setfit-") as tmp, _quiet():
@@ -202,8 +199,41 @@ def sentence_encoder(lm: LoadedModel) -> Any:
         raise GradguideError(
             f"the sentence-transformers model in {path} does not start with a Transformer module"
         )
-    first.model = lm.model  # one set of weights: gradguide's model is the body's transformer
+    # one set of weights: gradguide's model (a decoder's base model) is the body's transformer
+    first.model = embedding_model(lm)
+    tokenizer = first.tokenizer
+    if tokenizer.pad_token is None:  # a decoder's tokenizer often has none; batches need one
+        if tokenizer.eos_token is None:
+            raise GradguideError(
+                f"{lm.name}'s tokenizer has neither a pad nor an end-of-sequence token to pad "
+                "SetFit's batches with",
+                field="model",
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    set_pooling(body, options.setfit_pooling)
     return body
+
+
+def embedding_model(lm: LoadedModel) -> torch.nn.Module:
+    """The module whose token states SetFit pools: an encoder itself, a decoder's base model."""
+    if lm.kind == "causal":
+        base: torch.nn.Module = lm.model.base_model  # type: ignore[assignment]
+        return base
+    return lm.model
+
+
+def set_pooling(body: Any, mode: str) -> None:
+    """Replace the body's pooling module by one of ``mode`` ("default" keeps the body's own)."""
+    if mode == "default":
+        return
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    for i, module in enumerate(body):
+        if isinstance(module, Pooling):
+            dim = module.get_embedding_dimension()
+            body[i] = Pooling(dim, pooling_mode=mode, include_prompt=module.include_prompt)
+            return
+    raise GradguideError(f"this sentence encoder has no pooling module to set to {mode!r}")
 
 
 class SetFitPredictor:
@@ -379,21 +409,22 @@ class SetFit:
         return pairs, options.setfit_batch_size, options.setfit_epochs
 
     def validate_run(self, model_kind: str | None, model: str, options: MethodOptions) -> None:
-        """Refuse what cannot run before anything loads: bad settings, a decoder."""
+        """Refuse what cannot run before anything loads: bad settings."""
         check_options(options)
-        check_model_kind(model_kind, model)
 
     def apply(self, lm: LoadedModel, options: MethodOptions) -> SetFitAdapted:
-        """Wrap ``lm.model`` as a SetFit model (body + unfitted head); every body weight trains."""
+        """Wrap ``lm.model`` as a SetFit model (body + unfitted head); every weight the body
+        uses trains (a decoder's LM head only where it is tied to the embeddings)."""
         check_options(options)
         setfit = _import_setfit()
         from sklearn.linear_model import LogisticRegression
 
-        body = sentence_encoder(lm)
+        body = sentence_encoder(lm, options)
         with _quiet():
             model = setfit.SetFitModel(model_body=body, model_head=LogisticRegression())
+        used = {id(p) for p in embedding_model(lm).parameters()}
         for param in lm.model.parameters():
-            param.requires_grad_(True)
+            param.requires_grad_(id(param) in used)
         trainable = {n: p for n, p in lm.model.named_parameters() if p.requires_grad}
         return SetFitAdapted(
             model=lm.model,
