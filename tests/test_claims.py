@@ -439,3 +439,29 @@ def test_each_weight_of_sgg_on_setfit_gets_its_own_verdict():
     assert swept.status == REPRODUCED, swept.evidence
     assert all(k.endswith("-1") or k.startswith("setfit") for k in swept.runs)
     assert len(results) == 2
+
+
+def test_each_weight_of_sgg_in_table1_gets_its_own_verdict():
+    """A weight chosen on the k shots (a swept variant) is judged against the baselines apart
+    from the default weights, on its own runs: dropped, the tuned arm would never get a verdict;
+    pooled, a failing default could hide behind it or the reverse."""
+    rng = random.Random(4)
+    runs = []
+    for seed in SEEDS:
+        for i, task in enumerate(TASKS):
+            for arm, acc, settings in (
+                ("sgg", 0.55, {}),
+                ("sgg", 0.75, {"guidance.lambda_dir": 0.01}),
+                *((b, 0.60, {}) for b in ("full", "adapter", "lora", "prompt")),
+            ):
+                r = run(arm, task, seed, acc + 0.03 * i + jitter(rng))
+                runs.append(
+                    dataclasses.replace(r, settings=settings, key=f"{r.key}-{len(settings)}")
+                )
+    results = table1_claim(bench(runs), "accuracy", "accuracy")
+    assert [c.where for c in results] == [WHERE, f"{WHERE}; guidance.lambda_dir=0.01"]
+    default, swept = results
+    assert default.status == NOT_REPRODUCED, default.evidence
+    assert swept.status == REPRODUCED, swept.evidence
+    assert "sgg [guidance.lambda_dir=0.01] 77.9" in swept.evidence, swept.evidence
+    assert not any(k.startswith("sgg-") and k.endswith("-0") for k in swept.runs)

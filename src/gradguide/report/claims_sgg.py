@@ -98,7 +98,13 @@ ACCURACY = Measure(METRIC, metric_value(METRIC), percent=True)
 
 
 def _sgg_conditions(data: BenchData) -> list[Condition]:
-    return [c for c in conditions(data.runs) if SGG in c.variants()]
+    return [c for c in conditions(data.runs) if sgg_variants(c)]
+
+
+def sgg_variants(cond: Condition) -> list[str]:
+    """The SGG arms of ``cond``: the default weights, then each swept setting (a weight chosen
+    on the k shots runs as one), each judged apart: pooled, one could hide the other."""
+    return [v for v in cond.variants() if cond.runs_of(v)[0].method == SGG]
 
 
 def _paper_range(metric: str, percent: bool) -> str:
@@ -124,36 +130,38 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
     conds = with_baselines or conds[:1]
     out = []
     measure = Measure(metric, metric_value(metric), percent=percent)
-    for cond in conds:
+    for cond, sgg in ((c, v) for c in conds for v in sgg_variants(c)):
         variants = cond.variants()
         baselines = [b for b in PAPER_BASELINES if b in variants]
-        tasks = cond.common_tasks([SGG, *baselines])
-        runs = run_keys(cond, [SGG, *baselines], tasks)
-        if not cond.cells(SGG, metric):
+        tasks = cond.common_tasks([sgg, *baselines])
+        runs = run_keys(cond, [sgg, *baselines], tasks)
+        swept = cond.runs_of(sgg)[0].settings_label
+        where = f"{cond.title}; {swept}" if swept else cond.title
+        if not cond.cells(sgg, metric):
             why = f"no sgg run records {metric}"
             out.append(
-                ClaimResult(claim, paper, cond.title, NOT_TESTABLE, why, runs=runs, measure=metric)
+                ClaimResult(claim, paper, where, NOT_TESTABLE, why, runs=runs, measure=metric)
             )
             continue
         if not baselines:
             why = "no run of " + ", ".join(PAPER_BASELINES) + " to compare with"
             out.append(
-                ClaimResult(claim, paper, cond.title, NOT_TESTABLE, why, runs=runs, measure=metric)
+                ClaimResult(claim, paper, where, NOT_TESTABLE, why, runs=runs, measure=metric)
             )
             continue
         means = [
             f"{v} {fmt_interval(average(cond, v, metric, tasks), percent=percent)}"
-            for v in [SGG, *baselines]
+            for v in [sgg, *baselines]
         ]
         # alignments measured against different priors are different quantities
-        sgg_priors = cond.priors(SGG)
+        sgg_priors = cond.priors(sgg)
         other_prior = [
             b
             for b in baselines
             if metric == ALIGNMENT and cond.priors(b) not in (set(), sgg_priors)
         ]
         comparisons: list[tuple[str, Comparison | None]] = [
-            (b, None if b in other_prior else compare(cond, SGG, b, metric, tasks))
+            (b, None if b in other_prior else compare(cond, sgg, b, metric, tasks))
             for b in baselines
         ]
         testable = [(b, c) for b, c in comparisons if c is not None and c.result.n >= 2]
@@ -189,9 +197,7 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
         if missing:
             parts.append("not run: " + ", ".join(missing))
         top = headline({b: c.result for b, c in testable if c is not None}, measure)
-        out.append(
-            ClaimResult(claim, paper, cond.title, status, ". ".join(parts), top, runs, metric)
-        )
+        out.append(ClaimResult(claim, paper, where, status, ". ".join(parts), top, runs, metric))
     # every condition with a baseline keeps its own row and reason: merged, one condition's
     # sanity failure would mark the others and all but the first reason would be lost
     return out
