@@ -292,3 +292,23 @@ def test_default_threshold_leaves_short_shared_parts_alone(lm) -> None:
     cached = score_dataset(lm, xs, "", ScoringOptions())
     assert cached.shared_prefixes == 0
     assert score_dataset(lm, xs, "", ScoringOptions(prefix_min_tokens=2)).shared_prefixes == 1
+
+
+def test_a_peft_wrapped_model_gets_its_cache_under_the_current_name(lm) -> None:
+    """PEFT's forward takes ``**kwargs``: the cache must still go in as ``cache`` (transformers
+    5.x), not as the deprecated ``past_key_values``, which warns on every call of a LoRA run's
+    evaluation and goes away in 5.40; the scores still equal full scoring."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(load_model("tiny-llama", seed=0).model, LoraConfig(r=2))
+    ids = lm.tokenizer(PASSAGES[0], add_special_tokens=False)["input_ids"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        parent = extend_cache(model, None, 0, ids[:12])
+        child = extend_cache(model, parent, 12, ids[12:20])
+        with torch.inference_mode():
+            cached = causal_row_logprobs(model, [ids[20:28]], [1], 0, child, 20)
+            full = causal_row_logprobs(model, [ids[:28]], [1], 0)
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-4)

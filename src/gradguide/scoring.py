@@ -158,9 +158,15 @@ def extend_cache(model: torch.nn.Module, parent: Any, parent_len: int, ids: list
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str:
-    """Name of the forward argument taking a KV cache (transformers renamed it in 5.x)."""
+    """Name of the forward argument taking a KV cache (transformers renamed it in 5.x), read
+    through a PEFT wrapper, whose forward takes ``**kwargs`` and passes them on."""
     params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    if "cache" in params:
+        return "cache"
+    base = getattr(model, "get_base_model", None)
+    if "past_key_values" not in params and callable(base) and base() is not model:
+        return _cache_kwarg(base())
+    return "past_key_values"
 
 
 def causal_row_logprobs(
