@@ -465,3 +465,33 @@ def test_each_weight_of_sgg_in_table1_gets_its_own_verdict():
     assert swept.status == REPRODUCED, swept.evidence
     assert "sgg [guidance.lambda_dir=0.01] 77.9" in swept.evidence, swept.evidence
     assert not any(k.startswith("sgg-") and k.endswith("-0") for k in swept.runs)
+
+
+def test_a_table1_arm_still_running_gets_no_verdict():
+    """A tuned weight that has run two of the three tasks its grid asks for (and its baselines
+    ran) is not judged on those two: an average over whichever runs finished first. A task the
+    arm's grid never asked for does not hold the verdict back."""
+    rng = random.Random(5)
+    runs = [
+        run(arm, task, seed, acc + 0.03 * i + jitter(rng))
+        for seed in SEEDS
+        for i, task in enumerate(TASKS)
+        for arm, acc in (("sgg", 0.75), *((b, 0.60) for b in ("full", "adapter", "lora", "prompt")))
+        if not (arm == "sgg" and task == "emo")
+    ]
+
+    def judged(tasks: tuple[str, ...]) -> ClaimResult:
+        grids = {"g": {"models": ["tiny"], "shots": [16], "tasks": list(tasks), "seeds": SEEDS}}
+        (c,) = table1_claim(BenchData(Path("synthetic"), runs, grids, [], []), "accuracy", "a")
+        return c
+
+    c = judged(TASKS)
+    assert c.status == NOT_TESTABLE and c.headline is None, c.evidence
+    assert "sgg has not run emo seed 1, emo seed 2, emo seed 3, emo seed 4, which its grid" in (
+        c.evidence
+    )
+    done = judged(("sst2", "trec"))
+    assert done.status == REPRODUCED and "average over 2 tasks" in done.evidence, done.evidence
+    runs = [r for r in runs if not (r.method == "sgg" and r.task == "trec" and r.seed == 4)]
+    seed_left = judged(("sst2", "trec"))  # every task begun, one seed still to run
+    assert seed_left.status == NOT_TESTABLE and "trec seed 4" in seed_left.evidence

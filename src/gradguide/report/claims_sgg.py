@@ -107,6 +107,23 @@ def sgg_variants(cond: Condition) -> list[str]:
     return [v for v in cond.variants() if cond.runs_of(v)[0].method == SGG]
 
 
+def planned_cells(data: BenchData, runs: Sequence[RunData]) -> set[tuple[str, int]]:
+    """The (task, seed) cells the stored grids that ran ``runs`` ask for at their model and
+    shots."""
+    out: set[tuple[str, int]] = set()
+    for r in runs:
+        spec = data.grids.get(r.grid) or {}
+        if r.model in spec.get("models", ()) and r.shots in spec.get("shots", ()):
+            out.update(itertools.product(spec.get("tasks", ()), spec.get("seeds", ())))
+    return out
+
+
+def _ran(cond: Condition, variants: Sequence[str]) -> set[tuple[str, int]]:
+    """The (task, seed) cells every one of ``variants`` has a run on."""
+    sets = [{(r.task, r.seed) for r in cond.runs_of(v)} for v in variants]
+    return set.intersection(*sets) if sets else set()
+
+
 def _paper_range(metric: str, percent: bool) -> str:
     table = PAPER_TABLE1[metric]
     base = [table[b] for b in PAPER_BASELINES]
@@ -168,7 +185,12 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
         untestable = [b for b, c in comparisons if (b, c) not in testable and b not in other_prior]
         failed = [b for b, c in testable if c is not None and not c.better_and_significant]
         missing = [b for b in PAPER_BASELINES if b not in variants]
-        if failed:
+        # an arm still running (a tuned weight's grid) would be averaged over a subset of tasks
+        planned = planned_cells(data, cond.runs_of(sgg))
+        unrun = sorted((_ran(cond, baselines) & planned) - _ran(cond, [sgg]))
+        if unrun:
+            status = NOT_TESTABLE
+        elif failed:
             status = NOT_REPRODUCED
         elif untestable or missing or other_prior:
             status = NOT_TESTABLE
@@ -196,7 +218,16 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
             )
         if missing:
             parts.append("not run: " + ", ".join(missing))
-        top = headline({b: c.result for b, c in testable if c is not None}, measure)
+        if unrun:
+            cells_text = ", ".join(f"{t} seed {seed}" for t, seed in unrun)
+            parts.append(
+                f"{sgg} has not run {cells_text}, which its grid asks for and its baselines ran"
+            )
+        top = (
+            None
+            if unrun
+            else headline({b: c.result for b, c in testable if c is not None}, measure)
+        )
         out.append(ClaimResult(claim, paper, where, status, ". ".join(parts), top, runs, metric))
     # every condition with a baseline keeps its own row and reason: merged, one condition's
     # sanity failure would mark the others and all but the first reason would be lost
