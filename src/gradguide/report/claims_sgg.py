@@ -224,9 +224,7 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
                 f"{sgg} has not run {cells_text}, which its grid asks for and its baselines ran"
             )
         top = (
-            None
-            if unrun
-            else headline({b: c.result for b, c in testable if c is not None}, measure)
+            "" if unrun else headline({b: c.result for b, c in testable if c is not None}, measure)
         )
         out.append(ClaimResult(claim, paper, where, status, ". ".join(parts), top, runs, metric))
     # every condition with a baseline keeps its own row and reason: merged, one condition's
