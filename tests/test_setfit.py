@@ -336,7 +336,7 @@ def test_the_sentence_encoder_is_built_on_the_models_device(monkeypatch):
     CUDA whenever one is visible), and the pair loss feeds the model on that device."""
     import sentence_transformers
 
-    from gradguide.methods.setfit import sentence_encoder
+    from gradguide.methods.setfit_body import sentence_encoder
 
     seen: list[object] = []
     real = sentence_transformers.SentenceTransformer
