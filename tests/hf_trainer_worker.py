@@ -120,8 +120,9 @@ def main(out: Path, per_device: int) -> None:
     ]
     wrapper = type(trainer.model_wrapped).__name__
     (out / f"rank{rank}.json").write_text(json.dumps({"log": log, "wrapper": wrapper}))
-    # Gloo's worker threads must be joined before the interpreter shuts down, or a rank can
-    # abort at exit ("terminate called without an active exception", SIGABRT).
+    # The DDP wrapper holds the process group: release it so that finish() really frees gloo's
+    # worker threads before the interpreter shuts down (else a rank can abort at exit, SIGABRT).
+    del trainer, model
     finish()
 
 

@@ -16,6 +16,7 @@ Only rank 0 writes records, logs and checkpoints; every rank reads them on resum
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -114,6 +115,14 @@ def init(device: str = "auto") -> DistContext:
 
 
 def finish() -> None:
-    """Leave the process group (at the end of a distributed command)."""
+    """Leave the process group together, at the end of a distributed command.
+
+    The barrier keeps a rank from closing its gloo connections while a peer still uses them; the
+    collection frees pending gloo work (which holds tensors) while the interpreter is whole, else
+    a rank can abort at exit ("terminate called without an active exception"). Callers drop
+    their own references to the group first (a DistributedDataParallel wrapper holds one).
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
