@@ -158,11 +158,11 @@ def alignment_column(cond: Condition, variants: Sequence[str]) -> AlignmentColum
         elif v in single:
             absent[v] = f"measured against {single[v] or 'an unnamed prior'}, not comparable"
         else:
-            absent[v] = _why_unmeasured(cond.runs_of(v))
+            absent[v] = why_unmeasured(cond.runs_of(v))
     return AlignmentColumn(prior, shown, absent)
 
 
-def _why_unmeasured(runs: Sequence[RunData]) -> str:
+def why_unmeasured(runs: Sequence[RunData]) -> str:
     """Why a variant has no directional alignment: untrained, or what its records say."""
     if not any(r.dynamics for r in runs):
         return "not trained"

@@ -46,6 +46,7 @@ from gradguide.report.analysis import (
     fmt_interval,
     fmt_p,
     mean_curve,
+    why_unmeasured,
 )
 from gradguide.report.data import BenchData, RunData, cells
 from gradguide.report.verdict import (
@@ -207,8 +208,21 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
             f"mean over seeds of the average over {len(tasks)} tasks: " + ", ".join(means),
             tests or "no baseline with 2 matched pairs",
         ]
-        if untestable:
-            parts.append("too few matched pairs against " + ", ".join(untestable))
+        unrecorded = [b for b in untestable if not cond.cells(b, metric)]
+        if unrecorded:
+            parts.append(
+                f"no run of {', '.join(unrecorded)} records {metric}"
+                + (
+                    " ("
+                    + "; ".join(f"{b}: {why_unmeasured(cond.runs_of(b))}" for b in unrecorded)
+                    + ")"
+                    if metric == ALIGNMENT
+                    else ""
+                )
+            )
+        few = [b for b in untestable if b not in unrecorded]
+        if few:
+            parts.append("too few matched pairs against " + ", ".join(few))
         if other_prior:
             parts.append(
                 "measured against another prior than sgg's ("
