@@ -159,7 +159,8 @@ def test_a_run_200x_off_is_flagged_and_the_claims_it_feeds_get_no_verdict():
     _, blocks = build_report(data)
     (summary,) = [b for b in section(blocks, "Verdicts") if isinstance(b, Table)]
     row = next(r for r in summary.rows if r[1] == ACCURACY)
-    assert row[3] == FAILED_SANITY and row[4] == "—"
+    assert row[3] == FAILED_SANITY
+    assert row[4] == (f"1 of its runs failed: {RATIO}, {PENALTY}, {CLIPPING}")
     part = section(blocks, "Sanity checks")
     assert Paragraph("**1 of 6 guided runs fail a check**: sgg on tiny, 32 shots (1 runs).") in part
     (table,) = [b for b in part if isinstance(b, Table)]
@@ -325,6 +326,11 @@ def test_each_condition_keeps_its_own_verdict_and_reason():
     sixteen = rows["tiny, 16 shots"]
     assert sixteen.status == NOT_TESTABLE and "records directional_alignment" in sixteen.evidence
     assert status(data, ACCURACY)[0] == REPRODUCED
+    # the verdict table says in a few words why the 16-shot condition has no verdict
+    _, blocks = build_report(data)
+    (summary,) = [b for b in section(blocks, "Verdicts") if isinstance(b, Table)]
+    (row,) = [r for r in summary.rows if r[1] == ALIGN and r[2] == "tiny, 16 shots"]
+    assert row[4] == "no run of full, adapter, lora, prompt records directional_alignment"
 
 
 def test_one_table_shows_alignment_against_one_stated_prior():
@@ -373,6 +379,17 @@ def test_the_report_opens_with_the_verdicts_and_the_figure_against_lora():
     assert row[4] == (
         f"{100 * c.mean_diff:+.1f} pp [{100 * c.bootstrap.low:+.1f} pp, "
         f"{100 * c.bootstrap.high:+.1f} pp] vs prompt"
+    )
+
+
+def test_the_title_counts_many_grids_and_names_a_few():
+    data = archive()
+    few = BenchData(data.bench_dir, data.runs, {"a": {}, "b": {}}, [], [])
+    assert build_report(few)[0] == "gradguide report: a, b"
+    many = BenchData(data.bench_dir, data.runs, {n: {} for n in "abcdefg"}, [], [])
+    n = len(data.runs)
+    assert (
+        build_report(many)[0] == f"gradguide report: {n} runs of 7 grids (listed under Provenance)"
     )
 
 

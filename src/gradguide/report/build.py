@@ -50,13 +50,24 @@ class ReportFiles:
     figures: list[Path]
 
 
+_NAMED_GRIDS = 3  # more grids than this are counted in the title, and listed under Provenance
+
+
+def _subject(data: BenchData) -> str:
+    """What the title says the report is about: its grids by name, or counted when many."""
+    if not data.grids:
+        return data.bench_dir.name
+    if len(data.grids) <= _NAMED_GRIDS:
+        return ", ".join(data.grids)
+    return f"{len(data.runs)} runs of {len(data.grids)} grids (listed under Provenance)"
+
+
 def build_report(data: BenchData, limits: Limits | None = None) -> tuple[str, list[Block]]:
     """The report's title and blocks for the runs of one bench directory: the verdicts and the
     figure a reader wants first, the sanity checks, the details, and provenance at the end.
     ``limits``: where the sanity checks fail a run (gradguide.report.sanity)."""
     doc = Doc()
-    names = ", ".join(data.grids) or data.bench_dir.name
-    title = f"gradguide report: {names}"
+    title = f"gradguide report: {_subject(data)}"
     if not data.runs:
         doc.add(Paragraph("No finished runs are stored in this bench directory yet."))
         tuning_section(doc, data)

@@ -110,7 +110,15 @@ def _claim(
         runs = run_keys(cond, (OFA, *baselines), j.tasks)
         out.append(
             ClaimResult(
-                claim, paper, cond.title, j.status, j.evidence, j.headline, runs, measure.name
+                claim,
+                paper,
+                cond.title,
+                j.status,
+                j.evidence,
+                j.headline,
+                runs,
+                measure.name,
+                why=j.why,
             )
         )
     if not out:

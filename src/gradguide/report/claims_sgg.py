@@ -208,22 +208,25 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
             f"mean over seeds of the average over {len(tasks)} tasks: " + ", ".join(means),
             tests or "no baseline with 2 matched pairs",
         ]
+        reasons = []  # why a condition has no verdict, each also part of the evidence
         unrecorded = [b for b in untestable if not cond.cells(b, metric)]
         if unrecorded:
-            parts.append(
-                f"no run of {', '.join(unrecorded)} records {metric}"
-                + (
-                    " ("
+            reasons.append(f"no run of {', '.join(unrecorded)} records {metric}")
+            if metric == ALIGNMENT:
+                parts.append(
+                    reasons[-1]
+                    + " ("
                     + "; ".join(f"{b}: {why_unmeasured(cond.runs_of(b))}" for b in unrecorded)
                     + ")"
-                    if metric == ALIGNMENT
-                    else ""
                 )
-            )
+            else:
+                parts.append(reasons[-1])
         few = [b for b in untestable if b not in unrecorded]
         if few:
-            parts.append("too few matched pairs against " + ", ".join(few))
+            reasons.append("too few matched pairs against " + ", ".join(few))
+            parts.append(reasons[-1])
         if other_prior:
+            reasons.append("alignment of " + ", ".join(other_prior) + " against another prior")
             parts.append(
                 "measured against another prior than sgg's ("
                 + ", ".join(sorted(sgg_priors))
@@ -231,16 +234,21 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
                 + ", ".join(f"{b} ({', '.join(sorted(cond.priors(b)))})" for b in other_prior)
             )
         if missing:
-            parts.append("not run: " + ", ".join(missing))
+            reasons.append("not run: " + ", ".join(missing))
+            parts.append(reasons[-1])
         if unrun:
             cells_text = ", ".join(f"{t} seed {seed}" for t, seed in unrun)
+            reasons.append(f"{sgg} has not yet run {len(unrun)} cells its grid asks for")
             parts.append(
                 f"{sgg} has not run {cells_text}, which its grid asks for and its baselines ran"
             )
         top = (
             "" if unrun else headline({b: c.result for b, c in testable if c is not None}, measure)
         )
-        out.append(ClaimResult(claim, paper, where, status, ". ".join(parts), top, runs, metric))
+        why = "; ".join(reasons) if status == NOT_TESTABLE else ""
+        out.append(
+            ClaimResult(claim, paper, where, status, ". ".join(parts), top, runs, metric, why=why)
+        )
     # every condition with a baseline keeps its own row and reason: merged, one condition's
     # sanity failure would mark the others and all but the first reason would be lost
     return out
@@ -447,7 +455,9 @@ def setfit_claim(data: BenchData) -> list[ClaimResult]:
             swept = cond.runs_of(variant)[0].settings_label
             where = f"{cond.title}; {swept}" if swept else cond.title
             out.append(
-                ClaimResult(claim, paper, where, j.status, evidence, j.headline, runs, METRIC)
+                ClaimResult(
+                    claim, paper, where, j.status, evidence, j.headline, runs, METRIC, why=j.why
+                )
             )
     if not out:
         out.append(

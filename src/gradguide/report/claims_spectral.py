@@ -89,7 +89,15 @@ def _claims(
             runs = run_keys(cond, (arm, LORA), j.tasks)
             out.append(
                 ClaimResult(
-                    claim, paper, cond.title, j.status, evidence, j.headline, runs, measure.name
+                    claim,
+                    paper,
+                    cond.title,
+                    j.status,
+                    evidence,
+                    j.headline,
+                    runs,
+                    measure.name,
+                    why=j.why,
                 )
             )
     if not out:

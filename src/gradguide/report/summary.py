@@ -18,7 +18,7 @@ from gradguide.report.data import BenchData
 from gradguide.report.doc import Doc
 from gradguide.report.render import BulletList, Heading, Paragraph, Table
 from gradguide.report.sanity import Sanity
-from gradguide.report.verdict import ClaimResult
+from gradguide.report.verdict import FAILED_SANITY, NOT_TESTABLE, ClaimResult
 
 LORA = "lora"
 
@@ -28,8 +28,8 @@ _CAPTION = (
     "least well against (method − baseline; pp: percentage points) with its 95% paired "
     "bootstrap interval over matched (task, seed) cells; for the sample-size claim the gain "
     "from the fewest to the most shots, for the domain claim the lowest task's accuracy with "
-    "its 95% interval over seeds. A claim whose runs failed a sanity check gets no verdict and "
-    "no headline."
+    "its 95% interval over seeds. A claim without a verdict says why in a few words (the "
+    "evidence has the rest); one whose runs failed a sanity check gets no headline."
 )
 
 
@@ -39,13 +39,19 @@ def summary_section(
     """The opening: the verdict table and the accuracy-against-LoRA figure."""
     doc.add(Heading("Verdicts"))
     rows = tuple(
-        (paper.short, r.claim, r.where, r.status, r.headline or "—")
+        (paper.short, r.claim, r.where, r.status, _headline_or_why(r))
         for paper, claims in results
         for r in claims
     )
     doc.add(
         Table(
-            ("paper", "claim", "model", "verdict", "headline difference [95% interval]"),
+            (
+                "paper",
+                "claim",
+                "model",
+                "verdict",
+                "headline difference [95% interval], or why there is no verdict",
+            ),
             rows,
             caption=_CAPTION,
             badge_column=3,
@@ -61,6 +67,19 @@ def summary_section(
         )
         doc.add(BulletList(tuple(cuts)))
     _versus_lora(doc, data, sanity)
+
+
+_SHORT = 100  # characters: evidence this short is its own reason
+
+
+def _headline_or_why(r: ClaimResult) -> str:
+    """The verdict table's last cell: the headline, and for a claim without a verdict why not."""
+    why = r.why
+    if not why and r.status in (NOT_TESTABLE, FAILED_SANITY) and len(r.evidence) <= _SHORT:
+        why = r.evidence
+    if why and r.headline:
+        return f"{why}; {r.headline}"
+    return why or r.headline or "—"
 
 
 def reductions(data: BenchData, claims: Sequence[ClaimResult]) -> list[str]:

@@ -59,6 +59,8 @@ class ClaimResult:
     runs: tuple[str, ...] = ()
     #: the measure it compares (a metric or dynamics name, e.g. directional_alignment)
     measure: str = ""
+    #: why there is no verdict, in a few words for the verdict table ("" when there is one)
+    why: str = ""
 
 
 class Judgement(NamedTuple):
@@ -69,6 +71,8 @@ class Judgement(NamedTuple):
     headline: str
     #: the tasks it was decided on (empty: none; then every run of the arms counts)
     tasks: tuple[str, ...] = ()
+    #: why there is no verdict, in a few words ("" when there is one)
+    why: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +192,8 @@ def versus(
     with its 95% paired bootstrap interval."""
     own = measure.cells(cond.runs_of(arm))
     if not own:
-        return Judgement(NOT_TESTABLE, f"no {arm} run records {measure.name}", "")
+        why = f"no {arm} run records {measure.name}"
+        return Judgement(NOT_TESTABLE, why, "", why=why)
     missing = [b for b in baselines if not cond.runs_of(b)]
     recorded = {b: measure.cells(cond.runs_of(b)) for b in baselines if b not in missing}
     unrecorded = [b for b, v in recorded.items() if not v]
@@ -199,18 +204,15 @@ def versus(
     if unrecorded:
         notes.append(f"no run of {', '.join(unrecorded)} records {measure.name}")
     if not others:
-        return Judgement(NOT_TESTABLE, ". ".join(notes), "")
+        return Judgement(NOT_TESTABLE, ". ".join(notes), "", why="; ".join(notes))
     tasks = [
         t
         for t in dict.fromkeys(k[0] for k in own)
         if all(any(k[0] == t for k in v) for v in others.values())
     ]
     if not tasks:
-        return Judgement(
-            NOT_TESTABLE,
-            ". ".join([f"no task on which {arm} and the baselines all ran", *notes]),
-            "",
-        )
+        reasons = [f"no task on which {arm} and the baselines all ran", *notes]
+        return Judgement(NOT_TESTABLE, ". ".join(reasons), "", why="; ".join(reasons))
     own = _only(own, tasks)
     others = {b: _only(v, tasks) for b, v in others.items()}
     means = ", ".join(
@@ -240,7 +242,14 @@ def versus(
         parts.append(_per_task(arm, own, others, tasks, measure))
     if few:
         parts.append("too few matched pairs against " + ", ".join(few))
-    return Judgement(status, ". ".join(parts + notes), headline(testable, measure), tuple(tasks))
+    why = ""
+    if status == NOT_TESTABLE:
+        why = "; ".join(
+            [*notes, *(["too few matched pairs against " + ", ".join(few)] if few else [])]
+        )
+    return Judgement(
+        status, ". ".join(parts + notes), headline(testable, measure), tuple(tasks), why
+    )
 
 
 def headline(comparisons: Mapping[str, PairedComparison], measure: Measure) -> str:
@@ -293,11 +302,14 @@ def withhold(result: ClaimResult, failed: Mapping[str, RunFailure]) -> ClaimResu
         for arm, tasks in by_arm.items()
     )
     checks = ", ".join(dict.fromkeys(c for f in bad for c in f.checks))
+    why = f"{len(bad)} of its runs failed: {checks}"
     evidence = (
         f"{len(bad)} of its runs failed a sanity check ({checks}; see Sanity checks): {named}. "
         f"Numbers, not a verdict: {result.evidence}"
     )
-    return dataclasses.replace(result, status=FAILED_SANITY, evidence=evidence, headline="")
+    return dataclasses.replace(
+        result, status=FAILED_SANITY, evidence=evidence, headline="", why=why
+    )
 
 
 def arm_conditions(conds: Iterable[Condition], arm: str) -> list[Condition]:
