@@ -303,6 +303,34 @@ def test_alignments_against_different_priors_fail_only_the_alignment_claim():
     assert status(data, ACCURACY)[0] == REPRODUCED
 
 
+def test_an_arm_outside_a_claim_measured_against_another_prior_leaves_the_claim_its_verdict():
+    # the smollm2 archive: an ablation arm (sgg-dir) measured against an older prior than SGG and
+    # the paper's baselines, which share one; Table 1 compares only those
+    data = archive()
+    ablation = [
+        dataclasses.replace(
+            r, key=f"dir-{r.key}", method="sgg-dir", prior="pretrain (an older corpus)"
+        )
+        for r in data.runs
+        if r.method == "sgg"
+    ]
+    data = BenchData(data.bench_dir, [*data.runs, *ablation], {}, [], [])
+    sanity = check(data)
+    (clash,) = sanity.clashes  # the section still says the condition mixes priors
+    assert clash.priors["sgg-dir"] == ("pretrain (an older corpus)",)
+    assert (
+        len(sanity.failures("directional_alignment")) == 36
+    )  # with no claim named, every arm's run
+    assert status(data, ALIGN)[0] == REPRODUCED
+    # one baseline run on the older prior: the claim's own runs clash, so it has no verdict
+    old = [
+        dataclasses.replace(r, prior="pretrain (an older corpus)") if r.key == "lora-cb-3" else r
+        for r in data.runs
+    ]
+    verdict, evidence = status(BenchData(data.bench_dir, old, {}, [], []), ALIGN)
+    assert verdict == FAILED_SANITY and PRIORS in evidence
+
+
 def test_each_condition_keeps_its_own_verdict_and_reason():
     """At 32 shots the arms' alignments clash (a sanity failure); at 16 the baselines measured
     none (not testable: no baseline records it). Each condition is its own row with its own reason:

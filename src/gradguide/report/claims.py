@@ -46,7 +46,7 @@ class Paper:
     def checked(self, data: BenchData, sanity: Sanity) -> list[ClaimResult]:
         """Its claims' results, with no verdict for those decided from a run that failed a
         sanity check."""
-        return [withhold(r, sanity.failures(r.measure)) for r in self.evaluate(data)]
+        return [withhold(r, sanity.failures(r.measure, set(r.runs))) for r in self.evaluate(data)]
 
 
 PAPERS = (

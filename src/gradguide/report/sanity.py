@@ -5,8 +5,9 @@ run makes of itself when it ends): ‖guided g‖/‖g‖ far from 1 or not fini
 loss terms' part outweighing the task gradient, clipping or a gradient filter leaving little of
 the update. See that module for the measures and ``Limits`` for the thresholds.
 
-A condition whose arms measured directional alignment against different priors fails for that
-measure: their cosines are different quantities. Claims decided from a failed run get no verdict
+A condition whose arms measured directional alignment against different priors is listed: their
+cosines are different quantities. A directional-alignment claim whose own runs span more than one
+prior fails for that measure; claims decided from a failed run get no verdict
 (gradguide.report.verdict.withhold).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Collection
 
 import numpy as np
 
@@ -81,9 +83,13 @@ class Sanity:
     runs: list[RunCheck]
     clashes: list[PriorClash]
 
-    def failures(self, measure: str = "") -> dict[str, RunFailure]:
+    def failures(
+        self, measure: str = "", among: Collection[str] | None = None
+    ) -> dict[str, RunFailure]:
         """Run key → how it failed, for claims on ``measure`` (a prior clash fails only the
-        directional-alignment measure)."""
+        directional-alignment measure). ``among``: the keys of the runs one claim compares; a
+        clash then fails only those runs, and only when they themselves measured against more
+        than one prior (an ablation arm's other prior does not touch a claim it is not in)."""
         out = {
             c.run.key: RunFailure(c.run.variant, c.run.task, c.run.seed, c.failed)
             for c in self.runs
@@ -91,7 +97,12 @@ class Sanity:
         }
         if measure == ALIGNMENT:
             for clash in self.clashes:
-                for run in clash.runs:
+                runs = clash.runs
+                if among is not None:
+                    runs = tuple(r for r in runs if r.key in among)
+                    if len({r.prior for r in runs}) < 2:
+                        continue
+                for run in runs:
                     old = out.get(run.key)
                     if old is not None:
                         out[run.key] = dataclasses.replace(old, checks=(*old.checks, PRIORS))
