@@ -113,6 +113,26 @@ def test_two_grids_of_one_name_are_stored_and_exported_as_the_union_of_their_axe
     assert exported["methods"] == SPEC["methods"]
 
 
+def test_a_narrowed_rerun_keeps_the_per_method_settings_of_the_methods_it_left_out(tmp_path):
+    # the preset gives sgg and lora their own settings; a rerun of the baselines alone
+    # (--set methods=[lora]) must not drop sgg's, or the grid would ask for other sgg runs
+    whole = {
+        **SPEC,
+        "methods": ["lora", "sgg"],
+        "method_base": {"sgg": {"guidance.lambda_dir": 0.003}, "lora": {"optim.lr": 0.001}},
+    }
+    narrowed = {**SPEC, "methods": ["lora"], "method_base": {"lora": {"optim.lr": 0.003}}}
+    with Store(tmp_path / "a") as store:
+        store.save_grid("arch", parse_grid(whole, source="arch.yaml").to_dict())
+        store.save_grid("arch", parse_grid(narrowed, source="arch.yaml").to_dict())
+        (stored,) = store.grids().values()
+    assert stored["methods"] == ["lora", "sgg"]
+    assert stored["method_base"] == {
+        "sgg": {"guidance.lambda_dir": 0.003},
+        "lora": {"optim.lr": 0.003},  # the newer invocation's, for a method both name
+    }
+
+
 def test_import_into_another_bench_directory_twice_adds_once(bench, tmp_path):
     archive = tmp_path / "results"
     export_results(bench, archive)

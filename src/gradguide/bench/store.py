@@ -143,13 +143,16 @@ def row_from_record(
 
 #: The axes of a stored grid spec: two grids of one name ran the union of theirs.
 SPEC_AXES = ("models", "tasks", "methods", "shots", "seeds", "sweep")
+NAMED_BASES = ("method_base", "model_base")  # settings per method / per model name
 
 
 def union_spec(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """Two stored specs of one grid name as one (``new`` alone when nothing was stored): the
-    union of their axes and sweep blocks (old order first), the other fields the newer one's.
+    union of their axes and sweep blocks (old order first), of their per-method and per-model
+    settings (the newer one's for a name both give), the other fields the newer one's.
     Replacing the old spec instead would make the report describe every run of that name by the
-    last, reduced invocation."""
+    last, reduced invocation (one run with ``--set methods=[lora]`` would drop sgg's own
+    settings, and the runs the grid asks for would no longer be the ones it ran)."""
     if old is None:
         return new
     out = dict(new)
@@ -157,6 +160,10 @@ def union_spec(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any
         a, b = old.get(axis), new.get(axis)
         if isinstance(a, list) and isinstance(b, list):
             out[axis] = a + [x for x in b if x not in a]
+    for block in NAMED_BASES:
+        a, b = old.get(block), new.get(block)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out[block] = {**a, **b}
     return out
 
 
