@@ -21,7 +21,13 @@ from gradguide.report.claims import (
     evaluate_claims,
 )
 from gradguide.report.claims_ofa import evaluate as ofa_claims
-from gradguide.report.claims_sgg import loss_claim, sample_size_claim, setfit_claim, table1_claim
+from gradguide.report.claims_sgg import (
+    domain_claim,
+    loss_claim,
+    sample_size_claim,
+    setfit_claim,
+    table1_claim,
+)
 from gradguide.report.claims_spectral import evaluate as spectral_claims
 from gradguide.report.data import BenchData, RunData
 from gradguide.report.render import BulletList, Heading
@@ -322,6 +328,33 @@ def test_sgg_loss_claim_needs_a_real_early_decline(curve, verdict):
     assert "mean sgg loss over 2 runs" in result.evidence
     if curve[0] == 1.021:
         assert "short of the 10% fall" in result.evidence
+
+
+def test_loss_and_domain_claims_judge_each_sgg_weight_apart():
+    # smollm2's default weights fail the sanity check; its weight of 0.003 passes and must get
+    # its own verdict rather than none, and neither may be pooled with the other
+    falling = [2.0, 1.2, 1.1, 1.05, 1.02, 1.0] + [1.0] * 15
+    flat = [2.0 - 0.05 * i for i in range(21)]
+    swept = {"guidance.lambda_dir": 0.003}
+    runs = []
+    for seed in (1, 2):
+        for task, acc in (("scicite", 0.8), ("legal_unfair_tos", 0.7)):
+            default = run("sgg", task, seed, acc - 0.2, loss=flat)
+            weighted = run("sgg", task, seed, acc, loss=falling)
+            weighted = dataclasses.replace(weighted, key=weighted.key + "-w", settings=swept)
+            runs += [
+                dataclasses.replace(default, suite="domain"),
+                dataclasses.replace(weighted, suite="domain"),
+            ]
+    where = WHERE + "; guidance.lambda_dir=0.003"
+    loss = {c.where: c for c in loss_claim(bench(runs))}
+    assert set(loss) == {WHERE, where}
+    assert loss[where].status == REPRODUCED and loss[WHERE].status == NOT_REPRODUCED
+    assert all(k.endswith("-w") for k in loss[where].runs) and len(loss[where].runs) == 4
+    dom = {c.where: c for c in domain_claim(bench(runs))}
+    assert set(dom) == {WHERE, where}
+    assert "lowest task legal_unfair_tos: 70.0%" in dom[where].headline
+    assert "lowest task legal_unfair_tos: 50.0%" in dom[WHERE].headline
 
 
 @pytest.mark.parametrize("sgg_prior", ["pretrain", "ema:0.9"])

@@ -102,6 +102,12 @@ def _sgg_conditions(data: BenchData) -> list[Condition]:
     return [c for c in conditions(data.runs) if sgg_variants(c)]
 
 
+def _where(cond: Condition, variant: str) -> str:
+    """The condition, and the swept settings of the SGG variant judged in it."""
+    swept = cond.runs_of(variant)[0].settings_label
+    return f"{cond.title}; {swept}" if swept else cond.title
+
+
 def sgg_variants(cond: Condition) -> list[str]:
     """The SGG arms of ``cond``: the default weights, then each swept setting (a weight chosen
     on the k shots runs as one), each judged apart: pooled, one could hide the other."""
@@ -153,8 +159,7 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
         baselines = [b for b in PAPER_BASELINES if b in variants]
         tasks = cond.common_tasks([sgg, *baselines])
         runs = run_keys(cond, [sgg, *baselines], tasks)
-        swept = cond.runs_of(sgg)[0].settings_label
-        where = f"{cond.title}; {swept}" if swept else cond.title
+        where = _where(cond, sgg)
         if not cond.cells(sgg, metric):
             why = f"no sgg run records {metric}"
             out.append(
@@ -351,10 +356,9 @@ def domain_claim(data: BenchData) -> list[ClaimResult]:
     claim = "Accuracy stays above 75% on domain-specific tasks"
     paper = "Figure 3 (75.9–79.0%)"
     out = []
-    for cond in conditions(r for r in data.runs if r.suite == "domain"):
-        runs = cond.runs_of(SGG)
-        if not runs:
-            continue
+    domain = conditions(r for r in data.runs if r.suite == "domain")
+    for cond, variant in ((c, v) for c in domain for v in sgg_variants(c)):
+        runs = cond.runs_of(variant)
         values = cells(runs, METRIC)
         by_task = {
             t: mean_ci([v for (task, _), v in values.items() if task == t])
@@ -377,7 +381,8 @@ def domain_claim(data: BenchData) -> list[ClaimResult]:
         )
         top += f" against {100 * DOMAIN_THRESHOLD:.0f}%"
         keys = tuple(r.key for r in runs)
-        out.append(ClaimResult(claim, paper, cond.title, status, evidence, top, keys, METRIC))
+        where = _where(cond, variant)
+        out.append(ClaimResult(claim, paper, where, status, evidence, top, keys, METRIC))
     if not out:
         out.append(
             ClaimResult(claim, paper, "all runs", NOT_TESTABLE, "no sgg runs on domain tasks")
@@ -391,8 +396,8 @@ def loss_claim(data: BenchData) -> list[ClaimResult]:
     claim = "Training loss declines rapidly early in training"
     paper = "Figure 4 (rapid decline in the first 20 of ~100 epochs)"
     out = []
-    for cond in _sgg_conditions(data):
-        runs = cond.runs_of(SGG)
+    for cond, variant in ((c, v) for c in _sgg_conditions(data) for v in sgg_variants(c)):
+        runs = cond.runs_of(variant)
         curve = mean_curve(runs, "loss")
         if curve is None:
             continue
@@ -425,7 +430,8 @@ def loss_claim(data: BenchData) -> list[ClaimResult]:
         )
         status = REPRODUCED if ok else NOT_REPRODUCED
         keys = tuple(r.key for r in runs)
-        out.append(ClaimResult(claim, paper, cond.title, status, evidence, top, keys, "loss"))
+        where = _where(cond, variant)
+        out.append(ClaimResult(claim, paper, where, status, evidence, top, keys, "loss"))
     if not out:
         out.append(
             ClaimResult(claim, paper, "all runs", NOT_TESTABLE, "no sgg runs with loss curves")
