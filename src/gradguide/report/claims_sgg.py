@@ -458,8 +458,7 @@ def setfit_claim(data: BenchData) -> list[ClaimResult]:
             if walls:
                 evidence += ". Mean wall time per run: " + ", ".join(walls)
             runs = run_keys(cond, (variant, SETFIT), j.tasks)
-            swept = cond.runs_of(variant)[0].settings_label
-            where = f"{cond.title}; {swept}" if swept else cond.title
+            where = _where(cond, variant)
             out.append(
                 ClaimResult(
                     claim, paper, where, j.status, evidence, j.headline, runs, METRIC, why=j.why

@@ -240,13 +240,9 @@ def versus(
     ]
     if per_task:
         parts.append(_per_task(arm, own, others, tasks, measure))
-    if few:
-        parts.append("too few matched pairs against " + ", ".join(few))
-    why = ""
-    if status == NOT_TESTABLE:
-        why = "; ".join(
-            [*notes, *(["too few matched pairs against " + ", ".join(few)] if few else [])]
-        )
+    too_few = ["too few matched pairs against " + ", ".join(few)] if few else []
+    parts += too_few
+    why = "; ".join([*notes, *too_few]) if status == NOT_TESTABLE else ""
     return Judgement(
         status, ". ".join(parts + notes), headline(testable, measure), tuple(tasks), why
     )
