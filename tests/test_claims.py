@@ -550,3 +550,26 @@ def test_a_table1_arm_still_running_gets_no_verdict():
     runs = [r for r in runs if not (r.method == "sgg" and r.task == "trec" and r.seed == 4)]
     seed_left = judged(("sst2", "trec"))  # every task begun, one seed still to run
     assert seed_left.status == NOT_TESTABLE and "trec seed 4" in seed_left.evidence
+
+
+def test_every_claim_without_a_verdict_says_why_in_the_verdict_table():
+    """Each not-testable result carries the few words the verdict table shows: with only LoRA
+    runs, every paper's claims read "no … runs are stored"; with SGG at 16 and 32 shots, the
+    sample-size claim names the shot counts it lacks (a result built without ``why`` would show
+    "—" there)."""
+    lora_only = evaluate_claims(bench([run("lora", "sst2", s, 0.6) for s in SEEDS]))
+    assert lora_only and all(c.status == NOT_TESTABLE for c in lora_only)
+    assert all(c.why.startswith("no ") and c.why == c.evidence for c in lora_only), [
+        (c.claim, c.why) for c in lora_only if not c.why
+    ]
+    runs = [
+        dataclasses.replace(r, shots=shots, key=f"{r.key}-{shots}")
+        for shots, acc in ((16, 0.60), (32, 0.70))
+        for r in [run("sgg", "sst2", seed, acc + 0.01 * seed) for seed in (1, 2, 3)]
+    ]
+    (c,) = sample_size_claim(bench(runs))
+    assert c.status == NOT_TESTABLE
+    assert c.why == (
+        "steepest 64→128: not testable (needs 64, 128 and another step); "
+        "plateau: not testable (needs 256 and 512 shots)"
+    )

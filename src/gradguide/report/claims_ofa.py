@@ -28,13 +28,13 @@ from gradguide.report.analysis import METRIC, conditions
 from gradguide.report.data import BenchData, RunData
 from gradguide.report.verdict import (
     BETTER,
-    NOT_TESTABLE,
     NOT_WORSE,
     ClaimResult,
     Measure,
     arm_conditions,
     metric_value,
     run_keys,
+    untestable,
     versus,
 )
 
@@ -122,7 +122,7 @@ def _claim(
             )
         )
     if not out:
-        out.append(ClaimResult(claim, paper, "all runs", NOT_TESTABLE, "no ofa runs are stored"))
+        out.append(untestable(claim, paper, "all runs", "no ofa runs are stored"))
     return out
 
 

@@ -58,6 +58,7 @@ from gradguide.report.verdict import (
     headline,
     metric_value,
     run_keys,
+    untestable,
     versus,
 )
 
@@ -145,11 +146,7 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
     paper = _paper_range(metric, percent)
     conds = _sgg_conditions(data)
     if not conds:
-        return [
-            ClaimResult(
-                claim, paper, "all runs", NOT_TESTABLE, "no sgg runs are stored", measure=metric
-            )
-        ]
+        return [untestable(claim, paper, "all runs", "no sgg runs are stored", measure=metric)]
     with_baselines = [c for c in conds if any(b in c.variants() for b in PAPER_BASELINES)]
     conds = with_baselines or conds[:1]
     out = []
@@ -162,15 +159,11 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
         where = _where(cond, sgg)
         if not cond.cells(sgg, metric):
             why = f"no sgg run records {metric}"
-            out.append(
-                ClaimResult(claim, paper, where, NOT_TESTABLE, why, runs=runs, measure=metric)
-            )
+            out.append(untestable(claim, paper, where, why, runs=runs, measure=metric))
             continue
         if not baselines:
             why = "no run of " + ", ".join(PAPER_BASELINES) + " to compare with"
-            out.append(
-                ClaimResult(claim, paper, where, NOT_TESTABLE, why, runs=runs, measure=metric)
-            )
+            out.append(untestable(claim, paper, where, why, runs=runs, measure=metric))
             continue
         means = [
             f"{v} {fmt_interval(average(cond, v, metric, tasks), percent=percent)}"
@@ -188,7 +181,7 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
             for b in baselines
         ]
         testable = [(b, c) for b, c in comparisons if c is not None and c.result.n >= 2]
-        untestable = [b for b, c in comparisons if (b, c) not in testable and b not in other_prior]
+        unpaired = [b for b, c in comparisons if (b, c) not in testable and b not in other_prior]
         failed = [b for b, c in testable if c is not None and not c.better_and_significant]
         missing = [b for b in PAPER_BASELINES if b not in variants]
         # an arm still running (a tuned weight's grid) would be averaged over a subset of tasks
@@ -198,7 +191,7 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
             status = NOT_TESTABLE
         elif failed:
             status = NOT_REPRODUCED
-        elif untestable or missing or other_prior:
+        elif unpaired or missing or other_prior:
             status = NOT_TESTABLE
         else:
             status = REPRODUCED
@@ -214,7 +207,7 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
             tests or "no baseline with 2 matched pairs",
         ]
         reasons = []  # why a condition has no verdict, each also part of the evidence
-        unrecorded = [b for b in untestable if not cond.cells(b, metric)]
+        unrecorded = [b for b in unpaired if not cond.cells(b, metric)]
         if unrecorded:
             reasons.append(f"no run of {', '.join(unrecorded)} records {metric}")
             if metric == ALIGNMENT:
@@ -226,7 +219,7 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
                 )
             else:
                 parts.append(reasons[-1])
-        few = [b for b in untestable if b not in unrecorded]
+        few = [b for b in unpaired if b not in unrecorded]
         if few:
             reasons.append("too few matched pairs against " + ", ".join(few))
             parts.append(reasons[-1])
@@ -324,17 +317,16 @@ def sample_size_claim(data: BenchData) -> list[ClaimResult]:
             status = REPRODUCED
         else:
             status = NOT_TESTABLE
+        why = "; ".join(n for n in notes if "not testable" in n) if status == NOT_TESTABLE else ""
         evidence = (
             f"sgg accuracy averaged over {', '.join(tasks)} (mean ± 95% interval over seeds): "
             f"{curve}. " + "; ".join(notes)
         )
         keys = tuple(r.key for r in runs if r.task in tasks and r.shots in shots)
         top = _gain_headline(seeds[shots[0]], seeds[shots[-1]], shots[0], shots[-1])
-        out.append(ClaimResult(claim, paper, model, status, evidence, top, keys, METRIC))
+        out.append(ClaimResult(claim, paper, model, status, evidence, top, keys, METRIC, why=why))
     if not out:
-        out.append(
-            ClaimResult(claim, paper, "all runs", NOT_TESTABLE, "no sgg runs at 2 or more shots")
-        )
+        out.append(untestable(claim, paper, "all runs", "no sgg runs at 2 or more shots"))
     return out
 
 
@@ -384,9 +376,7 @@ def domain_claim(data: BenchData) -> list[ClaimResult]:
         where = _where(cond, variant)
         out.append(ClaimResult(claim, paper, where, status, evidence, top, keys, METRIC))
     if not out:
-        out.append(
-            ClaimResult(claim, paper, "all runs", NOT_TESTABLE, "no sgg runs on domain tasks")
-        )
+        out.append(untestable(claim, paper, "all runs", "no sgg runs on domain tasks"))
     return out
 
 
@@ -433,9 +423,7 @@ def loss_claim(data: BenchData) -> list[ClaimResult]:
         where = _where(cond, variant)
         out.append(ClaimResult(claim, paper, where, status, evidence, top, keys, "loss"))
     if not out:
-        out.append(
-            ClaimResult(claim, paper, "all runs", NOT_TESTABLE, "no sgg runs with loss curves")
-        )
+        out.append(untestable(claim, paper, "all runs", "no sgg runs with loss curves"))
     return out
 
 
@@ -465,9 +453,7 @@ def setfit_claim(data: BenchData) -> list[ClaimResult]:
                 )
             )
     if not out:
-        out.append(
-            ClaimResult(claim, paper, "all runs", NOT_TESTABLE, f"no {SGG_SETFIT} runs are stored")
-        )
+        out.append(untestable(claim, paper, "all runs", f"no {SGG_SETFIT} runs are stored"))
     return out
 
 

@@ -22,12 +22,12 @@ from gradguide.bench.stats import paired_compare
 from gradguide.report.analysis import METRIC, Condition, conditions, fmt_p
 from gradguide.report.data import BenchData, RunData
 from gradguide.report.verdict import (
-    NOT_TESTABLE,
     ClaimResult,
     Measure,
     arm_conditions,
     metric_value,
     run_keys,
+    untestable,
     versus,
 )
 
@@ -102,11 +102,10 @@ def _claims(
             )
     if not out:
         out.append(
-            ClaimResult(
+            untestable(
                 f"LoRA + spectral coordination {what}",
                 paper,
                 "all runs",
-                NOT_TESTABLE,
                 f"no {', '.join(ARMS)} runs are stored",
             )
         )

@@ -18,7 +18,7 @@ from gradguide.report.data import BenchData
 from gradguide.report.doc import Doc
 from gradguide.report.render import BulletList, Heading, Paragraph, Table
 from gradguide.report.sanity import Sanity
-from gradguide.report.verdict import FAILED_SANITY, NOT_TESTABLE, ClaimResult
+from gradguide.report.verdict import ClaimResult
 
 LORA = "lora"
 
@@ -69,17 +69,11 @@ def summary_section(
     _versus_lora(doc, data, sanity)
 
 
-_SHORT = 100  # characters: evidence this short is its own reason
-
-
 def _headline_or_why(r: ClaimResult) -> str:
     """The verdict table's last cell: the headline, and for a claim without a verdict why not."""
-    why = r.why
-    if not why and r.status in (NOT_TESTABLE, FAILED_SANITY) and len(r.evidence) <= _SHORT:
-        why = r.evidence
-    if why and r.headline:
-        return f"{why}; {r.headline}"
-    return why or r.headline or "—"
+    if r.why and r.headline:
+        return f"{r.why}; {r.headline}"
+    return r.why or r.headline or "—"
 
 
 def reductions(data: BenchData, claims: Sequence[ClaimResult]) -> list[str]:

@@ -63,6 +63,22 @@ class ClaimResult:
     why: str = ""
 
 
+def untestable(
+    claim: str,
+    paper: str,
+    where: str,
+    reason: str,
+    *,
+    runs: tuple[str, ...] = (),
+    measure: str = "",
+) -> ClaimResult:
+    """A claim with no verdict because something it needs is missing; ``reason`` is both its
+    evidence and the few words the verdict table shows."""
+    return ClaimResult(
+        claim, paper, where, NOT_TESTABLE, reason, runs=runs, measure=measure, why=reason
+    )
+
+
 class Judgement(NamedTuple):
     """What ``versus`` decides: the status, the numbers behind it, the headline difference."""
 
@@ -328,6 +344,7 @@ __all__ = [
     "headline",
     "metric_value",
     "run_keys",
+    "untestable",
     "versus",
     "withhold",
 ]
