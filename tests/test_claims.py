@@ -573,3 +573,29 @@ def test_every_claim_without_a_verdict_says_why_in_the_verdict_table():
         "steepest 64→128: not testable (needs 64, 128 and another step); "
         "plateau: not testable (needs 256 and 512 shots)"
     )
+
+
+def test_a_domain_grid_still_running_gets_no_verdict():
+    """SGG's domain arm judged while its grid runs would rest on whichever tasks finished first:
+    with legal_unfair_tos (the task below 75%) still to run for SGG but already run by LoRA, the
+    claim waits; a task the grid never asked for does not hold it back."""
+    runs = [
+        dataclasses.replace(run(arm, task, seed, acc), suite="domain")
+        for seed in (1, 2)
+        for task, acc in (("scicite", 0.8), ("legal_unfair_tos", 0.6))
+        for arm in ("sgg", "lora")
+        if not (arm == "sgg" and task == "legal_unfair_tos" and seed == 2)
+    ]
+
+    def judged(tasks: list[str]) -> ClaimResult:
+        grids = {"g": {"models": ["tiny"], "shots": [16], "tasks": tasks, "seeds": [1, 2]}}
+        (c,) = domain_claim(BenchData(Path("synthetic"), runs, grids, [], []))
+        return c
+
+    c = judged(["scicite", "legal_unfair_tos"])
+    assert c.status == NOT_TESTABLE and c.headline == "", c.evidence
+    assert c.why == "sgg has not yet run 1 cells its grid asks for"
+    assert "sgg has not run legal_unfair_tos seed 2, which its grid asks for and lora ran" in (
+        c.evidence
+    )
+    assert judged(["scicite"]).status == NOT_REPRODUCED  # its grid asked for scicite alone
