@@ -337,6 +337,18 @@ def test_the_minilm_table1_arms_measure_alignment_against_sggs_prior():
     assert len(kept) == 60 and kept <= archived
 
 
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(40, "40 s"), (89.4, "89 s"), (720, "12 min"), (5340, "89 min"),
+     (12000, "3 h 20 min"), (3 * 3600 + 59.8 * 60, "4 h 0 min"), (float("inf"), "unknown")],
+)  # fmt: skip
+def test_durations_read_as_people_read_them(seconds, shown):
+    """A duration just short of the hour rounds up into it ("4 h 0 min", never "3 h 60 min")."""
+    from gradguide.bench.estimate import format_duration
+
+    assert format_duration(seconds) == shown
+
+
 def test_dry_run_estimates_learn_from_stored_runs():
     from gradguide.bench.estimate import Calibration, estimate_config_seconds
     from gradguide.bench.grid import DataCheck

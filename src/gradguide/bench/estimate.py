@@ -184,8 +184,8 @@ def format_duration(seconds: float) -> str:
         return "unknown"
     if seconds < 90:
         return f"{seconds:.0f} s"
-    minutes = seconds / 60
+    minutes = round(seconds / 60)
     if minutes < 90:
-        return f"{minutes:.0f} min"
-    hours = int(minutes // 60)
-    return f"{hours} h {minutes - 60 * hours:.0f} min"
+        return f"{minutes} min"
+    hours, rest = divmod(minutes, 60)
+    return f"{hours} h {rest} min"
