@@ -599,3 +599,21 @@ def test_a_domain_grid_still_running_gets_no_verdict():
         c.evidence
     )
     assert judged(["scicite"]).status == NOT_REPRODUCED  # its grid asked for scicite alone
+
+
+def test_the_domain_claim_names_a_task_below_its_majority_class():
+    """legal_unfair_tos is 90% "other": label-balanced k shots put SGG below that floor, which a
+    reader must be told; scicite, above its floor, is not named."""
+    runs = [
+        dataclasses.replace(run("sgg", task, seed, acc), suite="domain", eval_majority=floor)
+        for seed in (1, 2)
+        for task, acc, floor in (("scicite", 0.6, 0.55), ("legal_unfair_tos", 0.3, 0.903))
+    ]
+    (c,) = domain_claim(bench(runs))
+    assert c.status == NOT_REPRODUCED
+    assert c.evidence.endswith(
+        "Below the majority class (the k shots are label-balanced, these evaluation sets are "
+        "not): legal_unfair_tos (majority 90.3%)"
+    ), c.evidence
+    unknown = [dataclasses.replace(r, eval_majority=None) for r in runs]
+    assert "majority" not in domain_claim(bench(unknown))[0].evidence
