@@ -617,3 +617,30 @@ def test_the_domain_claim_names_a_task_below_its_majority_class():
     ), c.evidence
     unknown = [dataclasses.replace(r, eval_majority=None) for r in runs]
     assert "majority" not in domain_claim(bench(unknown))[0].evidence
+
+
+def test_reductions_name_the_tasks_a_relaunched_grid_never_ran():
+    """A grid launched on banking77 and relaunched on pubmedqa keeps both in its stored spec;
+    the verdicts' caption must say, per model, which of its tasks no cited run covers."""
+    from gradguide.bench.spec import PRESETS_DIR
+    from gradguide.report.summary import reductions
+
+    spec = {
+        "name": "domains",
+        "source": str(PRESETS_DIR / "domains.yaml"),
+        "models": ["smollm2-135m"],
+        "tasks": ["financial_phrasebank", "banking77", "pubmedqa"],
+        "methods": ["zero-shot", "lora", "sgg"],
+        "shots": [32],
+        "seeds": [1, 2, 3],
+        "base": {"eval_limit": 300, "optim.epochs": 10, "optim.batch_size": 8},
+    }
+    runs = [
+        dataclasses.replace(run("sgg", "financial_phrasebank", s, 0.6), grid="domains")
+        for s in (1, 2)
+    ]
+    claim = ClaimResult("c", "p", "w", NOT_REPRODUCED, "", runs=tuple(r.key for r in runs))
+    data = BenchData(Path("synthetic"), runs, {"domains": spec}, [], [])
+    (line,) = reductions(data, [claim])
+    assert line.startswith("domains: ") and "base.eval_limit 300 (preset: 500)" in line, line
+    assert line.endswith("tiny has no run behind these verdicts on banking77, pubmedqa"), line

@@ -80,13 +80,19 @@ def reductions(data: BenchData, claims: Sequence[ClaimResult]) -> list[str]:
     """For each grid some claim's runs came from, how it departs from its preset's axes and base
     settings (its name aside): what was reduced, as the issue's rule asks a report to say."""
     keys = {k for c in claims for k in c.runs}
-    grids = dict.fromkeys(r.grid for r in data.runs if r.key in keys)
+    cited = [r for r in data.runs if r.key in keys]
     out = []
-    for name in grids:
+    for name in dict.fromkeys(r.grid for r in cited):
         spec = data.grids.get(name)
         if not spec:
             continue
         cut = departures_from_preset(spec, name=False)
+        # a grid relaunched on other tasks keeps them all in its spec: say which went unrun
+        for model in dict.fromkeys(r.model for r in cited if r.grid == name):
+            ran = {r.task for r in cited if r.grid == name and r.model == model}
+            unrun = [t for t in spec.get("tasks", ()) if t not in ran]
+            if unrun:
+                cut.append(f"{model} has no run behind these verdicts on " + ", ".join(unrun))
         if cut:
             out.append(f"{name}: " + "; ".join(cut))
     return out
