@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from gradguide.bench.stats import Interval, mean_ci, paired_bootstrap, task_average_by_seed
+from gradguide.bench.stats import mean_ci, paired_bootstrap, task_average_by_seed
 from gradguide.report.analysis import (
     ALIGNMENT,
     METRIC,
     STABILITY,
     Comparison,
-    Condition,
     average,
     compare,
     conditions,
@@ -48,7 +47,16 @@ from gradguide.report.analysis import (
     mean_curve,
     why_unmeasured,
 )
+from gradguide.report.claims_sgg_domains import domain_claim
 from gradguide.report.data import BenchData, RunData, cells
+from gradguide.report.sgg_arms import (
+    SGG,
+    condition_label,
+    planned_cells,
+    ran_cells,
+    sgg_conditions,
+    sgg_variants,
+)
 from gradguide.report.verdict import (
     NOT_REPRODUCED,
     NOT_TESTABLE,
@@ -62,7 +70,6 @@ from gradguide.report.verdict import (
     versus,
 )
 
-SGG = "sgg"
 PAPER_BASELINES = ("full", "adapter", "lora", "prompt")
 #: The paper's Table 1 (accuracy as a fraction; stability and alignment as printed).
 PAPER_TABLE1: dict[str, dict[str, float]] = {
@@ -70,9 +77,6 @@ PAPER_TABLE1: dict[str, dict[str, float]] = {
     STABILITY: {"full": 0.61, "adapter": 0.67, "lora": 0.69, "prompt": 0.71, SGG: 0.78},
     ALIGNMENT: {"full": 0.52, "adapter": 0.58, "lora": 0.60, "prompt": 0.61, SGG: 0.73},
 }
-DOMAIN_THRESHOLD = 0.75
-#: the arm whose finished cells show how far a domain grid has got (it runs beside SGG)
-DOMAIN_REFERENCE = "lora"
 PLATEAU_GAIN = 0.01
 STEEP_FROM, STEEP_TO = 64, 128
 PLATEAU_FROM, PLATEAU_TO = 256, 512
@@ -102,39 +106,6 @@ SGG_SETFIT = "sgg+setfit"
 ACCURACY = Measure(METRIC, metric_value(METRIC), percent=True)
 
 
-def _sgg_conditions(data: BenchData) -> list[Condition]:
-    return [c for c in conditions(data.runs) if sgg_variants(c)]
-
-
-def _where(cond: Condition, variant: str) -> str:
-    """The condition, and the swept settings of the SGG variant judged in it."""
-    swept = cond.runs_of(variant)[0].settings_label
-    return f"{cond.title}; {swept}" if swept else cond.title
-
-
-def sgg_variants(cond: Condition) -> list[str]:
-    """The SGG arms of ``cond``: the default weights, then each swept setting (a weight chosen
-    on the k shots runs as one), each judged apart: pooled, one could hide the other."""
-    return [v for v in cond.variants() if cond.runs_of(v)[0].method == SGG]
-
-
-def planned_cells(data: BenchData, runs: Sequence[RunData]) -> set[tuple[str, int]]:
-    """The (task, seed) cells the stored grids that ran ``runs`` ask for at their model and
-    shots."""
-    out: set[tuple[str, int]] = set()
-    for r in runs:
-        spec = data.grids.get(r.grid) or {}
-        if r.model in spec.get("models", ()) and r.shots in spec.get("shots", ()):
-            out.update(itertools.product(spec.get("tasks", ()), spec.get("seeds", ())))
-    return out
-
-
-def _ran(cond: Condition, variants: Sequence[str]) -> set[tuple[str, int]]:
-    """The (task, seed) cells every one of ``variants`` has a run on."""
-    sets = [{(r.task, r.seed) for r in cond.runs_of(v)} for v in variants]
-    return set.intersection(*sets) if sets else set()
-
-
 def _paper_range(metric: str, percent: bool) -> str:
     table = PAPER_TABLE1[metric]
     base = [table[b] for b in PAPER_BASELINES]
@@ -147,7 +118,7 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
     """SGG against the paper's baselines on ``metric`` in every condition that has SGG runs."""
     percent = metric == METRIC
     paper = _paper_range(metric, percent)
-    conds = _sgg_conditions(data)
+    conds = sgg_conditions(data)
     if not conds:
         return [untestable(claim, paper, "all runs", "no sgg runs are stored", measure=metric)]
     with_baselines = [c for c in conds if any(b in c.variants() for b in PAPER_BASELINES)]
@@ -159,7 +130,7 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
         baselines = [b for b in PAPER_BASELINES if b in variants]
         tasks = cond.common_tasks([sgg, *baselines])
         runs = run_keys(cond, [sgg, *baselines], tasks)
-        where = _where(cond, sgg)
+        where = condition_label(cond, sgg)
         if not cond.cells(sgg, metric):
             why = f"no sgg run records {metric}"
             out.append(untestable(claim, paper, where, why, runs=runs, measure=metric))
@@ -189,7 +160,7 @@ def table1_claim(data: BenchData, metric: str, claim: str) -> list[ClaimResult]:
         missing = [b for b in PAPER_BASELINES if b not in variants]
         # an arm still running (a tuned weight's grid) would be averaged over a subset of tasks
         planned = planned_cells(data, cond.runs_of(sgg))
-        unrun = sorted((_ran(cond, baselines) & planned) - _ran(cond, [sgg]))
+        unrun = sorted((ran_cells(cond, baselines) & planned) - ran_cells(cond, [sgg]))
         if unrun:
             status = NOT_TESTABLE
         elif failed:
@@ -346,83 +317,13 @@ def _gain_headline(low: dict[int, float], high: dict[int, float], lo: int, hi: i
     )
 
 
-def domain_claim(data: BenchData) -> list[ClaimResult]:
-    """Figure 3: SGG above 75% accuracy on every domain task."""
-    claim = "Accuracy stays above 75% on domain-specific tasks"
-    paper = "Figure 3 (75.9–79.0%)"
-    out = []
-    domain = conditions(r for r in data.runs if r.suite == "domain")
-    for cond, variant in ((c, v) for c in domain for v in sgg_variants(c)):
-        runs = cond.runs_of(variant)
-        values = cells(runs, METRIC)
-        by_task = {
-            t: mean_ci([v for (task, _), v in values.items() if task == t])
-            for t in dict.fromkeys(task for task, _ in values)
-        }
-        if not by_task:
-            continue
-        below = [t for t, iv in by_task.items() if iv.mean <= DOMAIN_THRESHOLD]
-        status = NOT_REPRODUCED if below else REPRODUCED
-        shown = ", ".join(f"{t} {fmt_interval(iv, percent=True)}" for t, iv in by_task.items())
-        evidence = f"sgg accuracy (mean ± 95% interval over seeds): {shown}"
-        if below:
-            evidence += ". At or below 75%: " + ", ".join(below)
-        floors = _below_majority(runs, by_task)
-        if floors:
-            evidence += (
-                ". Below the majority class (the k shots are label-balanced, these evaluation "
-                "sets are not): "
-                + ", ".join(f"{t} (majority {100 * m:.1f}%)" for t, m in floors.items())
-            )
-        # a grid still running would be judged on whichever cells finished first
-        reference = [v for v in (DOMAIN_REFERENCE,) if v in cond.variants()]
-        unrun = sorted((_ran(cond, reference) & planned_cells(data, runs)) - _ran(cond, [variant]))
-        why = ""
-        if reference and unrun:
-            status = NOT_TESTABLE
-            why = f"{variant} has not yet run {len(unrun)} cells its grid asks for"
-            cells_text = ", ".join(f"{t} seed {seed}" for t, seed in unrun)
-            evidence += (
-                f". {variant} has not run {cells_text}, which its grid asks for and "
-                f"{DOMAIN_REFERENCE} ran"
-            )
-        low = min(by_task, key=lambda t: by_task[t].mean)
-        iv = by_task[low]
-        top = f"lowest task {low}: {100 * iv.mean:.1f}%" + (
-            f" [{100 * (iv.mean - iv.half_width):.1f}, {100 * (iv.mean + iv.half_width):.1f}]"
-            if iv.n >= 2 and math.isfinite(iv.half_width)
-            else " (n=1)"
-        )
-        top += f" against {100 * DOMAIN_THRESHOLD:.0f}%"
-        keys = tuple(r.key for r in runs)
-        where = _where(cond, variant)
-        out.append(
-            ClaimResult(
-                claim, paper, where, status, evidence, "" if why else top, keys, METRIC, why=why
-            )
-        )
-    if not out:
-        out.append(untestable(claim, paper, "all runs", "no sgg runs on domain tasks"))
-    return out
-
-
-def _below_majority(runs: Sequence[RunData], by_task: Mapping[str, Interval]) -> dict[str, float]:
-    """Task → its majority-class accuracy, for the tasks whose mean accuracy lies below it."""
-    out = {}
-    for task, iv in by_task.items():
-        floors = [r.eval_majority for r in runs if r.task == task and r.eval_majority is not None]
-        if floors and iv.mean < min(floors):
-            out[task] = min(floors)
-    return out
-
-
 def loss_claim(data: BenchData) -> list[ClaimResult]:
     """Figure 4: the loss falls (10% of its start or more), fast early (half of it in the first
     20%)."""
     claim = "Training loss declines rapidly early in training"
     paper = "Figure 4 (rapid decline in the first 20 of ~100 epochs)"
     out = []
-    for cond, variant in ((c, v) for c in _sgg_conditions(data) for v in sgg_variants(c)):
+    for cond, variant in ((c, v) for c in sgg_conditions(data) for v in sgg_variants(c)):
         runs = cond.runs_of(variant)
         curve = mean_curve(runs, "loss")
         if curve is None:
@@ -456,7 +357,7 @@ def loss_claim(data: BenchData) -> list[ClaimResult]:
         )
         status = REPRODUCED if ok else NOT_REPRODUCED
         keys = tuple(r.key for r in runs)
-        where = _where(cond, variant)
+        where = condition_label(cond, variant)
         out.append(ClaimResult(claim, paper, where, status, evidence, top, keys, "loss"))
     if not out:
         out.append(untestable(claim, paper, "all runs", "no sgg runs with loss curves"))
@@ -482,7 +383,7 @@ def setfit_claim(data: BenchData) -> list[ClaimResult]:
             if walls:
                 evidence += ". Mean wall time per run: " + ", ".join(walls)
             runs = run_keys(cond, (variant, SETFIT), j.tasks)
-            where = _where(cond, variant)
+            where = condition_label(cond, variant)
             out.append(
                 ClaimResult(
                     claim, paper, where, j.status, evidence, j.headline, runs, METRIC, why=j.why
