@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 
-from gradguide.bench.stats import Interval, mean_ci
+from gradguide.bench.stats import mean_ci
 from gradguide.report.analysis import METRIC, conditions, fmt_interval
-from gradguide.report.data import BenchData, RunData, cells
+from gradguide.report.data import BenchData, cells
+from gradguide.report.results import majority_floors
 from gradguide.report.sgg_arms import condition_label, planned_cells, ran_cells, sgg_variants
 from gradguide.report.verdict import (
     NOT_REPRODUCED,
@@ -43,7 +43,9 @@ def domain_claim(data: BenchData) -> list[ClaimResult]:
         evidence = f"sgg accuracy (mean ± 95% interval over seeds): {shown}"
         if below:
             evidence += ". At or below 75%: " + ", ".join(below)
-        floors = _below_majority(runs, by_task)
+        floors = {
+            t: m for t, m in majority_floors(cond, list(by_task)).items() if by_task[t].mean < m
+        }
         if floors:
             evidence += (
                 ". Below the majority class (the k shots are label-balanced, these evaluation "
@@ -81,14 +83,4 @@ def domain_claim(data: BenchData) -> list[ClaimResult]:
         )
     if not out:
         out.append(untestable(claim, paper, "all runs", "no sgg runs on domain tasks"))
-    return out
-
-
-def _below_majority(runs: Sequence[RunData], by_task: Mapping[str, Interval]) -> dict[str, float]:
-    """Task → its majority-class accuracy, for the tasks whose mean accuracy lies below it."""
-    out = {}
-    for task, iv in by_task.items():
-        floors = [r.eval_majority for r in runs if r.task == task and r.eval_majority is not None]
-        if floors and iv.mean < min(floors):
-            out[task] = min(floors)
     return out

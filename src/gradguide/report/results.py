@@ -58,7 +58,7 @@ def _failed_arms(cond: Condition, sanity: Sanity) -> str:
     return f" Runs that failed a sanity check (see Sanity checks): {', '.join(arms)}."
 
 
-def _majority(cond: Condition, tasks: Sequence[str]) -> dict[str, float]:
+def majority_floors(cond: Condition, tasks: Sequence[str]) -> dict[str, float]:
     """Per task, the accuracy of always answering the evaluation set's most common label (from
     the runs' records; a task whose runs hold none, or disagree, is left out)."""
     out = {}
@@ -101,7 +101,7 @@ def results_section(doc: Doc, data: BenchData, sanity: Sanity) -> None:
                     ),
                 )
             )
-        majority = _majority(cond, tasks)
+        majority = majority_floors(cond, tasks)
         if majority:
             rows.append(
                 (
