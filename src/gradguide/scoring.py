@@ -73,6 +73,12 @@ def _token_ids(tokenizer: Any, text: str, *, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+def completion_ids(tokenizer: Any, completion: str) -> list[int]:
+    """A candidate completion's token ids as a decoder scores them (no special tokens): when
+    every candidate is one token, a prompt is scored in one pass."""
+    return _token_ids(tokenizer, completion, special=False)
+
+
 def encode_causal(
     tokenizer: Any,
     instances: Sequence[Instance],
@@ -84,7 +90,7 @@ def encode_causal(
     The prefix (in-context demonstrations) is tokenised on its own, so a row is always
     ``prefix ids + prompt ids + completion ids`` (its start cut when it exceeds ``max_length``).
     """
-    cand_ids = [[_token_ids(tokenizer, c, special=False) for c in x.candidates] for x in instances]
+    cand_ids = [[completion_ids(tokenizer, c) for c in x.candidates] for x in instances]
     for x, ids in zip(instances, cand_ids, strict=True):
         if any(len(c) == 0 for c in ids):
             raise GradguideError(f"instance {x.id}: a candidate completion tokenises to nothing")

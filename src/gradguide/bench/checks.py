@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gradguide.bench.spec import GridRun
+from gradguide.bench.workload import TaskText, single_token
 from gradguide.config import to_dict
 from gradguide.errors import GradguideError
 from gradguide.evaluate import limit_instances, resolve_task
@@ -40,8 +41,11 @@ class DataCheck:
 
     eval_sizes: dict[str, int]
     problems: list[str]
-    #: mean characters of a (prompt + longest answer) per task: (training pool, evaluation set)
-    chars: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    #: what a model reads per instance of each task: (training pool, evaluation set)
+    texts: dict[str, tuple[TaskText, TaskText]] = dataclasses.field(default_factory=dict)
+    #: whether a decoder scores a task's candidates in one pass (all single tokens), by
+    #: (model, task); only where the model's tokenizer could be loaded
+    one_pass: dict[tuple[str, str], bool] = dataclasses.field(default_factory=dict)
 
 
 def _data_signature(config: TrainConfig) -> str:
@@ -59,13 +63,18 @@ def _data_signature(config: TrainConfig) -> str:
     )
 
 
-def check_data(runs: Sequence[GridRun], source: str = "<grid>") -> DataCheck:
-    """Load each task's data once: is it there, are there enough examples for every ``shots``."""
+def check_data(
+    runs: Sequence[GridRun], source: str = "<grid>", *, tokenizers: bool = False
+) -> DataCheck:
+    """Load each task's data once: is it there, are there enough examples for every ``shots``.
+    With ``tokenizers``, also load each decoder's tokenizer to tell its scoring path (for the
+    run-time estimate)."""
     groups: dict[str, list[GridRun]] = {}
     for r in runs:
         groups.setdefault(_data_signature(r.config), []).append(r)
     sizes: dict[str, int] = {}
-    chars: dict[str, tuple[float, float]] = {}
+    texts: dict[str, tuple[TaskText, TaskText]] = {}
+    one_pass: dict[tuple[str, str], bool] = {}
     problems: list[str] = []
     for group in groups.values():
         c = group[0].config
@@ -75,19 +84,29 @@ def check_data(runs: Sequence[GridRun], source: str = "<grid>") -> DataCheck:
             pool = task.load(task.train_split, root)
             evals = limit_instances(task.load(c.eval_split or task.eval_split, root), c.eval_limit)
             sizes[c.task] = len(evals)
-            chars[c.task] = (_mean_chars(pool), _mean_chars(evals))
+            texts[c.task] = (TaskText.of(pool), TaskText.of(evals))
+            if tokenizers:
+                one_pass.update(_one_pass(group, [*pool, *evals]))
             most = max(r.config.shots for r in group)
             sample_k_shot(pool, most, 0)
         except GradguideError as e:
             problems.append(f"{source}: task {c.task}: {e}")
-    return DataCheck(sizes, problems, chars)
+    return DataCheck(sizes, problems, texts, one_pass)
 
 
-def _mean_chars(instances: Sequence[Any]) -> float:
-    """Mean length of what a model reads per instance: the prompt and its longest answer."""
-    if not instances:
-        return 0.0
-    return sum(len(i.prompt) + max(map(len, i.candidates)) for i in instances) / len(instances)
+def _one_pass(group: Sequence[GridRun], instances: Sequence[Any]) -> dict[tuple[str, str], bool]:
+    """Whether each decoder of ``group`` whose tokenizer loads reads the task in one pass."""
+    from gradguide.models import load_tokenizer
+
+    task = group[0].config.task
+    out: dict[tuple[str, str], bool] = {}
+    for model in sorted({r.config.model for r in group}):
+        tokenizer = load_tokenizer(model) if model_kind(model) == "causal" else None
+        if tokenizer is not None:
+            out[(model, task)] = single_token(
+                tokenizer, (c for x in instances for c in x.candidates)
+            )
+    return out
 
 
 def check_models(runs: Sequence[GridRun], source: str = "<grid>") -> list[str]:

@@ -71,7 +71,7 @@ def _dry_run(spec: Any, out: Path, workers: int) -> int:
     from gradguide.bench.store import DB_NAME, Store
 
     runs, done = pending_runs(spec, out)
-    data = check_data(runs, spec.source)
+    data = check_data(runs, spec.source, tokenizers=True)
     stored = []
     if (out / DB_NAME).is_file():
         with Store(out) as store:

@@ -8,9 +8,12 @@ learning lengthens every prompt; a model's constants are declared with it, ``Mod
 gradguide.models). With 2 cores, more workers do not shorten the total: each one
 gets fewer threads. Treat every number as an order of magnitude.
 
-Training steps and evaluation scale with the task's mean text length (characters of prompt and
-longest answer) against SST-2's, on which the constants were measured: an RTE pair reads 2.8x the
-characters of an SST-2 sentence, a MultiRC paragraph 12x.
+Training steps and evaluation scale with the characters the model reads per instance against
+SST-2's, on which the constants were measured (gradguide.bench.workload): a decoder whose label
+words are single tokens reads each prompt once (an RTE pair 2.8x an SST-2 sentence); one whose
+candidates are several tokens reads one row per candidate in training (LegalBench's 9 clause
+types, 9 rows) and each shared prefix once in evaluation (a MultiRC passage once for all its
+questions' answer options); an encoder reads the prompt and each candidate apart.
 
 Runs already stored in the bench directory correct the formula (``Calibration``): a run like a
 stored one (same model, task, method and shots) is estimated at their median wall time, and any
@@ -28,11 +31,12 @@ from collections.abc import Mapping, Sequence
 from gradguide.bench.checks import DataCheck
 from gradguide.bench.spec import GridRun
 from gradguide.bench.store import RunRow, arm_name
+from gradguide.bench.workload import read_chars
 from gradguide.config import from_dict, to_dict
 from gradguide.errors import GradguideError
 from gradguide.guidance import guidance_cost
 from gradguide.methods import get_method, list_methods
-from gradguide.models import ModelCost, model_spec
+from gradguide.models import ModelCost, model_kind, model_spec
 from gradguide.objective import total_steps
 from gradguide.tasks import get_task
 from gradguide.train_config import TrainConfig
@@ -85,6 +89,27 @@ def _planned_items(c: TrainConfig) -> tuple[int, int, int]:
     return int(items), int(batch), int(epochs)
 
 
+def _read_chars(c: TrainConfig, data: DataCheck | None) -> tuple[float, float]:
+    """Characters per instance the run's model reads (training pool, evaluation set) on the
+    scoring path ``c`` takes; zeros when the data was not read."""
+    texts = data.texts.get(c.task) if data else None
+    if texts is None or data is None:
+        return 0.0, 0.0
+    try:
+        reads = getattr(get_method(c.method), "reads", "prompts")
+    except GradguideError:
+        reads = "prompts"
+    kind = model_kind(c.model) if reads == "prompts" else None  # the text alone: one reading
+    one_pass = data.one_pass.get((c.model, c.task))
+    if one_pass is not None:
+        one_pass = one_pass and c.scoring.fast_path
+    pool, evals = texts
+    return (
+        read_chars(pool, kind, one_pass, cache=False),
+        read_chars(evals, kind, one_pass, cache=c.scoring.prefix_cache),
+    )
+
+
 def estimate_run_seconds(run: GridRun, data: DataCheck | None = None) -> float:
     """Estimated wall time of one run (model load, training steps, evaluation)."""
     return estimate_config_seconds(run.config, data)
@@ -93,7 +118,7 @@ def estimate_run_seconds(run: GridRun, data: DataCheck | None = None) -> float:
 def estimate_config_seconds(c: TrainConfig, data: DataCheck | None = None) -> float:
     """The formula estimate of one run's wall time, from its configuration and its task's data."""
     eval_size = data.eval_sizes.get(c.task) if data else None
-    train_chars, eval_chars = data.chars.get(c.task, (0.0, 0.0)) if data else (0.0, 0.0)
+    train_chars, eval_chars = _read_chars(c, data)
     train_scale = train_chars / REFERENCE_CHARS if train_chars else 1.0
     eval_scale = eval_chars / REFERENCE_CHARS if eval_chars else 1.0
     cost = model_cost(c.model)

@@ -136,6 +136,8 @@ def options_scoped_out(method: str) -> list[str]:
 
 #: What a method can be in the report (Method.role).
 ROLES = ("baseline", "proposed")
+#: What a method's runs can read per example (the optional Method.reads).
+READS = ("prompts", "text")
 
 
 def check_method(method: Method) -> None:
@@ -151,6 +153,11 @@ def check_method(method: Method) -> None:
             raise GradguideError(
                 f"method {method.name!r} declares {field_name} {value!r}; it must be positive"
             )
+    reads = getattr(method, "reads", "prompts")
+    if reads not in READS:
+        raise GradguideError(
+            f"method {method.name!r} declares reads {reads!r}; expected one of " + ", ".join(READS)
+        )
 
 
 @dataclass
@@ -246,6 +253,9 @@ class Method(Protocol):
     #: cost of evaluation relative to scoring each example's candidates once
     eval_factor: float
     # Optional, read with getattr (a method without settings declares neither):
+    #   reads: str (default "prompts") -- what its runs read per example, for run-time estimates:
+    #     "prompts", each example's prompt and candidates on the model's scoring path
+    #     (gradguide.bench.workload), or "text", the example's own text once (SetFit)
     #   options: type | None -- its options dataclass; its fields become MethodOptions fields
     #     (``method_options.<name>``) when the method registers (install_method_options)
     #   options_scoped: bool (default True) -- whether its options are left out of the run keys

@@ -286,6 +286,9 @@ class SetFit:
     #: one embedding per example: 57 vs 33 SST-2 examples/s for the encoder head's prompt +
     #: label words on minilm-l6 (benchmarks/setfit_cost.py)
     eval_factor = 0.6
+    #: SetFit embeds each example's text (pairs of them in training), never a prompt with its
+    #: candidates: 77 intent names cost it nothing (gradguide.bench.estimate)
+    reads = "text"
     description = (
         "SetFit (setfit package): contrastive tuning of the sentence encoder on pairs of the "
         "k shots, then a logistic-regression head"
