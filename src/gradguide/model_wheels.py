@@ -90,7 +90,7 @@ def load_smollm2(
     started = time.perf_counter()
     digest = sha256_file(gguf)
     hash_seconds = time.perf_counter() - started
-    target = cache_root(cache_dir) / "models" / f"{SMOLLM2}-{digest[:12]}"
+    target = _smollm2_cache(digest, cache_dir)
 
     def build() -> tuple[torch.nn.Module, Any]:
         return _dequantise_gguf(gguf)
@@ -114,6 +114,11 @@ def load_smollm2(
     return model, tokenizer, info
 
 
+def _smollm2_cache(digest: str, cache_dir: str | Path | None = None) -> Path:
+    """Where the float32 copy of the GGUF with sha256 ``digest`` is cached."""
+    return cache_root(cache_dir) / "models" / f"{SMOLLM2}-{digest[:12]}"
+
+
 def smollm2_tokenizer() -> Any:
     """SmolLM2's tokenizer alone: from the float32 cache when it was built, else the GGUF (slower:
     about 10 s, the GGUF's metadata is read whole)."""
@@ -122,7 +127,7 @@ def smollm2_tokenizer() -> Any:
     gguf = smollm2_gguf()
     if gguf is None:
         raise _missing_wheel(SMOLLM2, SMOLLM2_WHEEL)
-    cached = cache_root() / "models" / f"{SMOLLM2}-{sha256_file(gguf)[:12]}"
+    cached = _smollm2_cache(sha256_file(gguf))
     if (cached / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(cached), local_files_only=True)
     return AutoTokenizer.from_pretrained(

@@ -269,7 +269,7 @@ def load_tokenizer(name_or_path: str) -> Any | None:
     spec = model_spec(name_or_path)
     try:
         if spec is not None:
-            return spec.tokenizer() if spec.tokenizer and spec.locate() else None
+            return spec.tokenizer() if spec.tokenizer else None  # raises when not installed
         return AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=True)
     except Exception:  # an estimate without the tokenizer is still an estimate
         return None

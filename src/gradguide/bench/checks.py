@@ -84,7 +84,7 @@ def check_data(
             pool = task.load(task.train_split, root)
             evals = limit_instances(task.load(c.eval_split or task.eval_split, root), c.eval_limit)
             sizes[c.task] = len(evals)
-            texts[c.task] = (TaskText.of(pool), TaskText.of(evals))
+            texts[c.task] = (TaskText.of(pool, cache=False), TaskText.of(evals))
             if tokenizers:
                 one_pass.update(_one_pass(group, [*pool, *evals]))
             most = max(r.config.shots for r in group)

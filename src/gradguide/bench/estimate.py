@@ -89,16 +89,13 @@ def _planned_items(c: TrainConfig) -> tuple[int, int, int]:
     return int(items), int(batch), int(epochs)
 
 
-def _read_chars(c: TrainConfig, data: DataCheck | None) -> tuple[float, float]:
+def _read_chars(c: TrainConfig, data: DataCheck | None, reads: str) -> tuple[float, float]:
     """Characters per instance the run's model reads (training pool, evaluation set) on the
-    scoring path ``c`` takes; zeros when the data was not read."""
+    scoring path ``c`` takes (``reads``: its method's, Method.reads); zeros when the data was
+    not read."""
     texts = data.texts.get(c.task) if data else None
     if texts is None or data is None:
         return 0.0, 0.0
-    try:
-        reads = getattr(get_method(c.method), "reads", "prompts")
-    except GradguideError:
-        reads = "prompts"
     kind = model_kind(c.model) if reads == "prompts" else None  # the text alone: one reading
     one_pass = data.one_pass.get((c.model, c.task))
     if one_pass is not None:
@@ -117,16 +114,17 @@ def estimate_run_seconds(run: GridRun, data: DataCheck | None = None) -> float:
 
 def estimate_config_seconds(c: TrainConfig, data: DataCheck | None = None) -> float:
     """The formula estimate of one run's wall time, from its configuration and its task's data."""
+    try:
+        method = get_method(c.method)
+        trains, reads = method.trains, getattr(method, "reads", "prompts")
+    except Exception:
+        trains, reads = True, "prompts"
     eval_size = data.eval_sizes.get(c.task) if data else None
-    train_chars, eval_chars = _read_chars(c, data)
+    train_chars, eval_chars = _read_chars(c, data, reads)
     train_scale = train_chars / REFERENCE_CHARS if train_chars else 1.0
     eval_scale = eval_chars / REFERENCE_CHARS if eval_chars else 1.0
     cost = model_cost(c.model)
     seconds = cost.load_s
-    try:
-        trains = get_method(c.method).trains
-    except Exception:
-        trains = True
     if trains:
         items, batch, epochs = _planned_items(c)
         steps = total_steps(c, items, batch, epochs)

@@ -47,20 +47,28 @@ class TaskText:
     candidates: float = 1.0  # mean candidates per instance
 
     @classmethod
-    def of(cls, instances: Sequence[Instance]) -> TaskText:
-        """Measure ``instances`` (all zero when there are none)."""
+    def of(cls, instances: Sequence[Instance], *, cache: bool = True) -> TaskText:
+        """Measure ``instances`` (all zero when there are none). ``cache``: whether the prefix
+        cache reads them (an evaluation set); a training pool is read in full, so its shared and
+        cached readings are its full ones, and no trie is built over its rows."""
         n = len(instances)
         if not n:
             return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-        rows = [x.prompt + c for x in instances for c in x.candidates]
-        longest = sum(max(map(len, x.candidates)) for x in instances)
+        prompts = sum(len(x.prompt) for x in instances)
+        longest = sum(max(map(len, x.candidates)) for x in instances) + prompts
+        completions = sum(len(c) for x in instances for c in x.candidates)
+        rows = sum(len(x.prompt) * len(x.candidates) for x in instances) + completions
+        shared, cached = longest, rows
+        if cache:
+            shared = longest - prompts + trie_chars(x.prompt for x in instances)
+            cached = trie_chars(x.prompt + c for x in instances for c in x.candidates)
         return cls(
-            longest=(sum(len(x.prompt) for x in instances) + longest) / n,
-            shared=(trie_chars(x.prompt for x in instances) + longest) / n,
-            rows=sum(map(len, rows)) / n,
-            cached=trie_chars(rows) / n,
-            pairs=sum(len(x.prompt) + sum(map(len, x.candidates)) for x in instances) / n,
-            candidates=len(rows) / n,
+            longest=longest / n,
+            shared=shared / n,
+            rows=rows / n,
+            cached=cached / n,
+            pairs=(prompts + completions) / n,
+            candidates=sum(len(x.candidates) for x in instances) / n,
         )
 
 
