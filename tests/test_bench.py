@@ -547,6 +547,74 @@ def test_a_killed_run_continues_from_its_checkpoint_to_the_same_result(tmp_path,
     assert record["metrics"] == expected["metrics"]
 
 
+def _pool(tmp_path: Path, dies: dict[str, int], workers: int = 1) -> tuple[dict, list, dict]:
+    """Run payloads a, b, c through the pool with a worker that dies as ``dies`` says."""
+    from tiny_runs import die_then_succeed
+
+    from gradguide.bench.runner import _run_pool
+
+    payloads = [{"key": k, "die": dies.get(k, 0), "marks": str(tmp_path)} for k in "abc"]
+    results: dict[str, Any] = {}
+    retried: list[str] = []
+    _run_pool(
+        payloads,
+        workers,
+        lambda r: results.__setitem__(r["key"], r),
+        retried.append,
+        run=die_then_succeed,
+    )
+    starts = {k: len((tmp_path / k).read_text()) for k in "abc" if (tmp_path / k).exists()}
+    return results, retried, starts
+
+
+def test_a_dead_worker_costs_only_the_run_it_was_running(tmp_path):
+    results, retried, starts = _pool(tmp_path, {"b": 1})
+    assert {k: r["ok"] for k, r in results.items()} == {"a": True, "b": True, "c": True}
+    assert retried == ["b"] and starts == {"a": 1, "b": 2, "c": 1}
+
+
+def test_a_run_that_kills_its_worker_every_time_fails_alone(tmp_path):
+    from gradguide.bench.runner import RETRIES, WORKER_DIED
+
+    results, retried, starts = _pool(tmp_path, {"a": 99}, workers=2)
+    assert results["a"] == {"key": "a", "ok": False, "error": WORKER_DIED}
+    assert results["b"]["ok"] and results["c"]["ok"]
+    assert starts["a"] == RETRIES + 1 and retried.count("a") == RETRIES
+
+
+def test_a_worker_killed_mid_grid_is_replaced_and_its_run_continues(tmp_path):
+    import multiprocessing
+    import threading
+
+    base = {**_fast_base(steps=40), "checkpoint_every": 2}
+    spec = parse_grid(_grid(methods=["lora"], seeds=[1, 2], base=base), source="g.yaml")
+    out = tmp_path / "bench"
+    first = expand_grid(spec)[0].key
+    killed: list[int] = []
+
+    def kill_the_worker_after_a_checkpoint() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            left = run_dirs(out, first)[1]
+            if left and (left[0] / "checkpoint" / "state.json").is_file():
+                for child in multiprocessing.active_children():
+                    os.kill(child.pid, signal.SIGKILL)
+                    killed.append(child.pid)
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_the_worker_after_a_checkpoint)
+    killer.start()
+    lines: list[str] = []
+    outcome = run_grid(spec, out, workers=1, show_progress=False, on_line=lines.append)
+    killer.join()
+    assert killed, "the first run finished before a checkpoint was seen"
+    assert outcome.ok and outcome.ran == 2, outcome.failed
+    assert sorted(k for k, _ in _rows(out)) == sorted(r.key for r in expand_grid(spec))
+    assert any("a worker died while training lora" in line for line in lines)
+    done, left = run_dirs(out, first)
+    assert len(done) == 1 and left == []  # continued in its own directory, not started afresh
+
+
 def test_one_key_is_trained_once_across_grids_sharing_a_directory(tmp_path):
     import fcntl
     import threading

@@ -14,3 +14,19 @@ def tiny_config(tmp_path: Path, **kw: Any) -> TrainConfig:
         model="tiny-llama", task="demo-sentiment", shots=8, seed=1, out=str(tmp_path)
     )
     return TrainConfig(**{**base, **kw})
+
+
+def die_then_succeed(payload: dict[str, Any]) -> dict[str, Any]:
+    """A pool run that kills its own worker the first ``payload["die"]`` times it is started.
+
+    Each start is counted in ``payload["marks"]/<key>`` so a test can see which runs were charged.
+    """
+    import os
+    import signal
+
+    marks = Path(payload["marks"]) / payload["key"]
+    with open(marks, "a") as f:
+        f.write("x")
+    if len(marks.read_text()) <= payload.get("die", 0):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"key": payload["key"], "ok": True}

@@ -7,6 +7,8 @@ loses at most the runs in progress: the same command skips every stored run, sto
 record was written just before the kill, continues a killed run from its last checkpoint (when the
 grid sets ``checkpoint_every``) and starts the others again in a fresh run directory (a directory
 without ``record.json`` or a usable checkpoint is abandoned and left for inspection).
+A worker process that dies under a running grid (killed, out of memory) costs only the runs it
+was running: they go back to the queue once, in a fresh pool, and the grid goes on.
 
 Several grids may write into one bench directory at once (runs they share have one key), and
 several processes may run the same grid into it to share out its runs: a worker holds an exclusive
@@ -17,6 +19,7 @@ a run another process finished meanwhile is reused instead of trained again. In-
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import dataclasses
 import fcntl
@@ -46,6 +49,8 @@ BACKENDS = ("local", "ray")
 RUNS_DIR = "runs"
 LOCK_NAME = ".lock"
 Result = dict[str, Any]
+RETRIES = 1  # times a run killed with its worker goes back to the queue before it counts as failed
+WORKER_DIED = "its worker process died (killed, or out of memory) each time it ran"
 
 
 @dataclasses.dataclass
@@ -222,28 +227,67 @@ def _run_inline(
 
 
 def _run_pool(
-    payloads: Sequence[dict[str, Any]], workers: int, on_result: Callable[[Result], None]
+    payloads: Sequence[dict[str, Any]],
+    workers: int,
+    on_result: Callable[[Result], None],
+    on_retry: Callable[[str], None] = lambda _key: None,
+    *,
+    run: Callable[[dict[str, Any]], Result] = execute_run,
+    retries: int = RETRIES,
 ) -> None:
+    """Run ``workers`` at a time in a process pool; a pool broken by a dead worker is replaced.
+
+    A worker that dies (killed, out of memory) breaks the whole pool and takes the runs in it with
+    it. The runs that were running then go back to the front of the queue, ``retries`` times each,
+    to continue from their checkpoints in a fresh pool; runs not yet started are never charged.
+    Only ``workers`` runs are handed to the pool at once, so the running ones are known.
+    """
     threads = threads_per_worker(workers)
     context = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
-    ) as pool:
-        futures = {pool.submit(execute_run, p): p for p in payloads}
-        try:
-            for future in cf.as_completed(futures):
-                try:
-                    result = future.result()
-                except cf.process.BrokenProcessPool:
-                    result = {
-                        "key": futures[future]["key"],
-                        "ok": False,
-                        "error": "a worker process died (killed or out of memory)",
-                    }
-                on_result(result)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    queue = collections.deque(payloads)
+    breaks: collections.Counter[str] = collections.Counter()
+    while queue:
+        died: list[dict[str, Any]] = []  # the runs a broken pool took with it
+        with cf.ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
+        ) as pool:
+            running: dict[cf.Future[Result], dict[str, Any]] = {}
+            broken = False
+            try:
+                while queue or running:
+                    while queue and len(running) < workers and not broken:
+                        p = queue.popleft()
+                        try:
+                            running[pool.submit(run, p)] = p
+                        except cf.process.BrokenProcessPool:
+                            queue.appendleft(p)
+                            broken = True
+                    if not running:
+                        break
+                    done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    for future in done:
+                        p = running.pop(future)
+                        try:
+                            result = future.result()
+                        except cf.process.BrokenProcessPool:
+                            died.append(p)
+                            broken = True
+                            continue
+                        on_result(result)
+                    if broken and not running:
+                        break
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+        again = []
+        for p in sorted(died, key=payloads.index):
+            breaks[p["key"]] += 1
+            if breaks[p["key"]] > retries:
+                on_result({"key": p["key"], "ok": False, "error": WORKER_DIED})
+            else:
+                again.append(p)
+                on_retry(p["key"])
+        queue.extendleft(reversed(again))
 
 
 def _run_ray(
@@ -386,6 +430,13 @@ def run_grid(
             waiting.append(waiting.pop(waiting.index(by_key[key])))
             show_running()
 
+        def on_retry(key: str) -> None:
+            run = by_key[key]
+            resumes = (
+                " and continues from its last checkpoint" if run.config.checkpoint_every else ""
+            )
+            say(f"a worker died while training {run.label()}: it goes back to the queue{resumes}")
+
         def on_result(result: Result) -> None:
             run = by_key[result["key"]]
             waiting.remove(run)
@@ -415,7 +466,7 @@ def run_grid(
             elif workers == 0:
                 _run_inline(payloads, on_result, on_defer)
             else:
-                _run_pool(payloads, workers, on_result)
+                _run_pool(payloads, workers, on_result, on_retry)
         finally:
             bar.close()
         return GridOutcome(
