@@ -11,6 +11,7 @@ from gradguide.metrics import (
     exact_match,
     f1_not_first,
     f1a,
+    label_counts,
     macro_f1,
     majority_accuracy,
 )
@@ -128,3 +129,10 @@ def test_majority_accuracy_is_the_most_common_gold_labels_share():
     # gold 2 2 2 0 1: always answering 2 scores 3/5, whichever label comes first
     assert majority_accuracy([inst(g, n=3) for g in (2, 2, 2, 0, 1)]) == pytest.approx(0.6)
     assert majority_accuracy([]) is None
+
+
+def test_label_counts_count_answers_and_gold_per_candidate_index():
+    # gold 2 2 0 1 (three candidates), answered 2 2 2 0: label 1 never answered, label 2 thrice
+    xs = [inst(g, n=3) for g in (2, 2, 0, 1)]
+    assert label_counts(xs, [2, 2, 2, 0]) == {"predicted": [1, 0, 3], "gold": [1, 1, 2]}
+    assert label_counts([], []) == {"predicted": [], "gold": []}

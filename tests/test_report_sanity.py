@@ -642,3 +642,28 @@ def test_records_that_predate_the_majority_class_get_it_from_the_task_data():
     assert majority_of("demo-sentiment", "test", ones[:3] + zeros[:1]) == pytest.approx(0.75)
     assert majority_of("demo-sentiment", "test", [*ones[:3], "test:99999"]) is None
     assert majority_of("no-such-task", "test", ones[:3]) is None
+
+
+def test_a_run_that_answers_one_label_is_listed_with_its_share():
+    from gradguide.report.one_label import one_label
+
+    rng = random.Random(0)
+    run = guided_run("lora", "rte", 1, rng)
+    # RTE-like: 131 of 277 gold are label 0; the run answers 0 for 270 of them
+    lopsided = dataclasses.replace(run, label_counts={"predicted": (270, 7), "gold": (131, 146)})
+    spread = dataclasses.replace(
+        run, key="spread", label_counts={"predicted": (140, 137), "gold": (131, 146)}
+    )
+    skewed_set = dataclasses.replace(
+        run, key="skewed", label_counts={"predicted": (275, 2), "gold": (270, 7)}
+    )
+    found = one_label(lopsided)
+    assert found is not None and found.label == 0
+    assert found.share == pytest.approx(270 / 277) and found.gold_share == pytest.approx(131 / 277)
+    assert one_label(spread) is None and one_label(skewed_set) is None and one_label(run) is None
+    data = BenchData(Path("results"), [lopsided, spread, skewed_set, run], {}, [], [])
+    _, blocks = build_report(data)
+    text = to_markdown("t", section(blocks, "One-label predictors"))
+    assert "3 of 4 runs record their answers per label" in text
+    assert "**1 are**: lora on tiny, rte (1 of 3 runs)" in text
+    assert "97.5%" in text and "47.3%" in text and "spread" not in text

@@ -50,6 +50,18 @@ def test_lora_run_writes_record_curves_and_adapter(tmp_path):
     golds = [x.gold for x in prepare_data(tiny(tmp_path)).eval]
     assert len(golds) == rec["data"]["eval_size"]
     assert rec["data"]["eval_majority"] == max(map(golds.count, set(golds))) / len(golds)
+    # its answers, one line per scored example, and their counts per label in the record
+    answers = [json.loads(x) for x in (r.run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [a["gold"] for a in answers] == golds
+    picked = [a["prediction"] for a in answers]
+    assert rec["metrics"]["accuracy"] == sum(
+        p == g for p, g in zip(picked, golds, strict=True)
+    ) / len(golds)
+    assert rec["predictions"] == {
+        "predicted": [picked.count(i) for i in range(2)],
+        "gold": [golds.count(i) for i in range(2)],
+    }
+    assert "label_counts" not in rec["scoring"]
     assert (r.run_dir / "adapter" / "adapter_config.json").exists()
     lines = (r.run_dir / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(6))

@@ -24,9 +24,16 @@ from gradguide.device import (
     reset_peak_memory,
 )
 from gradguide.errors import GradguideError
-from gradguide.metrics import compute_metrics
+from gradguide.metrics import compute_metrics, label_counts
 from gradguide.models import LoadedModel, load_configured
-from gradguide.record import environment, new_run_dir, peak_rss_mb, reset_peak_rss, write_record
+from gradguide.record import (
+    environment,
+    new_run_dir,
+    peak_rss_mb,
+    reset_peak_rss,
+    scoring_section,
+    write_record,
+)
 from gradguide.scoring import TRUNCATION_POLICY, ScoringOptions, build_prefix, score_dataset
 from gradguide.tasks import get_task, resolve_data_root, user_task
 from gradguide.tasks.base import Instance, Task
@@ -107,6 +114,7 @@ def evaluate_instances(
         "truncated_sequences": scored.truncated,
         "shared_prefixes": scored.shared_prefixes,
         "truncation_policy": TRUNCATION_POLICY,
+        "label_counts": label_counts(instances, scored.predictions),
     }
     return metrics, scored, facts
 
@@ -166,11 +174,9 @@ def evaluate(
             "demonstration_split": task.train_split if demos else None,
             "demonstration_ids": [x.id for x in demos],
         },
-        "scoring": {
-            **to_dict(config.scoring),
-            **{k: v for k, v in facts.items() if k != "seconds"},
-        },
+        "scoring": scoring_section(config.scoring, facts),
         "metrics": metrics,
+        "predictions": facts["label_counts"],
         "timings": {
             "model_load_s": load_seconds,
             "eval_s": facts["seconds"],
@@ -188,11 +194,12 @@ def evaluate(
             f"eval-{lm.name}-{task.name}-{f'icl{len(demos)}' if demos else 'zs'}-s{config.seed}",
         )
         write_record(run_dir, record)
-        _write_predictions(run_dir, instances, scored)
+        write_predictions(run_dir, instances, scored)
     return EvalResult(metrics, scored.predictions, scored.scores, record, run_dir, list(instances))
 
 
-def _write_predictions(run_dir: Path, instances: Sequence[Instance], scored: Any) -> None:
+def write_predictions(run_dir: Path, instances: Sequence[Instance], scored: Any) -> None:
+    """``predictions.jsonl``: each scored instance's id, gold index, prediction and scores."""
     lines = [
         json.dumps({"id": x.id, "gold": x.gold, "prediction": p, "scores": s})
         for x, p, s in zip(instances, scored.predictions, scored.scores, strict=True)

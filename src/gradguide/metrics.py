@@ -29,6 +29,17 @@ def majority_accuracy(instances: Sequence[Instance]) -> float | None:
     return max(Counter(x.gold for x in instances).values()) / len(instances)
 
 
+def label_counts(instances: Sequence[Instance], predictions: Sequence[int]) -> dict[str, list[int]]:
+    """How often each candidate index was predicted, and was gold: a run that answers one label
+    for nearly every example shows here, where its accuracy alone reads like the class balance."""
+    width = max((len(x.candidates) for x in instances), default=0)
+    predicted, gold = [0] * width, [0] * width
+    for x, p in zip(instances, predictions, strict=True):
+        predicted[p] += 1
+        gold[x.gold] += 1
+    return {"predicted": predicted, "gold": gold}
+
+
 def macro_f1(instances: Sequence[Instance], predictions: Sequence[int]) -> float:
     """Unweighted mean of per-class F1 over classes gold or predicted (CB's metric)."""
     classes = sorted({x.gold for x in instances} | set(predictions))

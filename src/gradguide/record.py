@@ -208,11 +208,9 @@ def train_record(
         "curves": fit.curves,
         "dynamics": dynamics_summary(fit.curves) if adapted is not None else None,
         "guidance": fit.guidance,
-        "scoring": {
-            **to_dict(config.scoring),
-            **{k: v for k, v in facts.items() if k != "seconds"},
-        },
+        "scoring": scoring_section(config.scoring, facts),
         "metrics": metrics,
+        "predictions": facts["label_counts"],
         "layer_diagnostics": diagnostics,
         "timings": {
             "model_load_s": load_s,
@@ -232,6 +230,15 @@ def train_record(
         },
         # "run": the peak of this run alone; "process": of its whole process (earlier runs too)
         "peak_rss_scope": "run" if own_peak else "process",
+    }
+
+
+def scoring_section(options: Any, facts: dict[str, Any]) -> dict[str, Any]:
+    """A record's ``scoring``: the scoring options, and the evaluation's facts that describe how
+    it scored (its seconds go to the timings, its label counts to ``predictions``)."""
+    return {
+        **to_dict(options),
+        **{k: v for k, v in facts.items() if k not in ("seconds", "label_counts")},
     }
 
 

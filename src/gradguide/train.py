@@ -31,7 +31,7 @@ from gradguide.device import enable_checkpointing, reset_peak_memory
 from gradguide.distributed import DistContext
 from gradguide.distributed import init as init_distributed
 from gradguide.errors import GradguideError
-from gradguide.evaluate import evaluate_instances
+from gradguide.evaluate import evaluate_instances, write_predictions
 from gradguide.fit import CURVE_KEYS, Fitted, make_scheduler
 from gradguide.fit import fit as optimise
 from gradguide.guidance import needs_eager_attention, parse_guidance
@@ -154,7 +154,7 @@ def train(
             data.train, min(config.icl_shots, len(data.train)), config.seed
         )
     model_lm.model.eval()
-    metrics, _scored, facts = evaluate_instances(
+    metrics, scored, facts = evaluate_instances(
         model_lm,
         data.task,
         data.eval,
@@ -190,6 +190,7 @@ def train(
         own_peak=own_peak,
     )
     _check_gradients(config, record)
+    write_predictions(run_dir, data.eval, scored)
     write_record(run_dir, record)
     dist.barrier()  # the other ranks are past every read of the checkpoint
     if not config.keep_checkpoint:

@@ -23,6 +23,7 @@ from gradguide.report.doc import Doc
 from gradguide.report.domains import domains_section
 from gradguide.report.dynamics import dynamics_section
 from gradguide.report.failures import failures_section
+from gradguide.report.one_label import one_label_section
 from gradguide.report.overview import overview_section
 from gradguide.report.peers import peers_section
 from gradguide.report.per_layer import per_layer_section
@@ -77,6 +78,7 @@ def build_report(data: BenchData, limits: Limits | None = None) -> tuple[str, li
     results = [(paper, paper.checked(data, sanity)) for paper in PAPERS]
     summary_section(doc, data, results, sanity)
     sanity_section(doc, data, sanity)
+    one_label_section(doc, data)
     overview_section(doc, data)
     claims_section(doc, results)
     results_section(doc, data, sanity)

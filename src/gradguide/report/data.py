@@ -69,6 +69,9 @@ class RunData:
     #: the accuracy of always answering the evaluation set's most common label (record
     #: ``data.eval_majority``; None in records that predate it)
     eval_majority: float | None = None
+    #: how often each candidate index was predicted and was gold (record ``predictions``; None in
+    #: records that predate it)
+    label_counts: dict[str, tuple[int, ...]] | None = None
 
     @property
     def settings_label(self) -> str:
@@ -207,7 +210,20 @@ def _from_row(bench_dir: Path, row: RunRow) -> RunData:
         nonfinite=nonfinite,
         skipped_steps=len(record.get("skipped_steps") or ()),
         eval_majority=_eval_majority(record),
+        label_counts=_label_counts(record),
     )
+
+
+def _label_counts(record: Mapping[str, Any]) -> dict[str, tuple[int, ...]] | None:
+    """The record's predicted and gold counts per candidate index, when it holds both."""
+    counts = record.get("predictions")
+    if not isinstance(counts, Mapping):
+        return None
+    try:
+        out = {k: tuple(int(n) for n in counts[k]) for k in ("predicted", "gold")}
+    except (KeyError, TypeError, ValueError):
+        return None
+    return out if sum(out["predicted"]) else None
 
 
 def _eval_majority(record: Mapping[str, Any]) -> float | None:
